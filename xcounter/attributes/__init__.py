@@ -1,0 +1,108 @@
+"""The attribute vocabulary (cxr.yaml, skin.yaml): defined once, shared by phantoms, prompts,
+oracle and explainer, so the names an explanation reports are the names the truth is kept in."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from xcounter.errors import XCounterError
+
+KINDS = ("pathology", "anatomy", "device", "artifact", "acquisition")
+#: kinds whose flipping a pathology decision means the classifier uses a shortcut
+SPURIOUS_KINDS = ("device", "artifact", "acquisition")
+
+
+@dataclass(frozen=True)
+class Attribute:
+    name: str
+    kind: str
+    type: str = "binary"
+    label: str | None = None
+    negative: tuple[str, ...] = ()
+    positive: tuple[str, ...] = ()
+
+    @property
+    def is_spurious(self) -> bool:
+        return self.kind in SPURIOUS_KINDS
+
+
+@dataclass(frozen=True)
+class AttributeSet:
+    domain: str
+    modality: str
+    neutral_prompt: str
+    templates: tuple[str, ...]
+    labels: tuple[str, ...]
+    attributes: tuple[Attribute, ...] = field(default_factory=tuple)
+
+    @property
+    def names(self) -> list[str]:
+        return [a.name for a in self.attributes]
+
+    def __getitem__(self, name: str) -> Attribute:
+        for attribute in self.attributes:
+            if attribute.name == name:
+                return attribute
+        hint = difflib.get_close_matches(name, self.names, n=1)
+        suffix = f"; did you mean '{hint[0]}'?" if hint else f"; known: {', '.join(self.names)}"
+        raise XCounterError(f"unknown attribute '{name}' for domain '{self.domain}'{suffix}")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    def __iter__(self):
+        return iter(self.attributes)
+
+    def __len__(self) -> int:
+        return len(self.attributes)
+
+    def of_kind(self, *kinds: str) -> list[Attribute]:
+        return [a for a in self.attributes if a.kind in kinds]
+
+    def sentences(self, phrase: str) -> list[str]:
+        """The phrase placed in every template (for template-averaged language directions)."""
+        return [t.format(phrase=phrase[:1].upper() + phrase[1:]) for t in self.templates]
+
+
+def _parse(data: dict, source: str) -> AttributeSet:
+    try:
+        attributes = []
+        for item in data["attributes"]:
+            if item["kind"] not in KINDS:
+                raise XCounterError(f"{source}: attribute '{item['name']}' has unknown kind '{item['kind']}'")
+            attributes.append(Attribute(
+                name=str(item["name"]), kind=str(item["kind"]), type=str(item.get("type", "binary")),
+                label=item.get("label"), negative=tuple(item.get("negative", ())),
+                positive=tuple(item.get("positive", ())),
+            ))
+        return AttributeSet(
+            domain=str(data["domain"]), modality=str(data.get("modality", data["domain"])),
+            neutral_prompt=str(data["neutral_prompt"]), templates=tuple(data["templates"]),
+            labels=tuple(data.get("labels", ())), attributes=tuple(attributes),
+        )
+    except (KeyError, TypeError) as exc:
+        raise XCounterError(f"{source}: not a valid attribute file (missing or malformed {exc})") from None
+
+
+def load_attributes(spec: str | Path | AttributeSet = "cxr") -> AttributeSet:
+    """Load 'cxr', 'skin' (bundled) or a path to a YAML file with the same schema."""
+    if isinstance(spec, AttributeSet):
+        return spec
+    spec = str(spec)
+    if spec in ("cxr", "skin"):
+        text = resources.files("xcounter.attributes").joinpath(f"{spec}.yaml").read_text()
+        return _parse(yaml.safe_load(text), f"{spec}.yaml")
+    path = Path(spec)
+    if not path.is_file():
+        raise XCounterError(f"attributes '{spec}' is neither 'cxr', 'skin' nor an existing YAML file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise XCounterError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise XCounterError(f"{path}: not a valid attribute file")
+    return _parse(data, str(path))

@@ -1,0 +1,200 @@
+"""What an explanation *is*: plain dataclasses with a versioned JSON form.
+
+Renderers (HTML, JSON, PNG) read these and never recompute; audits store one per line.
+Arrays (images, difference maps) are stored as base64 float16 so a round trip keeps them.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = "1.0"
+VERDICTS = ("shortcut", "drives", "does not drive")
+
+
+def encode_array(array: np.ndarray | None) -> dict | None:
+    if array is None:
+        return None
+    array = np.ascontiguousarray(np.asarray(array, dtype=np.float16))
+    return {"shape": list(array.shape), "dtype": "float16",
+            "data": base64.b64encode(array.tobytes()).decode("ascii")}
+
+
+def decode_array(blob: dict | None) -> np.ndarray | None:
+    if blob is None:
+        return None
+    raw = base64.b64decode(blob["data"])
+    return np.frombuffer(raw, dtype=blob.get("dtype", "float16")).reshape(blob["shape"]).astype(np.float32)
+
+
+@dataclass
+class Prediction:
+    """The classifier's output for one label on one image."""
+    label: str
+    probability: float
+    logit: float
+    threshold: float  # decision threshold on the logit scale
+    positive: bool
+
+
+@dataclass
+class Counterfactual:
+    """One edit trajectory (an attribute added or removed) and its minimal flipping point."""
+    attribute: str
+    sign: str  # "add" | "remove"
+    method: str  # "trajectory" | "latent_shift" | "sdedit" | ...
+    strengths: list[float]  # edit strength along the trajectory, 0 = source
+    probabilities: list[float]  # target probability at each strength
+    minimal_strength: float | None  # smallest strength that flips the decision (None: no flip)
+    flipped: bool
+    probability_before: float
+    probability_after: float  # at the minimal flip, or at the strongest edit if no flip
+    image: np.ndarray | None = None  # counterfactual image, HxWxC in [0, 1]
+    difference: np.ndarray | None = None  # counterfactual - reconstruction, HxWxC
+    film: list[np.ndarray] = field(default_factory=list)  # images along the trajectory
+    l1: float | None = None
+    ssim: float | None = None
+    oracle_change: dict[str, float] | None = None  # other attributes' change per the oracle
+    cfrt: float | None = None
+    direction_cosine: list[float] = field(default_factory=list)  # along the trajectory
+    nfe: int = 0
+
+    @property
+    def delta_probability(self) -> float:
+        return self.probability_after - self.probability_before
+
+
+@dataclass
+class AttributeResult:
+    """The verdict on one attribute for one target label."""
+    target: str
+    attribute: str
+    kind: str
+    verdict: str  # one of VERDICTS
+    minimal_strength: float | None
+    flipped: bool
+    sign: str | None = None  # the sign of the best counterfactual
+    gradient_sensitivity: float | None = None  # first-order logit change (gradient projection)
+    counterfactuals: list[Counterfactual] = field(default_factory=list)
+
+    @property
+    def best(self) -> Counterfactual | None:
+        flips = [c for c in self.counterfactuals if c.flipped]
+        if flips:
+            return min(flips, key=lambda c: c.minimal_strength)
+        if not self.counterfactuals:
+            return None
+        return max(self.counterfactuals, key=lambda c: abs(c.delta_probability))
+
+
+@dataclass
+class Explanation:
+    """Everything known about why one scan got its decisions."""
+    image: np.ndarray  # the scan as the generator sees it, HxWxC in [0, 1]
+    reconstruction: np.ndarray
+    reconstruction_error: float  # mean absolute error in [0, 1] units
+    reconstruction_ssim: float
+    prompt: str
+    predictions: list[Prediction]
+    results: list[AttributeResult]
+    seed: int
+    nfe: int
+    targets: list[str] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)  # file name, size, safe metadata only
+    classifier: dict[str, Any] = field(default_factory=dict)  # name, sha256, labels
+    generator: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)  # steps, swap steps, guidance, ...
+    direction_cosine: dict[str, Any] = field(default_factory=dict)  # names, before, after
+    gradient_ranking: dict[str, dict[str, float]] = field(default_factory=dict)  # target -> attr -> score
+    attributions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # target -> method -> map
+    warnings: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    schema_version: str = SCHEMA_VERSION
+
+    @property
+    def ranking(self) -> list[AttributeResult]:
+        """Attribute results, smallest flipping edit first; non-flipping ones last."""
+        def key(result: AttributeResult):
+            strength = result.minimal_strength if result.flipped and result.minimal_strength is not None else 2.0
+            return (not result.flipped, strength, result.target, result.attribute)
+        return sorted(self.results, key=key)
+
+    def ranking_for(self, target: str) -> list[AttributeResult]:
+        return [r for r in self.ranking if r.target == target]
+
+    def result(self, target: str, attribute: str) -> AttributeResult:
+        for candidate in self.results:
+            if candidate.target == target and candidate.attribute == attribute:
+                return candidate
+        raise KeyError(f"no result for target '{target}' and attribute '{attribute}'")
+
+    def prediction(self, label: str) -> Prediction:
+        for candidate in self.predictions:
+            if candidate.label == label:
+                return candidate
+        raise KeyError(label)
+
+    # -- JSON -----------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return _to_jsonable(self)
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Explanation":
+        version = str(data.get("schema_version", "0"))
+        if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+            raise ValueError(f"explanation schema {version} is not readable by this version ({SCHEMA_VERSION})")
+        data = dict(data)
+        for name in ("image", "reconstruction"):
+            data[name] = decode_array(data[name])
+        data["predictions"] = [Prediction(**p) for p in data["predictions"]]
+        data["results"] = [_result_from_dict(r) for r in data["results"]]
+        data["attributions"] = {t: {m: decode_array(a) for m, a in maps.items()}
+                                for t, maps in data.get("attributions", {}).items()}
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Explanation":
+        return cls.from_dict(json.loads(text))
+
+
+def _result_from_dict(data: dict) -> AttributeResult:
+    data = dict(data)
+    counterfactuals = []
+    for c in data.pop("counterfactuals", []):
+        c = dict(c)
+        c["image"] = decode_array(c.get("image"))
+        c["difference"] = decode_array(c.get("difference"))
+        c["film"] = [decode_array(f) for f in c.get("film", [])]
+        c.pop("delta_probability", None)
+        counterfactuals.append(Counterfactual(**c))
+    data.pop("best", None)
+    return AttributeResult(counterfactuals=counterfactuals, **data)
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return encode_array(value)
+    if dataclasses.is_dataclass(value):
+        out = {f.name: _to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, Counterfactual):
+            out["delta_probability"] = value.delta_probability
+        return out
+    if isinstance(value, dict):
+        return {str(k): _to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
