@@ -14,7 +14,7 @@ from xcounter import __version__
 from xcounter.errors import XCounterError
 
 #: subcommand modules, each exposing a click object named `command`
-COMMAND_MODULES = ("explain", "demo", "audit", "traverse", "finetune", "phantoms")
+COMMAND_MODULES = ("explain", "demo", "audit", "traverse", "finetune", "phantoms", "inspect")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -1,0 +1,1 @@
+"""Generators: any local diffusers Stable Diffusion folder wrapped as `SDGenerator`."""
