@@ -1,0 +1,239 @@
+"""SDGenerator on a tiny random pipeline: exact inversion, shared prefixes, NFE accounting, loading."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, PNDMScheduler
+from safetensors.torch import save_file
+
+from tiny_generator import tiny_generator_dir, tiny_pipeline, tiny_unet
+from xcounter.errors import ModelError, XCounterError
+from xcounter.generators import SDGenerator, SwapSchedule, available_generators, load_generator
+from xcounter.generators.zoo import resolve_generator
+
+STEPS = 6
+SOURCE, EDITED = "small left pleural effusion", "large right pleural effusion"
+
+
+@pytest.fixture(scope="module")
+def generator() -> SDGenerator:
+    return SDGenerator(tiny_pipeline(1), steps=STEPS)
+
+
+@pytest.fixture(scope="module")
+def texts(generator):
+    with torch.no_grad():
+        embeddings = generator.embed([SOURCE, EDITED, "cardiomegaly"])
+    return embeddings[0], embeddings[1], embeddings[2]
+
+
+@pytest.fixture(scope="module")
+def z_T(generator):
+    return torch.randn(1, *generator.latent_shape, generator=torch.Generator().manual_seed(0))
+
+
+def test_shapes_and_resolution(generator):
+    assert generator.resolution == 16 and generator.latent_shape == (4, 8, 8)
+    images = torch.rand(2, 1, 32, 24, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        latents = generator.encode(images)
+        decoded = generator.decode(latents)
+        embedding = generator.embed(["a", "no pneumothorax"])
+    assert latents.shape == (2, 4, 8, 8)
+    assert decoded.shape == (2, 1, 16, 16) and 0 <= decoded.min() and decoded.max() <= 1
+    assert embedding.shape == (2, 77, 32)
+    assert not torch.equal(embedding[0], embedding[1])
+
+
+def _sd15_style_pipeline():
+    """SD 1.x folders ship a PNDM scheduler; "linspace" spacing has no DDIM inverse in diffusers."""
+    pipe = tiny_pipeline(1)
+    pipe.scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                   skip_prk_steps=True, steps_offset=1, timestep_spacing="linspace")
+    return pipe
+
+
+@pytest.mark.parametrize("make_pipe", [lambda: tiny_pipeline(1), _sd15_style_pipeline], ids=["ddim", "pndm"])
+def test_inversion_is_exact_when_the_unet_predicts_zero_noise(make_pipe):
+    generator = SDGenerator(make_pipe(), steps=STEPS)
+    assert isinstance(generator.scheduler, DDIMScheduler)
+    with torch.no_grad():
+        generator.unet.conv_out.weight.zero_()
+        generator.unet.conv_out.bias.zero_()
+    image = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(2))
+    inversion = generator.invert(image, SOURCE)
+    assert not torch.allclose(inversion.z_T, inversion.z_0, atol=1e-2)  # inversion really moved the latent
+    denoised = generator.denoise_prefix(inversion.z_T, generator.embed([SOURCE])[0])[-1]
+    assert torch.allclose(denoised, inversion.z_0, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(inversion.reconstruction, generator.decode(inversion.z_0), atol=1e-5)
+
+
+def test_invert_reports_reconstruction_quality(generator):
+    image = torch.rand(1, 32, 32, generator=torch.Generator().manual_seed(3))  # [C, H, W], larger than 16
+    generator.reset_nfe()
+    inversion = generator.invert(image, SOURCE, steps=4)
+    assert generator.nfe == 4 + 4  # inversion + reconstruction, no guidance
+    assert inversion.image.shape == (1, 1, 16, 16) and inversion.reconstruction.shape == (1, 1, 16, 16)
+    expected = float((inversion.reconstruction - inversion.image).abs().mean())
+    assert inversion.error == pytest.approx(expected)
+    assert -1 <= inversion.ssim <= 1
+    assert inversion.steps == 4 and inversion.prompt == SOURCE and len(inversion.prefix) == 5
+
+
+def test_invert_rejects_values_outside_unit_range(generator):
+    with pytest.raises(XCounterError, match=r"\[0, 1\]"):
+        generator.invert(torch.full((1, 1, 16, 16), 255.0), SOURCE)
+
+
+def test_prefix_sharing_matches_separate_runs_with_fewer_evaluations(generator, texts, z_T):
+    source, edited, _ = texts
+    swap_steps = [0, 2, 4, STEPS]
+    schedules = [SwapSchedule(source, edited, k) for k in swap_steps]
+    generator.reset_nfe()
+    together = generator.sample(z_T, schedules)
+    shared_nfe = generator.nfe
+    generator.reset_nfe()
+    separate = torch.cat([generator.sample(z_T, [s]) for s in schedules])
+    separate_nfe = generator.nfe
+    assert torch.allclose(together, separate, atol=1e-5)
+    assert shared_nfe == STEPS + sum(STEPS - k for k in swap_steps)  # one prefix, then each branch
+    assert separate_nfe == len(swap_steps) * STEPS
+    assert shared_nfe < separate_nfe
+    assert not torch.allclose(together[0], together[-1], atol=1e-4)  # the swap changes the sample
+
+
+def test_a_given_prefix_is_reused(generator, texts, z_T):
+    source, edited, _ = texts
+    prefix = generator.denoise_prefix(z_T, source)
+    schedules = [SwapSchedule(source, edited, k) for k in (1, 3)]
+    generator.reset_nfe()
+    with_prefix = generator.sample(z_T, schedules, prefix=prefix)
+    assert generator.nfe == (STEPS - 1) + (STEPS - 3)
+    assert torch.allclose(with_prefix, generator.sample(z_T, schedules), atol=1e-5)
+    with pytest.raises(XCounterError, match="guidance"):
+        generator.sample(z_T, schedules, prefix=prefix, guidance_scale=3.0)
+
+
+def test_schedules_with_different_sources_get_their_own_prefix(generator, texts, z_T):
+    source, edited, other = texts
+    schedules = [SwapSchedule(source, edited, 3), SwapSchedule(other, edited, 3)]
+    both = generator.sample(z_T, schedules)
+    assert torch.allclose(both[0:1], generator.sample(z_T, schedules[:1]), atol=1e-5)
+    assert torch.allclose(both[1:2], generator.sample(z_T, schedules[1:]), atol=1e-5)
+    assert not torch.allclose(both[0], both[1], atol=1e-4)
+
+
+def test_swap_at_the_last_step_is_the_pure_source_sample(generator, texts, z_T):
+    source, edited, _ = texts
+    pure_source = generator.denoise_prefix(z_T, source)[-1]
+    pure_edited = generator.denoise_prefix(z_T, edited)[-1]
+    no_swap, swap_first = generator.sample(z_T, [SwapSchedule(source, edited, STEPS), SwapSchedule(source, edited, 0)])
+    assert torch.allclose(no_swap, pure_source[0], atol=1e-6)
+    assert torch.allclose(swap_first, pure_edited[0], atol=1e-5)
+
+
+def test_classifier_free_guidance_doubles_the_evaluations(generator, texts, z_T):
+    source, edited, _ = texts
+    schedules = [SwapSchedule(source, edited, k) for k in (0, 3)]
+    generator.reset_nfe()
+    plain = generator.sample(z_T, schedules, guidance_scale=1.0)
+    plain_nfe = generator.nfe
+    generator.reset_nfe()
+    guided = generator.sample(z_T, schedules, guidance_scale=4.0)
+    assert generator.nfe == 2 * plain_nfe
+    assert not torch.allclose(plain, guided, atol=1e-4)
+
+
+def test_swap_step_out_of_range_is_refused(generator, texts, z_T):
+    source, edited, _ = texts
+    with pytest.raises(XCounterError, match="swap_step"):
+        generator.sample(z_T, [SwapSchedule(source, edited, STEPS + 1)])
+
+
+def test_decode_is_differentiable(generator):
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    generator.decode(latents).mean().backward()
+    assert latents.grad is not None and torch.isfinite(latents.grad).all() and latents.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_one_and_three_channel_vaes_accept_either_kind_of_image(channels):
+    generator = SDGenerator(tiny_pipeline(channels), steps=3)
+    assert generator.image_channels == channels
+    for given in (1, 3):
+        image = torch.rand(1, given, 16, 16, generator=torch.Generator().manual_seed(given))
+        inversion = generator.invert(image, SOURCE)
+        assert inversion.reconstruction.shape == (1, channels, 16, 16)
+        assert inversion.image.shape == (1, channels, 16, 16)
+
+
+def test_save_and_load_round_trip(tmp_path, texts, z_T):
+    settings = {"domain": "cxr", "steps": 5, "guidance_scale": 2.0, "image_channels": 1}
+    folder = tiny_generator_dir(tmp_path, settings=settings)
+    loaded = load_generator(folder)
+    assert (loaded.domain, loaded.steps, loaded.guidance_scale, loaded.name) == ("cxr", 5, 2.0, folder.name)
+    assert load_generator(folder, steps=3).steps == 3
+    in_memory = SDGenerator(tiny_pipeline(1), steps=5, guidance_scale=2.0)
+    source, edited, _ = texts
+    schedules = [SwapSchedule(source, edited, 2)]
+    assert torch.allclose(loaded.embed([SOURCE]), in_memory.embed([SOURCE]), atol=1e-6)
+    assert torch.allclose(loaded.sample(z_T, schedules), in_memory.sample(z_T, schedules), atol=1e-5)
+    assert loaded.identity()["config_sha256"] == in_memory.identity()["config_sha256"]
+    json.dumps(loaded.identity())
+
+
+def test_missing_model_index_is_one_clear_error(tmp_path):
+    with pytest.raises(ModelError, match="model_index.json is missing"):
+        load_generator(tmp_path)
+    with pytest.raises(ModelError, match="does not exist"):
+        load_generator(tmp_path / "nowhere" / "model")
+    (tmp_path / "model_index.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ModelError, match="cannot read"):
+        load_generator(tmp_path)
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    with pytest.raises(ModelError, match="not a Stable Diffusion 1.x/2.x pipeline"):
+        load_generator(tmp_path)
+
+
+def test_zoo_names_resolve_or_list_what_exists(tmp_path):
+    with pytest.raises(ModelError, match="unknown generator 'phantom-xyz'"):
+        load_generator("phantom-xyz")
+    assert available_generators(tmp_path) == []
+    with pytest.raises(ModelError, match="not installed"):
+        resolve_generator("phantom-cxr", zoo_dir=tmp_path)
+    shipped = tmp_path / "phantom-skin"
+    shipped.mkdir()
+    (shipped / "model_index.json").write_text("{}", encoding="utf-8")
+    assert available_generators(tmp_path) == ["phantom-skin"]
+    assert resolve_generator("phantom-skin", zoo_dir=tmp_path) == shipped
+    with pytest.raises(ModelError, match="available: phantom-skin"):
+        resolve_generator("phantom-cxr", zoo_dir=tmp_path)
+
+
+def test_unet_override_from_a_folder_or_a_weights_file(tmp_path):
+    folder = tiny_generator_dir(tmp_path)
+    other = tiny_unet(seed=7)
+    other.save_pretrained(tmp_path / "modality-unet", safe_serialization=True)
+    save_file(other.state_dict(), str(tmp_path / "modality.safetensors"))
+    expected = other.conv_in.weight
+    assert not torch.equal(load_generator(folder).unet.conv_in.weight, expected)
+    assert torch.equal(load_generator(folder, unet=tmp_path / "modality-unet").unet.conv_in.weight, expected)
+    assert torch.equal(load_generator(folder, unet=tmp_path / "modality.safetensors").unet.conv_in.weight, expected)
+    save_file({"conv_in.weight": torch.zeros(1)}, str(tmp_path / "wrong.safetensors"))
+    with pytest.raises(ModelError, match="do not fit"):
+        load_generator(folder, unet=tmp_path / "wrong.safetensors")
+
+
+def test_large_batches_are_split_without_changing_results_or_counts(generator, texts, z_T):
+    source, edited, _ = texts
+    schedules = [SwapSchedule(source, edited, k) for k in (0, 1, 2)]
+    generator.reset_nfe()
+    whole = generator.sample(z_T, schedules, steps=3)
+    whole_nfe = generator.nfe
+    small = SDGenerator(tiny_pipeline(1), steps=3, max_batch=1)
+    split = small.sample(z_T, schedules)
+    assert torch.allclose(whole, split, atol=1e-5)
+    assert small.nfe == whole_nfe == 2 + (3 + 2 + 1)

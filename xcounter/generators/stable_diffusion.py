@@ -1,0 +1,454 @@
+"""A Stable Diffusion pipeline as the generator of counterfactuals: encode/decode, DDIM inversion and
+batched swap-step sampling.
+
+Why not `pipe.__call__`: it runs under `torch.no_grad()`, cannot branch one trajectory into many
+candidates, and cannot count UNet evaluations. Here the UNet and VAE are called directly: the
+denoising prefix before a swap step λ is computed once and every candidate branches off it, so a
+search over K swap steps costs far fewer UNet evaluations than K full samples (`nfe` counts them).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMInverseScheduler, DDIMScheduler
+
+from xcounter.errors import InputError, ModelError, XCounterError
+
+
+@dataclass
+class SwapSchedule:
+    """Denoise with `source` before step `swap_step` and with `edited` from `swap_step` on."""
+    source: torch.Tensor  # [77, D]
+    edited: torch.Tensor  # [77, D]
+    swap_step: int  # 0..steps; steps = pure source sample, 0 = edited from the start
+
+
+@dataclass
+class Inversion:
+    """A scan mapped to the generator's noise z_T, with how faithfully it comes back."""
+    z_T: torch.Tensor  # [1, 4, h, w]
+    z_0: torch.Tensor  # [1, 4, h, w] encoded input
+    reconstruction: torch.Tensor  # [1, C, H, W] in [0, 1]: decode(denoise(z_T, prompt))
+    image: torch.Tensor  # [1, C, H, W]: the input at the generator resolution and channels
+    error: float  # mean |reconstruction - image|
+    ssim: float
+    prompt: str
+    steps: int
+    guidance_scale: float = 1.0  # guidance used for the reconstruction (and `prefix`)
+    prefix: list[torch.Tensor] | None = None  # denoise_prefix(z_T, embed(prompt)): reuse it in `sample`
+
+
+class DenoisePrefix(list):
+    """`latents[i]` = latent before denoising step i (`latents[steps]` = z_0), remembering how it was made
+    so `sample` can refuse a prefix computed for other settings."""
+
+    def __init__(self, latents: Sequence[torch.Tensor], steps: int, guidance_scale: float, source: torch.Tensor):
+        super().__init__(latents)
+        self.steps = steps
+        self.guidance_scale = guidance_scale
+        self.source = source
+
+
+def adapt_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Gray <-> RGB so a CXR can go through an RGB VAE and a 1-channel VAE can take a colour image."""
+    have = images.shape[1]
+    if have == channels:
+        return images
+    if have == 4:  # RGBA: the alpha channel carries no anatomy
+        return adapt_channels(images[:, :3], channels)
+    if have == 1:
+        return images.expand(-1, channels, -1, -1)
+    if have == 3 and channels == 1:
+        return images.mean(dim=1, keepdim=True)
+    raise InputError(f"cannot convert a {have}-channel image to the generator's {channels} channels")
+
+
+def structural_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
+    """skimage SSIM of two [1, C, H, W] images in [0, 1] (window shrunk for tiny images)."""
+    from skimage.metrics import structural_similarity as ssim
+
+    x = a[0].detach().float().cpu().permute(1, 2, 0).numpy()
+    y = b[0].detach().float().cpu().permute(1, 2, 0).numpy()
+    side = min(x.shape[0], x.shape[1])
+    win = min(7, side if side % 2 else side - 1)
+    if win < 3:
+        return float("nan")
+    if x.shape[2] == 1:
+        return float(ssim(x[..., 0], y[..., 0], data_range=1.0, win_size=win))
+    return float(ssim(x, y, data_range=1.0, win_size=win, channel_axis=2))
+
+
+def _as_image_batch(image) -> torch.Tensor:
+    """Accept [C,H,W] / [1,C,H,W] tensors or H x W (x C) numpy arrays in [0, 1]; return [1, C, H, W]."""
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        image = image[None, None] if image.ndim == 2 else image.permute(2, 0, 1)[None]
+    if not isinstance(image, torch.Tensor):
+        raise InputError(f"expected an image tensor or array, got {type(image).__name__}")
+    image = image.float()
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.shape[0] != 1:
+        raise InputError(f"invert takes one image [C, H, W] or [1, C, H, W], got shape {tuple(image.shape)}")
+    return image
+
+
+class SDGenerator:
+    """Wraps a diffusers StableDiffusionPipeline (1.x or 2.x); images are [B, C, H, W] in [0, 1]."""
+
+    def __init__(self, pipe, *, name: str = "stable-diffusion", domain: str | None = None, steps: int = 50,
+                 guidance_scale: float = 1.0, image_channels: int | None = None, device: str | torch.device = "cpu",
+                 source: str | None = None, max_batch: int = 16):
+        self.pipe = pipe.to(device)
+        self.unet, self.vae = pipe.unet, pipe.vae
+        self.text_encoder, self.tokenizer = pipe.text_encoder, pipe.tokenizer
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.float().eval()  # fp16 checkpoints: inversion and gradients need float32
+        # Latents are not images in [-1, 1]: DDIM's x0 clipping would corrupt them, and inversion needs
+        # the same (unclipped) update in both directions. Spacing "linspace" has no inverse in diffusers.
+        overrides = {"clip_sample": False, "thresholding": False}
+        if pipe.scheduler.config.get("timestep_spacing", "leading") not in ("leading", "trailing"):
+            overrides["timestep_spacing"] = "leading"
+        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, **overrides)
+        inverse_config = {k: v for k, v in self.scheduler.config.items() if k != "thresholding"}
+        self.inverse_scheduler = DDIMInverseScheduler.from_config(inverse_config)
+        self.device = torch.device(device)
+        self.name, self.domain, self.source = name, domain, source
+        self.steps, self.guidance_scale = int(steps), float(guidance_scale)
+        self.max_batch = max_batch
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        size = self.unet.config.sample_size
+        size = size if isinstance(size, int) else size[0]
+        self.resolution = size * self.vae_scale_factor
+        self.latent_shape = (self.unet.config.in_channels, size, size)
+        self.vae_channels = self.vae.config.in_channels
+        self.image_channels = int(image_channels or self.vae.config.out_channels)
+        self.nfe = 0
+        self._uncond: torch.Tensor | None = None
+
+    # --- bookkeeping -------------------------------------------------------------------------------
+    def reset_nfe(self) -> None:
+        self.nfe = 0
+
+    def identity(self) -> dict:
+        """What a report needs to name the generator and reproduce its numbers."""
+        digest = _config_digest({"unet": dict(self.unet.config), "vae": dict(self.vae.config),
+                                 "text_encoder": self.text_encoder.config.to_dict()})
+        return {"name": self.name, "source": self.source, "domain": self.domain, "resolution": self.resolution,
+                "image_channels": self.image_channels, "latent_shape": list(self.latent_shape),
+                "steps": self.steps, "guidance_scale": self.guidance_scale,
+                "scheduler": "DDIM (eta 0)", "prediction_type": self.scheduler.config.prediction_type,
+                "config_sha256": digest}
+
+    # --- images <-> latents --------------------------------------------------------------------------
+    def prepare(self, images: torch.Tensor, channels: int | None = None) -> torch.Tensor:
+        """Resize [B, C, H, W] images to the generator resolution (square: crop non-square scans before,
+        or they are squashed) and adapt their channels (default: `image_channels`)."""
+        images = images.to(self.device, torch.float32)
+        if images.shape[-2:] != (self.resolution, self.resolution):
+            images = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear",
+                                   align_corners=False, antialias=True).clamp(0, 1)
+        return adapt_channels(images, channels or self.image_channels)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] in [0, 1] -> scaled latents z_0 (the posterior mean, deterministic)."""
+        x = self.prepare(images, self.vae_channels)
+        z = self.vae.encode(x * 2 - 1).latent_dist.mean
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return (z - shift) * self.vae.config.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> [B, image_channels, H, W] in [0, 1]; differentiable unless under no_grad."""
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        z = latents.to(self.device) / self.vae.config.scaling_factor + shift
+        x = (self.vae.decode(z).sample + 1) / 2
+        return adapt_channels(x.clamp(0, 1), self.image_channels)
+
+    # --- text ----------------------------------------------------------------------------------------
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        """Texts -> [B, 77, D] last hidden states, padded to the tokenizer's max length as in SD."""
+        if isinstance(texts, str):
+            texts = [texts]
+        tokens = self.tokenizer(list(texts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        mask = None
+        if getattr(self.text_encoder.config, "use_attention_mask", False):
+            mask = tokens.attention_mask.to(self.device)
+        return self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
+
+    def _unconditional(self) -> torch.Tensor:
+        if self._uncond is None:
+            with torch.no_grad():
+                self._uncond = self.embed([""])[0]
+        return self._uncond
+
+    # --- the UNet ------------------------------------------------------------------------------------
+    def _predict(self, latents: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor,
+                 guidance_scale: float) -> torch.Tensor:
+        """UNet output for a batch at timestep t, with classifier-free guidance when scale > 1."""
+        batch = latents.shape[0]
+        if guidance_scale > 1.0:
+            uncond = self._unconditional().expand(batch, -1, -1)
+            out_u, out_c = self._unet(torch.cat([latents, latents]), t, torch.cat([uncond, embeddings])).chunk(2)
+            return out_u + guidance_scale * (out_c - out_u)
+        return self._unet(latents, t, embeddings)
+
+    def _unet(self, latents: torch.Tensor, t: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for start in range(0, latents.shape[0], self.max_batch):
+            chunk = slice(start, start + self.max_batch)
+            outputs.append(self.unet(latents[chunk], t, encoder_hidden_states=embeddings[chunk]).sample)
+            self.nfe += latents[chunk].shape[0]
+        return torch.cat(outputs)
+
+    def _timesteps(self, steps: int) -> torch.Tensor:
+        self.scheduler.set_timesteps(steps)
+        return self.scheduler.timesteps
+
+    def _embedding(self, embedding: torch.Tensor) -> torch.Tensor:
+        embedding = embedding.to(self.device, torch.float32)
+        return embedding[0] if embedding.ndim == 3 else embedding
+
+    # --- inversion and denoising ---------------------------------------------------------------------
+    @torch.no_grad()
+    def invert(self, image, prompt: str, steps: int | None = None) -> Inversion:
+        """DDIM-invert one image to z_T under `prompt` (no guidance), then measure its reconstruction.
+
+        The reconstruction is denoised with the generator's own guidance scale, i.e. exactly the start
+        point the counterfactuals are made from, so the reported error is the one they inherit.
+        """
+        steps = int(steps or self.steps)
+        image = self.prepare(_as_image_batch(image))
+        if not torch.isfinite(image).all() or image.min() < -1e-3 or image.max() > 1 + 1e-3:
+            raise InputError("the image to invert must hold finite values in [0, 1]")
+        z_0 = self.encode(image)
+        source = self.embed([prompt])
+        self.inverse_scheduler.set_timesteps(steps)
+        z = z_0
+        for t in self.inverse_scheduler.timesteps:
+            z = self.inverse_scheduler.step(self._unet(z, t, source), t, z).prev_sample
+        prefix = self.denoise_prefix(z, source[0], steps)
+        reconstruction = self.decode(prefix[-1])
+        error = float((reconstruction - image).abs().mean())
+        return Inversion(z_T=z, z_0=z_0, reconstruction=reconstruction, image=image, error=error,
+                         ssim=structural_similarity(reconstruction, image), prompt=prompt, steps=steps,
+                         guidance_scale=self.guidance_scale, prefix=prefix)
+
+    @torch.no_grad()
+    def denoise_prefix(self, z_T: torch.Tensor, embedding: torch.Tensor, steps: int | None = None,
+                       guidance_scale: float | None = None, stop: int | None = None) -> DenoisePrefix:
+        """Denoise z_T with one embedding; `latents[i]` is the latent BEFORE step i, `latents[steps]` = z_0.
+
+        `stop` ends early (the list then has stop + 1 entries): `sample` only needs the prefix up to the
+        latest swap step.
+        """
+        steps = int(steps or self.steps)
+        scale = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+        source = self._embedding(embedding)
+        z = z_T.to(self.device, torch.float32).reshape(1, *self.latent_shape)
+        latents = [z]
+        timesteps = self._timesteps(steps)
+        for t in timesteps[: steps if stop is None else stop]:
+            z = self.scheduler.step(self._predict(z, t, source[None], scale), t, z, eta=0.0).prev_sample
+            latents.append(z)
+        return DenoisePrefix(latents, steps, scale, source)
+
+    @torch.no_grad()
+    def sample(self, z_T: torch.Tensor, schedules: list[SwapSchedule], steps: int | None = None,
+               guidance_scale: float | None = None, prefix: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """z_0 for every swap schedule, in one batch per step: [len(schedules), 4, h, w].
+
+        All schedules with the same source embedding branch off one shared denoising prefix (computed
+        here up to the latest swap step, or taken from `prefix`, which must be
+        `denoise_prefix(z_T, source)` of every schedule's common source). From step λ on each candidate
+        is denoised with its edited embedding; all candidates past their λ share each UNet batch.
+        """
+        steps = int(steps or self.steps)
+        scale = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+        if not schedules:
+            return torch.empty(0, *self.latent_shape, device=self.device)
+        for s in schedules:
+            if not 0 <= int(s.swap_step) <= steps:
+                raise XCounterError(f"swap_step must be between 0 and {steps}, got {s.swap_step}")
+        group_of, prefixes = self._prefixes(z_T, schedules, steps, scale, prefix)
+
+        timesteps = self._timesteps(steps)
+        edited = torch.stack([self._embedding(s.edited) for s in schedules])
+        result: list[torch.Tensor | None] = [None] * len(schedules)
+        active: list[int] = []
+        z = torch.empty(0, *self.latent_shape, device=self.device)
+        for i, t in enumerate(timesteps):
+            starting = [k for k, s in enumerate(schedules) if s.swap_step == i]
+            if starting:
+                z = torch.cat([z] + [prefixes[group_of[k]][i].to(self.device, torch.float32) for k in starting])
+                active += starting
+            if active:
+                out = self._predict(z, t, edited[active], scale)
+                z = self.scheduler.step(out, t, z, eta=0.0).prev_sample
+        for row, k in enumerate(active):
+            result[k] = z[row:row + 1]
+        for k, s in enumerate(schedules):
+            if s.swap_step == steps:
+                result[k] = prefixes[group_of[k]][steps].to(self.device, torch.float32)
+        return torch.cat(result)
+
+    def _prefixes(self, z_T, schedules, steps, scale, prefix):
+        """Group schedules by source embedding; one prefix per group, as long as its latest swap step."""
+        sources: list[torch.Tensor] = []
+        group_of: list[int] = []
+        for s in schedules:
+            source = self._embedding(s.source)
+            match = next((g for g, known in enumerate(sources) if known is source or torch.equal(known, source)), None)
+            if match is None:
+                sources.append(source)
+                match = len(sources) - 1
+            group_of.append(match)
+        if prefix is not None:
+            if len(sources) != 1:
+                raise XCounterError("a shared prefix needs every schedule to have the same source embedding")
+            if len(prefix) != steps + 1:
+                raise XCounterError(f"the prefix has {len(prefix)} latents, {steps + 1} are needed for {steps} steps")
+            if isinstance(prefix, DenoisePrefix) and (prefix.guidance_scale != scale or
+                                                      not torch.allclose(prefix.source, sources[0], atol=1e-5)):
+                raise XCounterError("the prefix was computed with another guidance scale or source embedding")
+            return group_of, [prefix]
+        prefixes = []
+        for g, source in enumerate(sources):
+            latest = max(int(s.swap_step) for s, k in zip(schedules, group_of) if k == g)
+            prefixes.append(self.denoise_prefix(z_T, source, steps, scale, stop=latest))
+        return group_of, prefixes
+
+
+_BOOKKEEPING_KEYS = {"architectures", "dtype", "torch_dtype", "transformers_version"}
+
+
+def _config_digest(configs: dict[str, dict]) -> str:
+    """sha256 of the model architectures, blind to bookkeeping (paths, versions, which values were defaults)
+    so the same model hashes the same in memory and after save/load."""
+    kept = {name: {k: v for k, v in config.items() if not k.startswith("_") and k not in _BOOKKEEPING_KEYS}
+            for name, config in configs.items()}
+    text = json.dumps(json.loads(json.dumps(kept, default=str)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """Hide diffusers'/transformers' loading progress bars (CLI output stays readable), then restore them."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    states = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
+    for module, _ in states:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module, enabled in states:
+            if enabled:
+                module.enable_progress_bar()
+
+
+def _read_settings(folder: Path) -> dict:
+    path = folder / "xcounter.json"
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelError(f"cannot read {path}: {error}") from error
+    if not isinstance(settings, dict):
+        raise ModelError(f"{path} must hold a JSON object")
+    return settings
+
+
+def _load_unet(spec: str | Path, template):
+    """A UNet override: a diffusers UNet folder (config.json, or unet/config.json) or a weights file
+    for the pipeline's own UNet architecture (MINIM ships per-modality UNets this way)."""
+    from diffusers import UNet2DConditionModel
+
+    path = Path(spec)
+    if path.is_dir():
+        folder = path if (path / "config.json").is_file() else path / "unet"
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"UNet override '{path}' holds no config.json (nor unet/config.json)")
+        try:
+            return UNet2DConditionModel.from_pretrained(folder, local_files_only=True)
+        except (OSError, ValueError, RuntimeError) as error:
+            raise ModelError(f"cannot load the UNet override '{path}': {error}") from error
+    if not path.is_file():
+        raise ModelError(f"UNet override '{path}' does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
+        template.load_state_dict(state, strict=True)
+    except Exception as error:  # noqa: BLE001 - any failure here is the user's file not fitting
+        raise ModelError(f"UNet weights '{path}' do not fit the pipeline's UNet: {str(error).splitlines()[0]}") from error
+    return template
+
+
+def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: str | torch.device = "cpu",
+                   steps: int | None = None) -> SDGenerator:
+    """Load "phantom-cxr" / "phantom-skin" or any local diffusers Stable Diffusion 1.x/2.x folder.
+
+    `unet` swaps in another UNet (folder or weights file). An `xcounter.json` in the folder may set
+    `domain`, `steps`, `guidance_scale` and `image_channels`; `steps` here overrides it.
+    """
+    from xcounter.generators import zoo
+
+    name = str(spec)
+    if zoo.is_zoo_name(name):
+        folder = zoo.resolve_generator(name)
+    else:
+        folder = Path(spec).expanduser()
+        if not folder.exists():
+            if len(folder.parts) == 1 and not folder.suffix:
+                zoo.resolve_generator(name)  # raises: unknown name, with the list of shipped ones
+            raise ModelError(f"generator folder '{folder}' does not exist")
+        name = folder.resolve().name
+    if not folder.is_dir():
+        raise ModelError(f"generator '{folder}' must be a diffusers folder, not a file")
+    if not (folder / "model_index.json").is_file():
+        raise ModelError(f"'{folder}' is not a diffusers Stable Diffusion folder: model_index.json is missing")
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"cannot read {folder / 'model_index.json'}: {error}") from error
+    missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if c not in index]
+    if missing or "XL" in str(index.get("_class_name", "")):
+        raise ModelError(f"'{folder}' is not a Stable Diffusion 1.x/2.x pipeline "
+                         f"({index.get('_class_name')}{', missing ' + ', '.join(missing) if missing else ''})")
+    settings = _read_settings(folder)
+    image_channels = settings.get("image_channels")
+    if image_channels not in (None, 1, 3):
+        raise ModelError(f"{folder / 'xcounter.json'}: image_channels must be 1 or 3, got {image_channels!r}")
+
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        with _quiet_loading():
+            pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None,
+                                                           feature_extractor=None, requires_safety_checker=False)
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as error:
+        raise ModelError(f"cannot load the Stable Diffusion folder '{folder}': {str(error).splitlines()[0]}") from error
+    if unet is not None:
+        pipe.unet = _load_unet(unet, pipe.unet)
+    pipe.set_progress_bar_config(disable=True)
+    steps = int(steps or settings.get("steps") or 50)
+    if steps < 1:
+        raise XCounterError(f"steps must be at least 1, got {steps}")
+    return SDGenerator(pipe, name=name, domain=settings.get("domain"), steps=steps,
+                       guidance_scale=float(settings.get("guidance_scale", 1.0)),
+                       image_channels=image_channels, device=device,
+                       source=str(folder.resolve()) + (f" + unet {unet}" if unet is not None else ""))
