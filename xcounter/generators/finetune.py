@@ -52,6 +52,7 @@ class FinetuneOptions:
     ema: bool = False
     vae_steps: int = 1000
     vae_lr: float = 1e-3
+    vae_batch_size: int = 8
     caption_dropout: float = 0.1
     vocab_size: int | None = None
     report_corpus: bool = True
@@ -104,8 +105,8 @@ def validate(options: FinetuneOptions, resume: bool) -> tuple[dict | None, int, 
         raise XCounterError("give exactly one of --base SD_DIR or --from-scratch CONFIG")
     if options.steps <= 0:
         raise XCounterError(f"--steps must be positive, got {options.steps}")
-    if options.batch_size <= 0:
-        raise XCounterError(f"--batch-size must be positive, got {options.batch_size}")
+    if options.batch_size <= 0 or options.vae_batch_size <= 0:
+        raise XCounterError("--batch-size and --vae-batch-size must be positive")
     if options.lora is not None and options.lora <= 0:
         raise XCounterError(f"--lora rank must be positive, got {options.lora}")
     if not 0.0 <= options.caption_dropout < 1.0:
@@ -304,7 +305,8 @@ def cli_arguments(options: FinetuneOptions) -> list[str]:
     args = ["--data", options.data, "--out", options.out]
     args += ["--base", options.base] if options.base else ["--from-scratch", options.from_scratch,
                                                             "--vae-steps", str(options.vae_steps),
-                                                            "--vae-lr", str(options.vae_lr)]
+                                                            "--vae-lr", str(options.vae_lr),
+                                                            "--vae-batch-size", str(options.vae_batch_size)]
     args += ["--steps", str(options.steps), "--batch-size", str(options.batch_size), "--lr", str(options.lr),
              "--seed", str(options.seed), "--caption-dropout", str(options.caption_dropout),
              "--checkpoint-every", str(options.checkpoint_every)]
@@ -346,6 +348,45 @@ def check_resume_options(options: FinetuneOptions, folder: Path, resume: bool) -
     write_text_atomic(path, json.dumps(asdict(options), indent=2))
 
 
+def prepare_scratch(config: dict, data: ImageCaptionSet, options: FinetuneOptions, checkpoints: Path,
+                    log_path: Path, accelerator, resume: bool, progress: bool, summary: dict):
+    """Stage 1: tokenizer + random components, train the VAE, fix its scaling factor.
+
+    Returns (components, unscaled latents of every image, xcounter.json settings).
+    """
+    from xcounter.generators.vae_training import encode_all, reconstruction_ssim, scaling_factor, vae_stage
+
+    tokenizer = scratch_tokenizer(config, data.captions, checkpoints / "tokenizer", options.vocab_size,
+                                  options.report_corpus)
+    parts = scratch_components(config, tokenizer, options.seed)
+    stage = vae_stage(parts["vae"], data, steps=options.vae_steps, batch_size=options.vae_batch_size,
+                      lr=options.vae_lr, seed=options.seed, accelerator=accelerator)
+    summary["vae_final_loss"] = round(run_stage(stage, accelerator, checkpoints, log_path,
+                                                options.checkpoint_every, resume, progress), 6)
+    vae = accelerator.unwrap_model(stage.modules["vae"]).vae
+    raw = encode_all(vae, data, accelerator.device)
+    vae.register_to_config(scaling_factor=scaling_factor(raw))
+    summary["vae_scaling_factor"] = round(vae.config.scaling_factor, 6)
+    summary["vae_ssim"] = round(reconstruction_ssim(vae, data, accelerator.device), 4)
+    parts["vae"] = vae
+    meta = {"domain": config.get("domain"), "steps": int(config.get("steps", 20)),
+            "guidance_scale": float(config.get("guidance_scale", 1.0))}
+    return parts, raw, meta
+
+
+def prepare_base(base: Path, data: ImageCaptionSet, accelerator):
+    """Load the base pipeline and encode every image with its (frozen) VAE."""
+    from xcounter.generators.vae_training import encode_all
+
+    parts = base_components(base)
+    parts["vae"].to(accelerator.device)
+    raw = encode_all(parts["vae"], data, accelerator.device)
+    saved = json.loads((base / "xcounter.json").read_text()) if (base / "xcounter.json").is_file() else {}
+    meta = {"domain": saved.get("domain"), "steps": int(saved.get("steps", 20)),
+            "guidance_scale": float(saved.get("guidance_scale", 1.0))}
+    return parts, raw, meta
+
+
 def finetune(options: FinetuneOptions, *, resume: bool = False, progress: bool = True,
              device: str | None = None) -> Path:
     """Run a whole training (both stages when from scratch) and write the output folder.
@@ -369,35 +410,12 @@ def finetune(options: FinetuneOptions, *, resume: bool = False, progress: bool =
     summary: dict = {"images": len(data), "resolution": resolution, "image_channels": channels}
 
     if config is not None:
-        tokenizer = scratch_tokenizer(config, data.captions, checkpoints / "tokenizer", options.vocab_size,
-                                      options.report_corpus)
-        parts = scratch_components(config, tokenizer, options.seed)
-        from xcounter.generators.vae_training import encode_all, reconstruction_ssim, scaling_factor, vae_stage
-
-        stage = vae_stage(parts["vae"], data, steps=options.vae_steps, batch_size=options.batch_size,
-                          lr=options.vae_lr, seed=options.seed, accelerator=accelerator)
-        summary["vae_final_loss"] = round(run_stage(stage, accelerator, checkpoints, log_path,
-                                                    options.checkpoint_every, resume, progress), 6)
-        vae = accelerator.unwrap_model(stage.modules["vae"]).vae
-        raw = encode_all(vae, data, accelerator.device)
-        vae.register_to_config(scaling_factor=scaling_factor(raw))
-        summary["vae_scaling_factor"] = round(vae.config.scaling_factor, 6)
-        summary["vae_ssim"] = round(reconstruction_ssim(vae, data, accelerator.device), 4)
-        parts["vae"] = vae
+        parts, raw, meta = prepare_scratch(config, data, options, checkpoints, log_path, accelerator,
+                                           resume, progress, summary)
         train_text_encoder = True
-        domain = config.get("domain")
-        steps_default, guidance = int(config.get("steps", 20)), float(config.get("guidance_scale", 1.0))
     else:
-        parts = base_components(Path(options.base))
-        from xcounter.generators.vae_training import encode_all
-
-        parts["vae"].to(accelerator.device)
-        raw = encode_all(parts["vae"], data, accelerator.device)
+        parts, raw, meta = prepare_base(Path(options.base), data, accelerator)
         train_text_encoder = options.train_text_encoder
-        base_meta = Path(options.base) / "xcounter.json"
-        meta = json.loads(base_meta.read_text()) if base_meta.is_file() else {}
-        domain, steps_default = meta.get("domain"), int(meta.get("steps", 20))
-        guidance = float(meta.get("guidance_scale", 1.0))
     parts["vae"].requires_grad_(False)
     latents = raw * parts["vae"].config.scaling_factor
     input_ids = tokenize(parts["tokenizer"], data.captions)
@@ -427,9 +445,7 @@ def finetune(options: FinetuneOptions, *, resume: bool = False, progress: bool =
                     "seconds": round(logged_seconds(log_path), 1),
                     "device": str(accelerator.device), "torch_threads": torch.get_num_threads(),
                     "python": sys.version.split()[0]})
-    write_text_atomic(out / "xcounter.json", json.dumps(
-        {"domain": domain, "steps": steps_default, "guidance_scale": guidance, "image_channels": channels},
-        indent=2) + "\n")
+    write_text_atomic(out / "xcounter.json", json.dumps({**meta, "image_channels": channels}, indent=2) + "\n")
     write_text_atomic(out / "RECIPE.md", recipe_text(options, summary))
     if not options.keep_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)

@@ -3,7 +3,8 @@
 Why: a domain without a base model (the phantoms) needs its own latent space. It only has to
 reconstruct the training images well (SSIM > 0.95 on 64x64 phantoms), so an L1 + MSE loss with a
 tiny KL weight (1e-6, as in latent diffusion's autoencoders) suffices; the latents' scale is then
-fixed by `scaling_factor` = 1 / std, as Stable Diffusion does.
+fixed by `scaling_factor` = 1 / std, as Stable Diffusion does. The decoder sees the posterior mean
+(a KL-regularised autoencoder), which is what encoding for diffusion and inversion uses.
 """
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ class AutoencoderObjective(torch.nn.Module):
 
     def forward(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         posterior = self.vae.encode(images).latent_dist
-        recon = self.vae.decode(posterior.sample(generator=generator)).sample
+        # Decode the mean: the diffusion stage and inversion use the mean too, and sampling with the
+        # initial std of ~1 blurs reconstructions for hundreds of steps on small models.
+        recon = self.vae.decode(posterior.mean).sample
         kl = posterior.kl().mean() / images[0].numel()
         return F.l1_loss(recon, images) + F.mse_loss(recon, images) + KL_WEIGHT * kl
 

@@ -1,0 +1,136 @@
+"""`xcounter explain` end to end on tiny models (TorchScript DenseNet, tiny SD folder), and its refusals."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+
+from tiny_classifier import make_tiny_densenet, save_torchscript
+from tiny_generator import tiny_generator_dir
+from xcounter.cli import main
+from xcounter.cli.explain import command_line
+from xcounter.report import read_json_sidecar
+
+CR_DICOM = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "77654033" / "CR1" / "6154"
+ATTRIBUTES_YAML = """
+domain: cxr
+modality: chest radiograph
+neutral_prompt: "chest radiograph"
+templates: ["chest radiograph. {phrase}."]
+labels: [Effusion, Pneumothorax]
+attributes:
+  - {name: pleural_effusion, kind: pathology, label: Effusion,
+     negative: ["no pleural effusion"], positive: ["large right pleural effusion"]}
+  - {name: chest_tube, kind: device, negative: ["no chest tube"], positive: ["right chest tube in place"]}
+"""
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    classifier = save_torchscript(make_tiny_densenet(), root / "tiny.pt", thresholds=[0.0, 0.0, float("nan"), 0.0])
+    generator = tiny_generator_dir(root, settings={"domain": "cxr", "steps": 3})
+    attributes = root / "attributes.yaml"
+    attributes.write_text(ATTRIBUTES_YAML, encoding="utf-8")
+    scan = root / "scan.png"
+    pixels = np.random.default_rng(0).random((24, 24))
+    Image.fromarray((pixels * 255).astype(np.uint8)).save(scan)
+    return {"classifier": classifier, "generator": generator, "attributes": attributes, "scan": scan}
+
+
+def _args(models, image, *extra) -> list[str]:
+    return ["explain", "--classifier", str(models["classifier"]), "--image", str(image),
+            "--generator", str(models["generator"]), "--attributes", str(models["attributes"]),
+            "--steps", "2", *extra]
+
+
+@pytest.fixture(scope="module")
+def dicom_run(models, tmp_path_factory):
+    """One run on a real DICOM (pydicom's CR fixture), default report name, with a JSON sidecar."""
+    work = tmp_path_factory.mktemp("run")
+    capture = pytest.MonkeyPatch()
+    capture.chdir(work)
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(_args(models, CR_DICOM, "--json", "sidecar.json", "--target", "Effusion", "--seed", "3"))
+    capture.undo()
+    return {"code": code, "stdout": out.getvalue(), "stderr": err.getvalue(), "dir": work}
+
+
+def test_explain_writes_card_and_sidecar(dicom_run):
+    assert dicom_run["code"] == 0, dicom_run["stderr"]
+    files = sorted(p.name for p in dicom_run["dir"].iterdir())
+    assert files == ["6154.xcounter.html", "sidecar.json", "sidecar_images"]  # nothing temporary left
+    html = (dicom_run["dir"] / "6154.xcounter.html").read_text(encoding="utf-8")
+    assert "<script" not in html and not re.search(r"(src|href)=\"https?:", html)
+    assert "tiny.pt" in html and "pleural_effusion" in html and "chest_tube" in html
+    explanation = read_json_sidecar(dicom_run["dir"] / "sidecar.json")
+    assert explanation.targets == ["Effusion"] and explanation.seed == 3
+    assert {r.attribute for r in explanation.results} == {"pleural_effusion", "chest_tube"}
+    assert explanation.source["name"] == "6154"
+    assert "PatientName" not in json.dumps(explanation.source)  # only allowlisted DICOM facts travel
+    assert explanation.attributions["Effusion"]["integrated_gradients"].shape[:2] == explanation.image.shape[:2]
+
+
+def test_explain_prints_a_ranked_summary(dicom_run):
+    stdout = dicom_run["stdout"]
+    assert re.search(r"^Effusion: (positive|negative) \(probability \d\.\d\d\)$", stdout, re.M)
+    ranked = re.findall(r"^\s+(\d)\. (\w+)\s+(SHORTCUT ALERT|drives|does not drive)\s+(.+)$", stdout, re.M)
+    assert [r[0] for r in ranked] == ["1", "2"] and {r[1] for r in ranked} == {"pleural_effusion", "chest_tube"}
+    assert "Report: 6154.xcounter.html" in stdout and "JSON:   sidecar.json" in stdout
+
+
+def _refused(capsys, args: list[str], folder: Path) -> str:
+    before = sorted(folder.rglob("*"))
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), captured.err
+    assert sorted(folder.rglob("*")) == before  # no report, no sidecar, no temp file
+    return lines[0]
+
+
+def test_bad_inputs_fail_in_one_line(models, tmp_path, capsys):
+    out = ["--out", str(tmp_path / "r.html"), "--json", str(tmp_path / "r.json")]
+    assert "not found" in _refused(capsys, _args(models, tmp_path / "missing.png", *out), tmp_path)
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    _refused(capsys, _args(models, fake, *out), tmp_path)
+    fake.unlink()
+    message = _refused(capsys, _args(models, models["scan"], "--target", "Efusion", *out), tmp_path)
+    assert "did you mean 'Effusion'" in message
+    assert "steps" in _refused(capsys, _args(models, models["scan"], "--steps", "0", *out), tmp_path)
+    args = _args(models, models["scan"], *out)
+    args[args.index("--generator") + 1] = "phantom-nothing"
+    assert "phantom-nothing" in _refused(capsys, args, tmp_path)
+    args = _args(models, models["scan"], *out)
+    args[args.index("--classifier") + 1] = str(tmp_path / "nothing.pt")
+    _refused(capsys, args, tmp_path)
+    (tmp_path / "folder.html").mkdir()
+    assert "is a folder" in _refused(capsys, _args(models, models["scan"], "--out", str(tmp_path / "folder.html")),
+                                     tmp_path)
+
+
+def test_command_line_round_trips_through_the_parser(models):
+    from xcounter.cli.explain import command as explain_command
+
+    line = command_line(models["classifier"], models["scan"], generator="phantom-cxr", targets=["Pneumothorax"],
+                        out="a b.html", json_path=None, seed=1, trust_pickle=False)
+    words = line.split(" ", 2)
+    assert words[:2] == ["xcounter", "explain"] and "'a b.html'" in line and "--json" not in line
+    import shlex
+
+    context = explain_command.make_context("explain", shlex.split(line)[2:])
+    assert context.params["targets"] == ("Pneumothorax",) and context.params["out"] == "a b.html"
+    assert context.params["seed"] == 1 and context.params["generator"] == "phantom-cxr"
+    assert shutil.which("xcounter") is not None  # the command the demo prints is installed

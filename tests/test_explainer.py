@@ -1,0 +1,205 @@
+"""End to end: tiny generator + tiny classifier on a small array, through `Explainer.explain`."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from xcounter.attributes import load_attributes
+from xcounter.errors import XCounterError
+from xcounter.explainer import NFE_PER_ATTRIBUTE_BUDGET, Explainer, default_targets, source_prompt
+from xcounter.explanation import Explanation, Prediction
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def generator():
+    from tiny_generator import tiny_pipeline
+    from xcounter.generators import SDGenerator
+    return SDGenerator(tiny_pipeline(1, seed=0), steps=STEPS, name="tiny-sd")
+
+
+@pytest.fixture(scope="module")
+def attributes():
+    """Three examined attributes (one pathology, two devices) and one anatomy attribute."""
+    cxr = load_attributes("cxr")
+    keep = ("pleural_effusion", "chest_tube", "pacemaker", "body_width")
+    return dataclasses.replace(cxr, attributes=tuple(cxr[name] for name in keep))
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    from tiny_classifier import TINY_LABELS, TINY_OP_THRESHS, make_tiny_densenet
+    from xcounter.classifiers import Classifier, logit, make_profile
+    return Classifier(make_tiny_densenet(0), TINY_LABELS, logit(TINY_OP_THRESHS), make_profile("xrv", size=32),
+                      name="tiny-densenet")
+
+
+@pytest.fixture(scope="module")
+def scan():
+    rng = np.random.default_rng(0)
+    return (rng.random((16, 16)) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def explanation(classifier, generator, attributes, scan):
+    return Explainer(classifier, generator, attributes).explain(scan, seed=3)
+
+
+def _without_time(explanation: Explanation) -> dict:
+    data = explanation.to_dict()
+    data.pop("created")
+    data.pop("source")
+    return data
+
+
+def test_explanation_fields_are_filled(explanation, classifier, attributes):
+    e = explanation
+    assert e.image.shape == (16, 16, 1) and e.reconstruction.shape == (16, 16, 1)
+    assert 0 <= e.reconstruction_error <= 1 and e.prompt
+    assert [p.label for p in e.predictions] == classifier.targets
+    assert e.targets == default_targets(e.predictions)
+    examined = ["pleural_effusion", "chest_tube", "pacemaker"]
+    assert [(r.target, r.attribute) for r in e.results] == [(t, a) for t in e.targets for a in examined]
+    for result in e.results:
+        assert result.kind == attributes[result.attribute].kind
+        assert [c.sign for c in result.counterfactuals] == ["add", "remove"]
+        assert result.gradient_sensitivity is not None
+        for c in result.counterfactuals:
+            assert c.image.shape == (16, 16, 1) and c.difference.shape == (16, 16, 1)
+            assert 1 < len(c.film) <= 6 and len(c.strengths) == len(c.probabilities)
+            assert c.strengths[0] == 0.0 and c.strengths[-1] == 1.0
+            assert c.l1 is not None and c.ssim is not None and c.nfe > 0
+            assert len(c.direction_cosine) == len(c.strengths) - 2
+    assert set(e.gradient_ranking) == set(e.targets)
+    assert e.direction_cosine["names"] == examined
+    assert e.source["name"] == "array" and e.classifier["name"] == "tiny-densenet"
+    assert e.generator["name"] == "tiny-sd"
+    assert e.settings["steps"] == STEPS and e.settings["swap_steps"] == [3, 2, 1, 0]
+    assert {"torch", "diffusers", "transformers", "xcounter"} <= set(e.versions)
+    assert e.created and e.seed == 3
+    assert set(e.attributions) == set(e.targets)
+    assert e.attributions[e.targets[0]]["integrated_gradients"].shape == (16, 16)
+    assert any("reconstruction error" in w for w in e.warnings) == (e.reconstruction_error > 0.05)
+
+
+def test_nfe_is_recorded_and_under_budget(explanation):
+    per_sign = sum(STEPS - s for s in (3, 2, 1, 0))  # post-swap steps off the shared prefix
+    first_target = [r for r in explanation.results if r.target == explanation.targets[0]]
+    assert all(c.nfe == per_sign for r in first_target for c in r.counterfactuals)
+    # inversion + source prefix once, each attribute and sign once (shared by every target)
+    assert explanation.nfe == 2 * STEPS + sum(c.nfe for r in first_target for c in r.counterfactuals)
+    assert explanation.nfe / 3 <= NFE_PER_ATTRIBUTE_BUDGET
+
+
+def test_json_round_trip_is_equal(explanation):
+    again = Explanation.from_json(explanation.to_json())
+    assert again.to_dict() == explanation.to_dict()
+    assert again.ranking[0].attribute == explanation.ranking[0].attribute
+
+
+def test_deterministic_for_a_fixed_seed_from_array_or_file(classifier, generator, attributes, scan, explanation,
+                                                           tmp_path):
+    path = tmp_path / "scan.png"
+    Image.fromarray(scan).save(path)
+    again = Explainer(classifier, generator, attributes).explain(str(path), seed=3)
+    assert again.source["name"] == "scan.png"
+    assert _without_time(again) == _without_time(explanation)
+
+
+def test_unknown_target_is_a_clear_error(classifier, generator, attributes, scan):
+    with pytest.raises(XCounterError, match="did you mean 'Effusion'"):
+        Explainer(classifier, generator, attributes).explain(scan, target="Efusion")
+
+
+class _Brightness(torch.nn.Module):
+    def forward(self, images):
+        return 10 * images.mean(dim=(1, 2, 3)).unsqueeze(1)
+
+
+def test_a_device_that_flips_the_decision_is_a_shortcut(generator, attributes, scan):
+    """A 'classifier' reading brightness, its threshold placed between the reconstruction and the strongest
+    chest_tube edit (measured here), must be flipped by adding a chest tube: a shortcut alert."""
+    from xcounter.classifiers import Classifier, make_profile
+
+    def brightness_classifier(threshold):
+        return Classifier(_Brightness(), ["Pneumothorax"], [threshold], make_profile("unit"), name="brightness")
+
+    probe = Explainer(brightness_classifier(0.0), generator, attributes, attribution=False).explain(
+        scan, target="Pneumothorax")
+    tube = probe.result("Pneumothorax", "chest_tube").counterfactuals[0]
+    start, end = 10 * tube.film[0].mean(), 10 * tube.film[-1].mean()
+    assert abs(end - start) > 1e-3, "the chest_tube edit must change the image"
+    threshold = float(start + 0.6 * (end - start))
+    explanation = Explainer(brightness_classifier(threshold), generator, attributes, attribution=False).explain(
+        scan, target="Pneumothorax")
+    result = explanation.result("Pneumothorax", "chest_tube")
+    add = result.counterfactuals[0]
+    assert add.flipped and 0 < add.minimal_strength <= 1
+    assert result.flipped and result.verdict == "shortcut"
+    before, after = 10 * add.film[0].mean() - threshold, 10 * add.image.mean() - threshold
+    assert (before > 0) != (after > 0)  # the returned counterfactual really flips
+    assert abs(after) < abs(end - start)  # and lies near the boundary, not at the strongest edit
+    assert explanation.ranking[0].flipped
+
+
+def test_source_prompt_from_positive_findings():
+    cxr = load_attributes("cxr")
+    predictions = [Prediction("Effusion", 0.9, 2.0, 0.0, True), Prediction("Cardiomegaly", 0.2, -1.0, 0.0, False)]
+    assert source_prompt(cxr, predictions) == "PA chest radiograph. Right pleural effusion."
+    assert source_prompt(cxr, predictions[1:]) == cxr.neutral_prompt
+    assert default_targets(predictions) == ["Effusion", "Cardiomegaly"]
+
+
+def test_method_registry():
+    from xcounter.methods import get_method
+    from xcounter.methods.trajectory import TrajectoryMethod
+
+    assert isinstance(get_method("trajectory", alpha=2.0), TrajectoryMethod)
+    assert get_method("latent_shift").name == "latent_shift"
+    with pytest.raises(XCounterError, match="did you mean 'sdedit'"):
+        get_method("sdedt")
+
+
+class _FakeOracle:
+    """Measures 'chest_tube' as brightness and 'pacemaker' as a constant: a known ground truth."""
+
+    attributes = ["chest_tube", "pacemaker"]
+
+    def measure(self, images):
+        brightness = images.mean(dim=(1, 2, 3))
+        return {"chest_tube": brightness, "pacemaker": torch.full_like(brightness, 0.3)}
+
+
+def test_oracle_change_and_cfrt(classifier, generator, attributes, scan):
+    e = Explainer(classifier, generator, attributes, oracle=_FakeOracle(), attribution=False).explain(
+        scan, target="Effusion")
+    add = e.result("Effusion", "chest_tube").counterfactuals[0]
+    assert set(add.oracle_change) == {"chest_tube", "pacemaker"}
+    assert add.oracle_change["pacemaker"] == 0.0
+    expected = float(add.image.mean() - e.result("Effusion", "chest_tube").counterfactuals[0].film[0].mean())
+    assert add.oracle_change["chest_tube"] == pytest.approx(expected, abs=5e-3)
+    assert 0.0 <= add.cfrt <= 1.0
+    assert e.result("Effusion", "pleural_effusion").counterfactuals[0].cfrt is None  # not measured by the oracle
+    assert e.settings["oracle"] is True
+
+
+@pytest.mark.parametrize("method", ["latent_shift", "sdedit", "random"])
+def test_other_methods_run_through_the_same_explainer(classifier, generator, attributes, scan, method):
+    e = Explainer(classifier, generator, attributes, method=method, attribution=False).explain(
+        scan, target="Effusion")
+    assert e.settings["method"] == method
+    assert len(e.results) == 3 and all(c.method == method for r in e.results for c in r.counterfactuals)
+    assert e.gradient_ranking == {}  # only the trajectory method gives latent attribute directions
+
+
+def test_explicit_swap_steps_are_checked_and_used(classifier, generator, attributes, scan):
+    with pytest.raises(XCounterError, match="swap steps"):
+        Explainer(classifier, generator, attributes, swap_steps=[2, STEPS]).explain(scan, target="Effusion")
+    e = Explainer(classifier, generator, attributes, swap_steps=[2, 0], attribution=False, signs=("add",)).explain(
+        scan, target="Effusion")
+    assert e.settings["swap_steps"] == [2, 0]
+    assert all(c.strengths == [0.0, 0.5, 1.0] and c.sign == "add" for r in e.results for c in r.counterfactuals)
+    assert e.nfe == 2 * STEPS + 3 * (2 + 4)

@@ -1,0 +1,201 @@
+"""Report renderers on a synthetic Explanation: self-contained, escaped, accessible, atomic; JSON round trip."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from xcounter.explanation import Explanation
+from xcounter.report import plots, read_json_sidecar, render_html, text_summary, write_html, write_json_sidecar
+from xcounter.report import json_sidecar
+from xcounter.report.sample import sample_explanation
+
+HOSTILE_LABEL = '<script>alert("label")</script>'
+HOSTILE_FILE = 'x"><img src=y onerror=alert(1)>.png'
+HOSTILE_ATTRIBUTE = "tube'\"<b>bold</b>"
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def _tags(html: str) -> list[tuple[str, dict]]:
+    parser = _Tags()
+    parser.feed(html)
+    return parser.tags
+
+
+def hostile_explanation() -> Explanation:
+    explanation = sample_explanation(seed=1, size=24, label=HOSTILE_LABEL,
+                                     attribute_names=("chest_tube", HOSTILE_ATTRIBUTE, "pacemaker"),
+                                     source_name=HOSTILE_FILE)
+    explanation.warnings.append("check <this> & that")
+    return explanation
+
+
+@pytest.fixture(scope="module")
+def html() -> str:
+    return render_html(sample_explanation())
+
+
+def test_card_is_self_contained(html):
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I)
+    assert "<script" not in html.lower()
+    assert "@import" not in html and "url(" not in html
+    assert "<link" not in html.lower()
+    sources = [attrs.get("src", "") for tag, attrs in _tags(html) if tag == "img"]
+    assert sources and all(src.startswith("data:image/png;base64,") for src in sources)
+
+
+def test_every_image_has_alt_text(html):
+    images = [attrs for tag, attrs in _tags(html) if tag == "img"]
+    # scan, reconstruction, 2 attribution maps, per attribute (image, difference, legend, plot, 6 film frames)
+    assert len(images) == 4 + 3 * (4 + 6)
+    assert all(attrs.get("alt", "").strip() for attrs in images)
+
+
+def test_card_shows_identity_predictions_and_distinct_verdicts(html):
+    explanation = sample_explanation()
+    assert explanation.classifier["sha256"] in html and explanation.generator["sha256"] in html
+    assert "cxr-shortcut.pt" in html and "phantom-cxr" in html
+    for prediction in explanation.predictions:
+        assert prediction.label in html
+    assert 'class="badge v-shortcut"' in html and 'class="badge v-drives"' in html and 'class="badge v-none"' in html
+    assert "@media print" in html
+    assert "Phantom models" in html  # method notes adapt to the phantom generator
+
+
+def test_untrusted_text_is_escaped():
+    html = render_html(hostile_explanation())
+    assert HOSTILE_LABEL not in html and "<script" not in html.lower()
+    assert "&lt;script&gt;alert(&#34;label&#34;)&lt;/script&gt;" in html
+    assert "<b>bold</b>" not in html and "&lt;b&gt;bold&lt;/b&gt;" in html
+    assert "onerror=alert(1)>" not in html
+    assert "check &lt;this&gt; &amp; that" in html
+    assert all(tag != "b" for tag, _ in _tags(html))
+    assert len([tag for tag, _ in _tags(html) if tag == "img"]) == 4 + 3 * 10  # no injected images
+
+
+def test_poor_reconstruction_is_warned():
+    explanation = sample_explanation()
+    assert "reproduces this scan poorly" not in render_html(explanation)
+    explanation.reconstruction_error = 0.25
+    html = render_html(explanation)
+    assert "reproduces this scan poorly" in html
+    assert "Warning: The generator reproduces this scan poorly" in text_summary(explanation)
+
+
+def test_degenerate_maps_render():
+    explanation = sample_explanation(size=16)
+    label = explanation.targets[0]
+    explanation.attributions[label] = {"integrated_gradients": np.zeros((16, 16), np.float32)}
+    for result in explanation.results:
+        for counterfactual in result.counterfactuals:
+            counterfactual.difference = np.zeros_like(counterfactual.difference)
+    html = render_html(explanation)
+    assert "Integrated Gradients (no signal)" in html
+    assert plots.difference_png(np.zeros((4, 4, 1)))[1] == 0.0
+
+
+def test_write_html_is_atomic(tmp_path, monkeypatch):
+    target = tmp_path / "card.html"
+    calls = {"n": 0}
+    original = plots.probability_plot_png
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("renderer failed midway")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "probability_plot_png", failing)
+    with pytest.raises(RuntimeError, match="midway"):
+        write_html(sample_explanation(), target)
+    assert calls["n"] == 2 and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(plots, "probability_plot_png", original)
+    write_html(sample_explanation(), target)
+    assert [p.name for p in tmp_path.iterdir()] == ["card.html"]
+    assert target.read_text(encoding="utf-8").rstrip().endswith("</html>")
+
+
+def _assert_round_trip(original: Explanation, restored: Explanation) -> None:
+    assert restored.predictions == original.predictions
+    assert restored.targets == original.targets and restored.source == original.source
+    assert restored.classifier == original.classifier and restored.settings == original.settings
+    assert [r.verdict for r in restored.ranking] == [r.verdict for r in original.ranking]
+    np.testing.assert_allclose(restored.image, original.image, atol=1 / 255 + 1e-6)
+    for before, after in zip(original.results, restored.results):
+        assert (after.attribute, after.minimal_strength, after.flipped) == (before.attribute, before.minimal_strength,
+                                                                           before.flipped)
+        cf_before, cf_after = before.counterfactuals[0], after.counterfactuals[0]
+        assert cf_after.probabilities == cf_before.probabilities and len(cf_after.film) == len(cf_before.film)
+        scale = np.abs(cf_before.difference).max()
+        np.testing.assert_allclose(cf_after.difference, cf_before.difference, atol=scale / 127 + 1e-6)
+        assert cf_after.difference.shape == cf_before.difference.shape
+    label = original.targets[0]
+    np.testing.assert_allclose(restored.attributions[label]["integrated_gradients"],
+                               original.attributions[label]["integrated_gradients"], atol=2 / 255 + 1e-3)
+
+
+def test_json_sidecar_with_image_files(tmp_path):
+    original = hostile_explanation()
+    path = write_json_sidecar(original, tmp_path / "report.json")
+    document = json.loads(path.read_text())
+    assert document["format"] == "xcounter-report" and document["images"] == "files"
+    body = document["explanation"]
+    for key in ("image", "reconstruction", "predictions", "results", "classifier", "generator", "seed",
+                "schema_version", "attributions", "warnings"):
+        assert key in body
+    assert body["image"]["encoding"] == "png" and body["image"]["range"] == [0.0, 1.0]
+    assert body["image"]["file"] == "report_images/image.png"
+    difference = body["results"][0]["counterfactuals"][0]["difference"]
+    assert difference["range"][0] == -difference["range"][1] < 0
+    files = sorted(p.name for p in (tmp_path / "report_images").iterdir())
+    assert "image.png" in files and all(re.fullmatch(r"[a-z0-9-]+\.png", name) for name in files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report_images"]
+    _assert_round_trip(original, read_json_sidecar(path))
+
+
+def test_json_sidecar_embedded(tmp_path):
+    original = sample_explanation(size=20)
+    path = write_json_sidecar(original, tmp_path / "r.json", embed_images=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+    document = json.loads(path.read_text())
+    assert document["images"] == "embedded" and "png_base64" in document["explanation"]["image"]
+    _assert_round_trip(original, read_json_sidecar(path))
+
+
+def test_json_sidecar_is_atomic(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = json_sidecar.encode_png
+
+    def failing(array, signed=False):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError("disk trouble midway")
+        return original(array, signed)
+
+    monkeypatch.setattr(json_sidecar, "encode_png", failing)
+    with pytest.raises(OSError, match="midway"):
+        write_json_sidecar(sample_explanation(), tmp_path / "report.json")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_text_summary_ranks_and_flattens_untrusted_text():
+    explanation = hostile_explanation()
+    explanation.results[0] = dataclasses.replace(explanation.results[0], attribute="evil\nline\x1b[31m")
+    summary = text_summary(explanation)
+    lines = summary.splitlines()
+    assert "SHORTCUT ALERT" in summary and "does not drive" in summary and "drives" in summary
+    assert "\x1b" not in summary and any("evil?line?[31m" in line for line in lines)
+    ranked = [line for line in lines if re.match(r"\s+\d+\. ", line)]
+    assert len(ranked) == 3 and "flips when removed at strength 0.60" in ranked[0]

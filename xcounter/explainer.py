@@ -1,0 +1,308 @@
+"""`Explainer`: one scan in, one `Explanation` out.
+
+The order of work follows the cost: everything shared is computed once per scan (inversion, the
+source denoising prefix, language directions), then the UNet is paid once per attribute and
+sign (trajectories do not depend on the target label), then everything per target uses the VAE
+and the classifier only (gradient ranking, minimal-flip search, verdicts).
+"""
+from __future__ import annotations
+
+import importlib
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from xcounter.attributes import AttributeSet, load_attributes
+from xcounter.disentangle.directions import GradientProjection, LanguageDirections
+from xcounter.disentangle.trajectories import DEFAULT_STRENGTHS, select_swap_steps
+from xcounter.errors import XCounterError
+from xcounter.explanation import AttributeResult, Explanation, Prediction
+from xcounter.methods import get_method
+from xcounter.methods.base import SIGNS, EditContext
+from xcounter.methods.trajectory import DEFAULT_MAX_NFE, TrajectoryMethod, to_hwc
+from xcounter.search import DEFAULT_TOLERANCE
+
+if TYPE_CHECKING:
+    from xcounter.classifiers import Classifier
+    from xcounter.generators import SDGenerator
+
+#: above this mean |reconstruction - scan| the counterfactuals may show the generator, not the scan
+RECONSTRUCTION_WARNING = 0.05
+#: the engine's UNet budget: average sample-evaluations per examined attribute
+NFE_PER_ATTRIBUTE_BUDGET = 150
+
+
+def verdict_of(attribute_kind: str, flipped: bool) -> str:
+    """"shortcut" when a device/artifact/acquisition edit flips the decision, "drives" for any other flip."""
+    from xcounter.attributes import SPURIOUS_KINDS
+    if not flipped:
+        return "does not drive"
+    return "shortcut" if attribute_kind in SPURIOUS_KINDS else "drives"
+
+
+def source_prompt(attributes: AttributeSet, predictions: Sequence[Prediction]) -> str:
+    """A report-like prompt from the positive findings: the first positive phrase of every pathology
+    attribute whose label is positive, in the first template; the neutral prompt when none is."""
+    positive = {p.label for p in predictions if p.positive}
+    phrases = [a.positive[0] for a in attributes if a.kind == "pathology" and a.label in positive and a.positive]
+    if not phrases or not attributes.templates:
+        return attributes.neutral_prompt
+    findings = ". ".join(p[:1].upper() + p[1:] for p in phrases)
+    return attributes.templates[0].format(phrase=findings)
+
+
+def default_targets(predictions: Sequence[Prediction]) -> list[str]:
+    """Every positive label, and the negative one closest to its threshold (the highest margin)."""
+    targets = [p.label for p in predictions if p.positive]
+    negatives = [p for p in predictions if not p.positive]
+    if negatives:
+        targets.append(max(negatives, key=lambda p: p.logit - p.threshold).label)
+    return targets
+
+
+def _versions() -> dict[str, str]:
+    import xcounter
+
+    versions = {"xcounter": xcounter.__version__, "torch": torch.__version__}
+    for name in ("diffusers", "transformers"):
+        try:
+            versions[name] = importlib.import_module(name).__version__
+        except ImportError:  # pragma: no cover - both are dependencies
+            versions[name] = "missing"
+    return versions
+
+
+def _attribution_module():
+    """`xcounter.attribution` when installed with its dependencies; None otherwise."""
+    try:
+        return importlib.import_module("xcounter.attribution")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("xcounter.attribution", "captum"):
+            return None
+        raise
+
+
+class Explainer:
+    """Explains a classifier's decisions on scans with counterfactual attribute edits.
+
+    Args:
+        classifier: an `xcounter.classifiers.Classifier`.
+        generator: an `xcounter.generators.SDGenerator`.
+        attributes: "cxr" | "skin" | a YAML path | an AttributeSet.
+        oracle: an attribute oracle (object with `measure`, or a name/path for `load_oracle`) for
+            `oracle_change` and CFRT; None = no ground truth.
+        steps: DDIM steps (default: the generator's).
+        swap_steps: explicit candidate swap steps λ (default: strengths 0.25, 0.5, 0.75, 1.0 within the budget).
+        method: "trajectory" (ours) | "latent_shift" | "sdedit" | "random", or a method object.
+        attribution: also store captum maps (Integrated Gradients, Grad-CAM) per target.
+        alpha: edit scale of the language direction (E(src) + sign·α·d_a).
+        max_nfe: UNet budget per counterfactual (one attribute and sign).
+        disentangle: orthogonalise the directions against each other and the anatomy directions.
+        signs: which edits to try per attribute.
+    """
+
+    def __init__(self, classifier: "Classifier", generator: "SDGenerator",
+                 attributes: "str | Path | AttributeSet" = "cxr", oracle: Any = None, steps: int | None = None,
+                 swap_steps: Sequence[int] | None = None, method: Any = "trajectory", attribution: bool = True, *,
+                 alpha: float = 1.0, max_nfe: int | None = DEFAULT_MAX_NFE, tolerance: float = DEFAULT_TOLERANCE,
+                 disentangle: bool = True, signs: Sequence[str] = SIGNS):
+        self.classifier = classifier
+        self.generator = generator
+        self.attributes = load_attributes(attributes)
+        self.oracle = self._load_oracle(oracle)
+        self.steps = int(steps) if steps is not None else None
+        if self.steps is not None and self.steps < 1:
+            raise XCounterError(f"steps must be at least 1, got {steps}")
+        self.swap_steps = None if swap_steps is None else [int(s) for s in swap_steps]
+        self.attribution = attribution
+        self.alpha, self.max_nfe, self.tolerance = float(alpha), max_nfe, float(tolerance)
+        self.disentangle = disentangle
+        unknown = [s for s in signs if s not in SIGNS]
+        if unknown or not signs:
+            raise XCounterError(f"signs must be among {', '.join(SIGNS)}, got {', '.join(map(str, signs)) or 'none'}")
+        self.signs = tuple(signs)
+        self.method = self._make_method(method)
+        self._directions: LanguageDirections | None = None
+
+    # -- construction --------------------------------------------------------------------------------
+    @staticmethod
+    def _load_oracle(oracle: Any):
+        if oracle is None or hasattr(oracle, "measure"):
+            return oracle
+        from xcounter.phantoms.oracle import load_oracle
+        return load_oracle(oracle)
+
+    def _make_method(self, method: Any):
+        if not isinstance(method, str):
+            if not hasattr(method, "generate"):
+                raise XCounterError("method must be a name or an object with a `generate` method")
+            return method
+        options = dict(alpha=self.alpha, swap_steps=self.swap_steps, tolerance=self.tolerance, max_nfe=self.max_nfe,
+                       oracle=self.oracle)
+        if method == "trajectory":
+            return TrajectoryMethod(**options)
+        if method == "random":  # the control shares every trajectory setting but the direction
+            return get_method(method, **options)
+        return get_method(method)
+
+    @property
+    def examined(self) -> list:
+        """Attributes that get counterfactuals: all but anatomy (anatomy is only disentangled against)."""
+        return [a for a in self.attributes if a.kind != "anatomy"]
+
+    def directions(self) -> LanguageDirections:
+        """Language directions for the examined attributes (fitted once per Explainer)."""
+        if self._directions is None:
+            self._directions = LanguageDirections(self.generator, self.attributes,
+                                                  names=[a.name for a in self.examined],
+                                                  disentangle=self.disentangle).fit()
+        return self._directions
+
+    # -- the explanation -------------------------------------------------------------------------------
+    def explain(self, scan: Any, target: str | Sequence[str] | None = None, report_text: str | None = None,
+                seed: int = 0) -> Explanation:
+        """Explain the classifier's decision(s) on `scan` (path, array, PIL image or Scan).
+
+        `target`: one label or several; None = every positive label and the strongest negative.
+        `report_text`: the source prompt for inversion (default: written from the positive findings).
+        """
+        from xcounter.io import load_scan
+
+        loaded = load_scan(scan)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                return self._explain(loaded, target, report_text, seed)
+
+    def _targets(self, target, predictions: list[Prediction]) -> list[str]:
+        if target is None:
+            chosen = default_targets(predictions)
+        else:
+            chosen = [target] if isinstance(target, str) else list(target)
+        names = [self.classifier.labels[self.classifier.target_index(t)] for t in chosen]
+        if not names:
+            raise XCounterError(f"classifier '{self.classifier.name}' offers no target to explain")
+        return list(dict.fromkeys(names))
+
+    def _explain(self, scan, target, report_text, seed: int) -> Explanation:
+        classifier, generator = self.classifier, self.generator
+        nfe_start = generator.nfe
+        predictions = classifier.predict(scan.to_tensor())[0]
+        targets = self._targets(target, predictions)
+        prompt = report_text.strip() if report_text and report_text.strip() else \
+            source_prompt(self.attributes, predictions)
+        steps = self.steps or generator.steps
+        if self.swap_steps is not None and not all(0 <= s < steps for s in self.swap_steps):
+            raise XCounterError(f"swap steps must lie in 0..{steps - 1} for {steps} DDIM steps, got {self.swap_steps}")
+
+        inversion = generator.invert(scan.to_tensor(), prompt, steps)
+        prefix = inversion.prefix if inversion.prefix is not None else \
+            generator.denoise_prefix(inversion.z_T, generator.embed([prompt])[0], steps)
+        source_embedding = getattr(prefix, "source", None)
+        if source_embedding is None:
+            source_embedding = generator.embed([prompt])[0]
+        directions = self.directions()
+        if hasattr(self.method, "reset"):
+            self.method.reset()
+
+        contexts = {t: EditContext(
+            classifier=classifier, generator=generator, attributes=self.attributes, inversion=inversion,
+            source_embedding=source_embedding, target=t, target_index=classifier.target_index(t), seed=seed,
+            steps=steps, prefix=prefix, directions=directions.directions_, max_nfe=self.max_nfe) for t in targets}
+        warnings_list = self._reconstruction_warnings(inversion, predictions, targets)
+
+        gradient_ranking: dict[str, dict[str, float]] = {}
+        if hasattr(self.method, "trajectory"):  # UNet once per attribute and sign, before any search
+            first = contexts[targets[0]]
+            trajectories = {(a.name, s): self.method.trajectory(first, a, s) for a in self.examined for s in self.signs}
+            for t in targets:
+                gradient_ranking[t] = self._gradient_ranking(contexts[t], trajectories)
+
+        results = []
+        for t in targets:
+            for attribute in self.examined:
+                counterfactuals = [self.method.generate(contexts[t], attribute, s) for s in self.signs]
+                results.append(self._result(t, attribute, counterfactuals, gradient_ranking.get(t, {})))
+
+        nfe = generator.nfe - nfe_start
+        if self.examined and nfe / len(self.examined) > NFE_PER_ATTRIBUTE_BUDGET:
+            warnings_list.append(f"{nfe} UNet evaluations ({nfe / len(self.examined):.0f} per attribute) exceed the "
+                                 f"budget of {NFE_PER_ATTRIBUTE_BUDGET} per attribute")
+        attributions = self._attributions(inversion.image, targets, warnings_list)
+        return Explanation(
+            image=to_hwc(inversion.image.clamp(0, 1)), reconstruction=to_hwc(inversion.reconstruction),
+            reconstruction_error=float(inversion.error), reconstruction_ssim=float(inversion.ssim), prompt=prompt,
+            predictions=predictions, results=results, seed=seed, nfe=int(nfe), targets=targets,
+            source=scan.summary(), classifier=classifier.identity(), generator=generator.identity(),
+            settings=self._settings(steps), direction_cosine=directions.cosine_report(),
+            gradient_ranking=gradient_ranking, attributions=attributions, warnings=warnings_list,
+            versions=_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    # -- pieces ------------------------------------------------------------------------------------------
+    def _settings(self, steps: int) -> dict:
+        swap_steps = self.swap_steps if self.swap_steps is not None else select_swap_steps(
+            steps, DEFAULT_STRENGTHS, self.max_nfe, self.generator.guidance_scale)
+        return {"method": getattr(self.method, "name", type(self.method).__name__), "steps": steps,
+                "swap_steps": swap_steps, "guidance_scale": self.generator.guidance_scale, "alpha": self.alpha,
+                "max_nfe": self.max_nfe, "tolerance": self.tolerance, "disentangle": self.disentangle,
+                "signs": list(self.signs), "attributes": self.attributes.domain,
+                "oracle": self.oracle is not None}
+
+    def _reconstruction_warnings(self, inversion, predictions: list[Prediction], targets: list[str]) -> list[str]:
+        found = []
+        if inversion.error > RECONSTRUCTION_WARNING:
+            found.append(f"reconstruction error {inversion.error:.3f} is above {RECONSTRUCTION_WARNING}: "
+                         "counterfactuals may reflect the generator, not the scan")
+        recon = self.classifier.predict(inversion.reconstruction)[0]
+        for t in targets:
+            scan_positive = next(p.positive for p in predictions if p.label == t)
+            recon_positive = next(p.positive for p in recon if p.label == t)
+            if scan_positive != recon_positive:
+                found.append(f"the reconstruction is {'positive' if recon_positive else 'negative'} for {t} while "
+                             f"the scan is not: flips are measured from the reconstruction's decision")
+        return found
+
+    def _gradient_ranking(self, context: EditContext, trajectories: dict) -> dict[str, float]:
+        """Per attribute, the first-order margin change toward the other decision (best sign), largest first."""
+        any_trajectory = next(iter(trajectories.values()))
+        z_source = any_trajectory.points[:1]
+        deltas = {key: traj.points[-1:] - traj.points[:1] for key, traj in trajectories.items()
+                  if traj.points.shape[0] > 1}
+        if not deltas:
+            return {}
+        projection = GradientProjection(self.classifier, self.generator, context.target_index).fit(z_source, deltas)
+        toward_flip = -1.0 if projection.margin_ > 0 else 1.0
+        scores: dict[str, float] = {}
+        for (name, _sign), score in projection.scores_.items():
+            scores[name] = max(scores.get(name, float("-inf")), toward_flip * score)
+        return dict(sorted(scores.items(), key=lambda item: -item[1]))
+
+    def _result(self, target: str, attribute, counterfactuals: list, gradients: dict[str, float]) -> AttributeResult:
+        result = AttributeResult(target=target, attribute=attribute.name, kind=attribute.kind,
+                                 verdict="does not drive", minimal_strength=None, flipped=False,
+                                 gradient_sensitivity=gradients.get(attribute.name), counterfactuals=counterfactuals)
+        best = result.best
+        if best is not None:
+            result.flipped = bool(best.flipped)
+            result.minimal_strength = best.minimal_strength if best.flipped else None
+            result.sign = best.sign
+        result.verdict = verdict_of(attribute.kind, result.flipped)
+        return result
+
+    def _attributions(self, image: torch.Tensor, targets: list[str], warnings_list: list[str]) -> dict:
+        if not self.attribution:
+            return {}
+        module = _attribution_module()
+        if module is None:
+            return {}
+        maps = {}
+        for t in targets:
+            try:
+                maps[t] = module.attribution_maps(self.classifier, image, self.classifier.target_index(t))
+            except Exception as exc:  # noqa: BLE001 - a saliency map must never sink the explanation
+                warnings.warn(f"attribution maps for {t} failed: {exc}", stacklevel=2)
+                warnings_list.append(f"attribution maps for {t} could not be computed ({type(exc).__name__})")
+        return maps

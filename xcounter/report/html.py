@@ -1,0 +1,283 @@
+"""The HTML report card: one self-contained file a clinician or auditor can open, print or archive.
+
+Reads an `Explanation` and never recomputes. Everything the page shows is embedded (inline CSS,
+PNG data: URIs); no scripts, fonts or URLs, so it opens offline and leaks nothing. jinja2's
+autoescaping treats labels, attribute names and file names as the untrusted text they are.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from jinja2 import Environment, PackageLoader, StrictUndefined
+
+from xcounter import __version__
+from xcounter.explanation import AttributeResult, Counterfactual, Explanation
+from xcounter.report import plots
+from xcounter.utils.atomic import write_text_atomic
+
+#: mean absolute reconstruction error (image units, [0, 1]) above which the counterfactuals are untrustworthy
+#: (the engine's own warning uses the same bound)
+POOR_RECONSTRUCTION_ERROR = 0.05
+#: structural similarity below which the reconstruction is untrustworthy
+POOR_RECONSTRUCTION_SSIM = 0.5
+
+VERDICT_STYLE = {
+    "shortcut": ("v-shortcut", "Shortcut alert"),
+    "drives": ("v-drives", "Drives the decision"),
+    "does not drive": ("v-none", "Does not drive"),
+}
+ATTRIBUTION_NAMES = {"integrated_gradients": "Integrated Gradients", "gradcam": "Grad-CAM"}
+
+
+def _environment() -> Environment:
+    return Environment(loader=PackageLoader("xcounter.report", "templates"), autoescape=True,
+                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def render_html(explanation: Explanation) -> str:
+    """The full report card as one HTML string (rendered completely before anything is written)."""
+    return _environment().get_template("card.html.j2").render(**card_context(explanation))
+
+
+def write_html(explanation: Explanation, path: str | Path) -> Path:
+    """Render, then write atomically: an error while rendering leaves no file, not even a partial one."""
+    html = render_html(explanation)
+    write_text_atomic(path, html)
+    return Path(path)
+
+
+# -- view model --------------------------------------------------------------------------------
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return "–" if not math.isfinite(float(value)) else f"{float(value):.{digits}g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(item, digits) for item in value) or "–"
+    return str(value)
+
+
+def _figure(png: bytes, alt: str, caption: str = "") -> dict:
+    return {"uri": plots.data_uri(png), "alt": alt, "caption": caption}
+
+
+def is_phantom(explanation: Explanation) -> bool:
+    """Phantom models are named 'phantom-...' (generators) or 'cxr-...'/'skin-...' zoo files."""
+    names = [str(explanation.generator.get("name", "")), str(explanation.classifier.get("name", ""))]
+    return any("phantom" in name.lower() for name in names)
+
+
+def poor_reconstruction(explanation: Explanation) -> str | None:
+    """A plain sentence when the generator could not reproduce the scan well enough to trust edits of it."""
+    error, ssim = explanation.reconstruction_error, explanation.reconstruction_ssim
+    if error is not None and math.isfinite(error) and error > POOR_RECONSTRUCTION_ERROR:
+        return (f"The generator reproduces this scan poorly (mean error {error:.3f} > {POOR_RECONSTRUCTION_ERROR}); "
+                "the counterfactuals below are edits of a different-looking image and should not be trusted.")
+    if ssim is not None and math.isfinite(ssim) and ssim < POOR_RECONSTRUCTION_SSIM:
+        return (f"The generator reproduces this scan poorly (SSIM {ssim:.2f} < {POOR_RECONSTRUCTION_SSIM}); "
+                "the counterfactuals below should not be trusted.")
+    return None
+
+
+def reconstruction_already_warned(explanation: Explanation) -> bool:
+    """True when the engine's warnings already speak of the reconstruction (avoid saying it twice)."""
+    return any("reconstruction error" in str(w).lower() for w in explanation.warnings)
+
+
+def _sentence(result: AttributeResult, best: Counterfactual | None, positive: bool | None) -> str:
+    name = result.attribute.replace("_", " ")
+    if best is None:
+        return f"No counterfactual was generated for {name}."
+    verb = "Removing" if best.sign == "remove" else "Adding"
+    if result.flipped and result.minimal_strength is not None:
+        change = ""
+        if positive is not None:
+            change = f" from {'positive' if positive else 'negative'} to {'negative' if positive else 'positive'}"
+        return (f"{verb} {name} flips {result.target}{change} at edit strength {result.minimal_strength:.2f} "
+                f"(probability {best.probability_before:.2f} → {best.probability_after:.2f}).")
+    return (f"No edit of {name} up to full strength flips {result.target} "
+            f"(largest change: probability {best.probability_before:.2f} → {best.probability_after:.2f}).")
+
+
+def _film(counterfactual: Counterfactual, attribute: str) -> list[dict]:
+    frames = counterfactual.film or []
+    aligned = len(frames) == len(counterfactual.strengths) == len(counterfactual.probabilities)
+    out = []
+    for index, frame in enumerate(frames):
+        if aligned:
+            strength, probability = counterfactual.strengths[index], counterfactual.probabilities[index]
+            caption = f"s {strength:.2f} · p {probability:.2f}"
+        else:
+            strength = index / max(len(frames) - 1, 1)
+            caption = f"frame {index + 1}"
+        alt = f"{attribute} {counterfactual.sign} trajectory, frame {index + 1} of {len(frames)}"
+        if aligned:
+            alt += f", strength {strength:.2f}, target probability {probability:.2f}"
+        out.append(_figure(plots.png_bytes(frame), alt, caption))
+    return out
+
+
+def _counterfactual_view(result: AttributeResult, best: Counterfactual) -> dict:
+    attribute, target = result.attribute, result.target
+    where = f"at strength {best.minimal_strength:.2f}" if best.flipped and best.minimal_strength is not None \
+        else "at the strongest edit (no flip)"
+    view: dict[str, Any] = {
+        "method": best.method, "sign": best.sign, "nfe": best.nfe,
+        "probability_before": _fmt(best.probability_before, 2), "probability_after": _fmt(best.probability_after, 2),
+        "delta": f"{best.delta_probability:+.2f}", "l1": _fmt(best.l1), "ssim": _fmt(best.ssim),
+        "cfrt": _fmt(best.cfrt), "image": None, "difference": None, "difference_scale": None,
+        "oracle_change": [(k, f"{v:+.2f}") for k, v in sorted((best.oracle_change or {}).items())
+                          if v is not None and math.isfinite(v)],
+        "film": _film(best, attribute),
+        "plot": _figure(plots.probability_plot_png(best.strengths, best.probabilities, best.minimal_strength
+                                                   if best.flipped else None, f"{target}: {best.sign} {attribute}"),
+                        f"Plot of the {target} probability against edit strength when {attribute} is "
+                        f"{'removed' if best.sign == 'remove' else 'added'}, with the decision threshold at 0.5"
+                        + (f" and the flip at strength {best.minimal_strength:.2f}" if best.flipped
+                           and best.minimal_strength is not None else ", never crossed")),
+    }
+    if best.image is not None:
+        view["image"] = _figure(plots.png_bytes(best.image),
+                                f"Counterfactual scan with {attribute} {best.sign}d {where}",
+                                f"Counterfactual ({best.sign} {where})")
+    if best.difference is not None:
+        png, scale = plots.difference_png(best.difference)
+        view["difference"] = _figure(png, f"Difference heat map of the {attribute} counterfactual minus the "
+                                          f"reconstruction; red brighter, blue darker, largest change {scale:.3f}",
+                                     "Counterfactual − reconstruction")
+        view["difference_scale"] = f"{scale:.3f}"
+    return view
+
+
+def _attribution_views(explanation: Explanation, target: str) -> list[dict]:
+    maps = explanation.attributions.get(target, {}) or {}
+    views = []
+    for method, saliency in maps.items():
+        if saliency is None:
+            continue
+        saliency = np.asarray(saliency, dtype=np.float32)
+        if saliency.ndim == 3:
+            saliency = saliency.sum(axis=-1)
+        signed = bool((saliency < 0).any())
+        name = ATTRIBUTION_NAMES.get(method, method)
+        empty = not np.any(saliency)
+        views.append(_figure(plots.overlay_png(explanation.image, saliency, signed),
+                             f"{name} attribution map for {target} over the input scan"
+                             + (" (all zero)" if empty else ""),
+                             name + (" (no signal)" if empty else "")))
+    return views
+
+
+def _result_view(explanation: Explanation, result: AttributeResult, rank: int, anchor: str,
+                 positive: bool | None) -> dict:
+    css, label = VERDICT_STYLE.get(result.verdict, ("v-none", result.verdict))
+    best = result.best
+    return {
+        "rank": rank, "anchor": anchor, "attribute": result.attribute, "kind": result.kind,
+        "verdict": result.verdict, "verdict_class": css, "verdict_label": label, "flipped": result.flipped,
+        "minimal_strength": _fmt(result.minimal_strength, 2), "sign": result.sign or (best.sign if best else None),
+        "gradient_sensitivity": _fmt(result.gradient_sensitivity),
+        "delta": f"{best.delta_probability:+.2f}" if best is not None else "–",
+        "sentence": _sentence(result, best, positive),
+        "counterfactual": _counterfactual_view(result, best) if best is not None else None,
+    }
+
+
+def _targets(explanation: Explanation) -> list[str]:
+    targets = list(explanation.targets)
+    for result in explanation.results:
+        if result.target not in targets:
+            targets.append(result.target)
+    return targets
+
+
+def card_context(explanation: Explanation) -> dict:
+    """Everything the template shows, as plain strings, numbers and data: URIs."""
+    source_name = str(explanation.source.get("name") or explanation.source.get("file") or "scan")
+    predictions = []
+    targets = _targets(explanation)
+    for prediction in explanation.predictions:
+        predictions.append({
+            "label": prediction.label, "probability": _fmt(prediction.probability, 3),
+            "logit": _fmt(prediction.logit, 3), "threshold": _fmt(prediction.threshold, 3),
+            "positive": prediction.positive, "explained": prediction.label in targets,
+            "bar": max(0.0, min(100.0, 100.0 * float(prediction.probability)))
+            if math.isfinite(float(prediction.probability)) else 0.0,
+        })
+    target_views = []
+    for t_index, target in enumerate(targets):
+        try:
+            prediction = explanation.prediction(target)
+        except KeyError:
+            prediction = None
+        positive = prediction.positive if prediction else None
+        results = [_result_view(explanation, result, rank, f"t{t_index}-r{rank}", positive)
+                   for rank, result in enumerate(explanation.ranking_for(target), start=1)]
+        target_views.append({
+            "name": target, "anchor": f"t{t_index}", "results": results,
+            "positive": positive, "probability": _fmt(prediction.probability, 3) if prediction else "–",
+            "attributions": _attribution_views(explanation, target),
+            "shortcuts": [r["attribute"] for r in results if r["verdict"] == "shortcut"],
+        })
+    versions = {"xcounter": __version__, **{str(k): str(v) for k, v in explanation.versions.items()}}
+    error, ssim = explanation.reconstruction_error, explanation.reconstruction_ssim
+    return {
+        "title": f"xcounter report – {source_name}",
+        "source_name": source_name,
+        "source": _source_facts(explanation.source),
+        "classifier": _identity(explanation.classifier),
+        "generator": _identity(explanation.generator),
+        "versions": sorted(versions.items()), "xcounter_version": versions["xcounter"],
+        "seed": explanation.seed, "created": explanation.created or "–", "nfe": explanation.nfe,
+        "prompt": explanation.prompt,
+        "settings": [(str(k).replace("_", " "), _fmt(v)) for k, v in sorted(explanation.settings.items())],
+        "scan": _figure(plots.png_bytes(explanation.image), f"Input scan {source_name} as the generator sees it",
+                        "Input scan"),
+        "reconstruction": _figure(plots.png_bytes(explanation.reconstruction),
+                                  f"The generator's reconstruction of {source_name} after inversion",
+                                  "Generator reconstruction"),
+        "reconstruction_error": _fmt(error, 3), "reconstruction_ssim": _fmt(ssim, 3),
+        "poor_reconstruction": poor_reconstruction(explanation),
+        "reconstruction_warned": reconstruction_already_warned(explanation),
+        "warnings": list(explanation.warnings),
+        "predictions": predictions,
+        "targets": target_views,
+        "phantom": is_phantom(explanation),
+        "schema_version": explanation.schema_version,
+        "diverging_legend": plots.data_uri(plots.colorbar_png(plots.DIVERGING, signed=True)),
+    }
+
+
+def _identity(identity: dict) -> dict:
+    """Name, SHA-256 (of the file, or of the configuration for generator folders) and safe extra facts."""
+    skip = ("name", "sha256", "config_sha256", "labels", "thresholds", "targets", "source")
+    extra = [(str(k), _fmt(v)) for k, v in identity.items()
+             if k not in skip and v is not None and not isinstance(v, (dict, list))]
+    if identity.get("sha256"):
+        digest, digest_label = str(identity["sha256"]), "SHA-256"
+    elif identity.get("config_sha256"):
+        digest, digest_label = str(identity["config_sha256"]), "config SHA-256"
+    else:
+        digest, digest_label = "–", "SHA-256"
+    return {"name": str(identity.get("name") or "unknown"), "sha256": digest, "digest_label": digest_label,
+            "extra": extra}
+
+
+def _source_facts(source: dict) -> list[tuple[str, str]]:
+    """The scan's safe facts (already allowlisted by xcounter.io), nested metadata flattened."""
+    facts = []
+    for key, value in source.items():
+        if key == "name":
+            continue
+        if isinstance(value, dict):
+            facts += [(str(k), _fmt(v)) for k, v in value.items() if not isinstance(v, (dict, list))]
+        elif not isinstance(value, list):
+            facts.append((str(key), _fmt(value)))
+    return facts

@@ -1,0 +1,47 @@
+"""The few lines a terminal user reads: decisions, ranked attributes with verdicts, warnings."""
+from __future__ import annotations
+
+from xcounter.explanation import Explanation
+from xcounter.report.html import poor_reconstruction, reconstruction_already_warned
+
+VERDICT_WORDS = {"shortcut": "SHORTCUT ALERT", "drives": "drives", "does not drive": "does not drive"}
+
+
+def _flat(text: str) -> str:
+    """Untrusted names on one line: a label cannot start new lines or move the cursor."""
+    return "".join(ch if ch.isprintable() else "?" for ch in str(text))
+
+
+def text_summary(explanation: Explanation) -> str:
+    """A short plain-text summary of an explanation (no colours, safe for logs)."""
+    source = _flat(explanation.source.get("name") or "scan")
+    lines = [f"Scan {source}: reconstruction error {explanation.reconstruction_error:.3f}, "
+             f"SSIM {explanation.reconstruction_ssim:.2f}"]
+    targets = list(dict.fromkeys(list(explanation.targets) + [r.target for r in explanation.results]))
+    for target in targets:
+        try:
+            prediction = explanation.prediction(target)
+            decision = f"{'positive' if prediction.positive else 'negative'} (probability {prediction.probability:.2f})"
+        except KeyError:
+            decision = "not predicted"
+        lines.append(f"{_flat(target)}: {decision}")
+        ranking = explanation.ranking_for(target)
+        width = max((len(_flat(r.attribute)) for r in ranking), default=0)
+        for rank, result in enumerate(ranking, start=1):
+            verdict = VERDICT_WORDS.get(result.verdict, _flat(result.verdict))
+            best = result.best
+            if result.flipped and result.minimal_strength is not None:
+                how = f"flips when {'removed' if result.sign == 'remove' else 'added'} at strength {result.minimal_strength:.2f}"
+                if best is not None:
+                    how += f" (p {best.probability_before:.2f} -> {best.probability_after:.2f})"
+            elif best is not None:
+                how = f"no flip (largest change {best.delta_probability:+.2f})"
+            else:
+                how = "not tested"
+            lines.append(f"  {rank:>2}. {_flat(result.attribute):<{width}}  {verdict:<14}  {how}")
+        if not ranking:
+            lines.append("  no attributes tested")
+    warning = None if reconstruction_already_warned(explanation) else poor_reconstruction(explanation)
+    for text in ([warning] if warning else []) + list(explanation.warnings):
+        lines.append(f"Warning: {_flat(text)}")
+    return "\n".join(lines)

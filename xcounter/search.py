@@ -1,0 +1,149 @@
+"""Minimal-flip search along a swap-step trajectory.
+
+1. Candidates: for one attribute and sign, z_0 at a few swap steps λ (strengths 1 - λ/steps),
+   computed in ONE UNet batch branching off the shared source prefix (`build_trajectory`).
+2. Bracket: the first control point whose decision differs from the reconstruction's.
+3. Bisect the Bézier parameter t between the bracketing points; every probe is a VAE decode and a
+   classifier call, never a UNet call, so refinement costs no NFE (`minimal_flip`).
+
+`bisect_flip` is a pure function over a callable `decision(t) -> margin` so it can be tested
+on synthetic curves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+
+from xcounter.disentangle.trajectories import (bezier, edited_embedding, point_parameters, strength_of,
+                                               swap_step_points)
+
+if TYPE_CHECKING:
+    from xcounter.generators import SDGenerator
+
+#: default tolerance on the Bézier parameter (≈ strength) of the minimal flip
+DEFAULT_TOLERANCE = 0.02
+
+
+@dataclass
+class Bisection:
+    """Where a decision changes on [lo, hi]: `t` is the smallest probed parameter that is flipped."""
+    t: float
+    margin: float  # margin at t (its sign is the flipped decision)
+    lower: float  # largest probed parameter that is not flipped (t - lower <= tol when converged)
+    evaluations: int
+    converged: bool
+
+
+def _flipped(margin: float, reference_positive: bool) -> bool:
+    return (margin > 0) != reference_positive
+
+
+def bisect_flip(decision: Callable[[float], float], lo: float, hi: float, *, reference_positive: bool,
+                tol: float = DEFAULT_TOLERANCE, max_iter: int = 30, margin_hi: float | None = None) -> Bisection:
+    """Bisect [lo, hi] for the decision change, given that `lo` keeps and `hi` flips the reference decision.
+
+    `decision(t)` returns the classifier margin (logit - threshold) at parameter t; a decision is
+    flipped when the margin's sign differs from `reference_positive`. Stops when the bracket is
+    narrower than `tol` or after `max_iter` probes.
+    """
+    evaluations = 0
+    if margin_hi is None:
+        margin_hi = float(decision(hi))
+        evaluations += 1
+    if not _flipped(margin_hi, reference_positive):
+        raise ValueError("bisect_flip needs a flipped decision at `hi`")
+    for _ in range(max_iter):
+        if hi - lo <= tol:
+            break
+        middle = 0.5 * (lo + hi)
+        margin = float(decision(middle))
+        evaluations += 1
+        if _flipped(margin, reference_positive):
+            hi, margin_hi = middle, margin
+        else:
+            lo = middle
+    return Bisection(t=hi, margin=margin_hi, lower=lo, evaluations=evaluations, converged=hi - lo <= tol)
+
+
+@dataclass
+class Trajectory:
+    """One attribute edit (one sign): control points P_0 (reconstruction) .. P_K (strongest edit)."""
+    attribute: str
+    sign: str
+    swap_steps: list[int]  # λ per point, P_0 has λ = steps (no swap)
+    strengths: list[float]  # 1 - λ/steps, ascending from 0
+    points: torch.Tensor  # [K+1, 4, h, w] latents z_0
+    images: torch.Tensor  # [K+1, C, H, W] decoded points in [0, 1]
+    nfe: int  # UNet sample-evaluations spent computing the points
+
+
+def build_trajectory(generator: "SDGenerator", z_T: torch.Tensor, prefix: list[torch.Tensor],
+                     source: torch.Tensor, direction: torch.Tensor, *, attribute: str, sign: str, alpha: float,
+                     swap_steps: Sequence[int]) -> Trajectory:
+    """Evaluate all candidate swap steps in one batch off the shared prefix, then decode every point."""
+    steps = len(prefix) - 1
+    swap_steps = sorted({int(s) for s in swap_steps if 0 <= int(s) < steps}, reverse=True)
+    edited = edited_embedding(source, direction, sign, alpha)
+    before = generator.nfe
+    with torch.no_grad():
+        edited_points = swap_step_points(generator, z_T, source, edited, swap_steps, prefix=prefix, steps=steps)
+        points = torch.cat([prefix[-1].to(edited_points), edited_points], dim=0)
+        images = generator.decode(points).clamp(0, 1)
+    return Trajectory(attribute=attribute, sign=sign, swap_steps=[steps] + swap_steps,
+                      strengths=[strength_of(s, steps) for s in [steps] + swap_steps],
+                      points=points, images=images, nfe=generator.nfe - before)
+
+
+@dataclass
+class FlipResult:
+    """The minimal edit found on one trajectory."""
+    flipped: bool
+    t: float | None  # Bézier parameter of the minimal flip (None: no flip)
+    strength: float | None  # edit strength at t (Bernstein-weighted point strengths)
+    latent: torch.Tensor  # the counterfactual latent: B(t) at the flip, the strongest point otherwise
+    margin: float
+    evaluations: int  # VAE decode + classifier probes spent on the refinement
+
+
+def minimal_flip(points: torch.Tensor, strengths: Sequence[float], point_margins: Sequence[float],
+                 margin_of: Callable[[torch.Tensor], torch.Tensor], *, tol: float = DEFAULT_TOLERANCE,
+                 max_iter: int = 30) -> FlipResult:
+    """Find the smallest edit on the Bézier curve through `points` that flips the decision of points[0].
+
+    `point_margins[k]` is the target margin at control point k (already computed in the candidate
+    batch); `margin_of(latents [B, ...]) -> margins [B]` decodes and classifies new probes.
+    The first flipped control point brackets the search with its predecessor; because the Bézier
+    curve only passes through its end points, the bracket is checked on the curve and widened
+    (to 0 below, to 1 above) when needed. If the curve never flips although a control point does
+    (a non-monotone trajectory), that control point itself is the counterfactual.
+    """
+    reference_positive = float(point_margins[0]) > 0
+    flips = [k for k, m in enumerate(point_margins) if _flipped(float(m), reference_positive)]
+    if not flips:
+        return FlipResult(False, None, None, points[-1], float(point_margins[-1]), 0)
+    first = flips[0]
+    parameters = point_parameters(points.shape[0])
+    strength_curve = torch.tensor([float(s) for s in strengths], dtype=torch.float64)
+
+    probes = 0
+
+    def decision(t: float) -> float:
+        nonlocal probes
+        probes += 1
+        return float(margin_of(bezier(points, t).unsqueeze(0).to(points.dtype))[0])
+
+    lo, hi = parameters[first - 1], parameters[first]
+    margin_hi = decision(hi)
+    if not _flipped(margin_hi, reference_positive):
+        hi, margin_hi = 1.0, float(point_margins[-1])  # B(1) is the last control point
+        if not _flipped(margin_hi, reference_positive):
+            return FlipResult(True, parameters[first], float(strengths[first]), points[first],
+                              float(point_margins[first]), probes)
+    if lo > 0 and _flipped(decision(lo), reference_positive):
+        lo = 0.0  # B(0) is the reconstruction, never flipped
+    found = bisect_flip(decision, lo, hi, reference_positive=reference_positive, tol=tol, max_iter=max_iter,
+                        margin_hi=margin_hi)
+    strength = float(bezier(strength_curve, found.t))
+    return FlipResult(True, found.t, strength, bezier(points, found.t).to(points.dtype), found.margin, probes)
