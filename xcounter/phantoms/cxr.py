@@ -387,7 +387,7 @@ def render(a: dict[str, Any], seed: int, size: int = 128) -> np.ndarray:
     density += 0.22 * a["breast_shadow"] * _breasts(g) * thickness
     density -= 0.85 * air * (0.35 + 0.65 * thickness)                 # lung air
     density += 0.24 * np.clip(markings, 0, 1.2) * lungs * (1 - heart)
-    density += extra + 0.05 * heart * thickness * (1 - draw.smoothstep(g.base - 0.3 * g.height, g.base - 0.15 * g.height, y))
+    density += extra
     density -= 0.25 * _trachea(g) * thickness
     if a["gastric_bubble"]:
         density -= 0.45 * _gastric_bubble(g, lungs) * thickness
