@@ -203,3 +203,14 @@ def test_explicit_swap_steps_are_checked_and_used(classifier, generator, attribu
     assert e.settings["swap_steps"] == [2, 0]
     assert all(c.strengths == [0.0, 0.5, 1.0] and c.sign == "add" for r in e.results for c in r.counterfactuals)
     assert e.nfe == 2 * STEPS + 3 * (2 + 4)
+
+
+def test_examine_restricts_the_attributes(classifier, generator, attributes, scan):
+    e = Explainer(classifier, generator, attributes, examine=["chest_tube"], attribution=False).explain(
+        scan, target="Effusion")
+    assert [r.attribute for r in e.results] == ["chest_tube"]
+    assert e.direction_cosine["names"] == ["pleural_effusion", "chest_tube", "pacemaker"]
+    with pytest.raises(XCounterError, match="did you mean 'chest_tube'"):
+        Explainer(classifier, generator, attributes, examine=["chest_tub"])
+    with pytest.raises(XCounterError, match="anatomy"):
+        Explainer(classifier, generator, attributes, examine=["body_width"])

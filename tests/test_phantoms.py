@@ -103,7 +103,7 @@ def test_cardiomegaly_widens_the_heart_not_the_apices():
     assert attributes["cardiothoracic_ratio"] > 0.55
     diff = on - off
     heart = diff[int(0.45 * SIZE): int(0.85 * SIZE), int(0.25 * SIZE): int(0.85 * SIZE)]
-    assert heart.mean() > 0.01 and heart.max() > 0.2             # more opaque heart borders
+    assert heart.mean() > 0.008 and heart.max() > 0.2            # lung replaced by heart at its borders
     assert np.abs(diff[region("upper_third")]).max() < 0.02
 
 

@@ -85,6 +85,16 @@ def test_untrusted_text_is_escaped():
     assert len([tag for tag, _ in _tags(html) if tag == "img"]) == 4 + 3 * 10  # no injected images
 
 
+def test_method_notes_report_disentanglement_and_missing_gradcam():
+    explanation = sample_explanation(size=16)
+    html = render_html(explanation)
+    assert "was 0.62 before and 0.01 after orthogonalisation" in html and "Grad-CAM is not shown" not in html
+    del explanation.attributions[explanation.targets[0]]["gradcam"]
+    explanation.direction_cosine = {}
+    html = render_html(explanation)
+    assert "Grad-CAM is not shown" in html and "orthogonalisation" not in html
+
+
 def test_poor_reconstruction_is_warned():
     explanation = sample_explanation()
     assert "reproduces this scan poorly" not in render_html(explanation)
@@ -92,6 +102,9 @@ def test_poor_reconstruction_is_warned():
     html = render_html(explanation)
     assert "reproduces this scan poorly" in html
     assert "Warning: The generator reproduces this scan poorly" in text_summary(explanation)
+    explanation.warnings.append("reconstruction error 0.250 is above 0.05")  # the engine said it: say it once
+    summary = text_summary(explanation)
+    assert summary.count("Warning:") == 1 and "reconstruction error 0.250" in summary
 
 
 def test_degenerate_maps_render():

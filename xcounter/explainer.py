@@ -102,13 +102,14 @@ class Explainer:
         max_nfe: UNet budget per counterfactual (one attribute and sign).
         disentangle: orthogonalise the directions against each other and the anatomy directions.
         signs: which edits to try per attribute.
+        examine: names of the attributes to examine (default: every non-anatomy attribute).
     """
 
     def __init__(self, classifier: "Classifier", generator: "SDGenerator",
                  attributes: "str | Path | AttributeSet" = "cxr", oracle: Any = None, steps: int | None = None,
                  swap_steps: Sequence[int] | None = None, method: Any = "trajectory", attribution: bool = True, *,
                  alpha: float = 1.0, max_nfe: int | None = DEFAULT_MAX_NFE, tolerance: float = DEFAULT_TOLERANCE,
-                 disentangle: bool = True, signs: Sequence[str] = SIGNS):
+                 disentangle: bool = True, signs: Sequence[str] = SIGNS, examine: Sequence[str] | None = None):
         self.classifier = classifier
         self.generator = generator
         self.attributes = load_attributes(attributes)
@@ -124,6 +125,12 @@ class Explainer:
         if unknown or not signs:
             raise XCounterError(f"signs must be among {', '.join(SIGNS)}, got {', '.join(map(str, signs)) or 'none'}")
         self.signs = tuple(signs)
+        if examine is not None:
+            anatomy = [self.attributes[name].name for name in examine if self.attributes[name].kind == "anatomy"]
+            if anatomy or not examine:
+                raise XCounterError("examine needs one or more non-anatomy attributes (anatomy is only "
+                                    f"disentangled against){': not ' + ', '.join(anatomy) if anatomy else ''}")
+        self.examine = None if examine is None else list(dict.fromkeys(examine))
         self.method = self._make_method(method)
         self._directions: LanguageDirections | None = None
 
@@ -150,14 +157,16 @@ class Explainer:
 
     @property
     def examined(self) -> list:
-        """Attributes that get counterfactuals: all but anatomy (anatomy is only disentangled against)."""
+        """Attributes that get counterfactuals: `examine`, or all but anatomy (anatomy is only disentangled against)."""
+        if self.examine is not None:
+            return [self.attributes[name] for name in self.examine]
         return [a for a in self.attributes if a.kind != "anatomy"]
 
     def directions(self) -> LanguageDirections:
-        """Language directions for the examined attributes (fitted once per Explainer)."""
+        """Language directions of every non-anatomy attribute (fitted once per Explainer; the same whichever
+        subset is examined, so a direction does not depend on which others were asked about)."""
         if self._directions is None:
             self._directions = LanguageDirections(self.generator, self.attributes,
-                                                  names=[a.name for a in self.examined],
                                                   disentangle=self.disentangle).fit()
         return self._directions
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xcounter.generators.data import ImageCaptionSet, batch_indices, step_generator
+from xcounter.generators.data import ImageCaptionSet, batch_indices
 from xcounter.generators.training_loop import Stage
 
 KL_WEIGHT = 1e-6
@@ -31,7 +31,7 @@ class AutoencoderObjective(torch.nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         posterior = self.vae.encode(images).latent_dist
         # Decode the mean: the diffusion stage and inversion use the mean too, and sampling with the
         # initial std of ~1 blurs reconstructions for hundreds of steps on small models.
@@ -54,7 +54,7 @@ def vae_stage(vae, data: ImageCaptionSet, *, steps: int, batch_size: int, lr: fl
     def loss_at(step: int) -> torch.Tensor:
         indices = batch_indices(len(data), batch_size, seed, step)[rank::world]
         images, _ = data.batch(indices)
-        return objective(images.to(accelerator.device), step_generator(seed, step, salt=3))
+        return objective(images.to(accelerator.device))
 
     return Stage(name="vae", modules={"vae": objective}, parameters=list(objective.parameters()),
                  optimizer=optimizer, loss_at=loss_at, steps=steps, lr=lr, warmup=min(50, steps // 10))

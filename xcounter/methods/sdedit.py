@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from diffusers import DDIMScheduler
 
-from xcounter.disentangle.trajectories import DEFAULT_STRENGTHS
+from xcounter.disentangle.trajectories import DEFAULT_STRENGTHS, select_swap_steps
 from xcounter.errors import XCounterError
 from xcounter.explanation import Counterfactual
 from xcounter.methods.base import SIGNS, EditContext
@@ -26,7 +26,6 @@ from xcounter.methods.latent_shift import assemble_counterfactual, refine_flip, 
 if TYPE_CHECKING:
     from xcounter.attributes import Attribute
     from xcounter.generators import SDGenerator
-
 
 
 def edited_prompt(prompt: str, attribute: "Attribute", sign: str) -> str:
@@ -50,8 +49,6 @@ def candidate_noise_steps(context: EditContext, strengths: Sequence[float], step
     Same selection as ours (`select_swap_steps`: strongest edit first, then the cheapest that fit in
     `context.max_nfe`), so SDEdit and the trajectory search are compared on the same candidate set.
     """
-    from xcounter.disentangle.trajectories import select_swap_steps
-
     swap_steps = select_swap_steps(steps, strengths, context.max_nfe, context.generator.guidance_scale)
     return sorted(steps - swap_step for swap_step in swap_steps)
 

@@ -69,7 +69,7 @@ def sample_attributes(seed: int) -> dict[str, Any]:
     a["lung_shape"] = int(identity.integers(len(templates)))
     a["breast_shadow"] = float(identity.random() < 0.45) * float(identity.uniform(0.5, 1.0))
     a["gastric_bubble"] = bool(identity.random() < 0.6)
-    normal_ctr = float(identity.uniform(0.40, 0.48))
+    normal_ctr = float(identity.uniform(0.38, 0.47))
 
     def details(name: str) -> np.random.Generator:
         rng = stream(seed, name)
@@ -78,7 +78,7 @@ def sample_attributes(seed: int) -> dict[str, Any]:
 
     # the ratio follows `cardiomegaly` in `finalize` (after overrides) unless set explicitly
     a["cardiothoracic_ratio"] = None
-    a["_ctr_normal"], a["_ctr_enlarged"] = normal_ctr, float(details("cardiomegaly").uniform(0.57, 0.68))
+    a["_ctr_normal"], a["_ctr_enlarged"] = normal_ctr, float(details("cardiomegaly").uniform(0.60, 0.70))
     rng = details("pleural_effusion")
     a["pleural_effusion_side"], a["pleural_effusion_size"] = _side(rng), float(rng.uniform(0.3, 1.0))
     rng = details("consolidation")

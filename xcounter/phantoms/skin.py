@@ -128,12 +128,16 @@ def render(a: dict[str, Any], seed: int, size: int = 128) -> np.ndarray:
 
     mask, rho, radius = _lesion(a, seed, x, y, size)
     structure = stream(seed, "lesion_colour")
-    brown = np.array([0.55, 0.34, 0.22], np.float32) * (1.1 - 0.45 * a["skin_tone"])
+    brown = np.array([0.50, 0.30, 0.19], np.float32) * (1.05 - 0.6 * a["skin_tone"])
     centre = 1 - 0.25 * draw.smoothstep(0.0, 1.0, rho)                      # darker centre
-    network = np.abs(np.sin(14 * x / radius + draw.smooth_noise(structure, size, 8)) *
-                     np.sin(14 * y / radius + draw.smooth_noise(structure, size, 8)))
-    pigment = brown[None, None] * (1 - 0.25 * (network < 0.25)[:, :, None]) * (1.25 - 0.3 * centre[:, :, None])
-    image = _paint(image, 0.92 * mask, pigment)
+    # reticular pigment network: the zero-crossings of band-limited noise form a honeycomb of lines
+    cells = max(6, int(round(10 * radius * 2)))
+    network = np.exp(-(draw.smooth_noise(structure, size, cells) / 0.35) ** 2) \
+        * (1 - draw.smoothstep(0.6, 1.0, rho)) + 0.5 * np.exp(-(draw.smooth_noise(structure, size, 2 * cells) / 0.3) ** 2)
+    shade = 1 + 0.12 * draw.smooth_noise(structure, size, 5)
+    pigment = brown[None, None] * (shade * (1 - 0.35 * np.clip(network, 0, 1)) * (1.3 - 0.4 * centre))[:, :, None]
+    lighter = 1 - 0.35 * draw.smoothstep(0.55, 1.0, rho)           # pigment fades towards the rim
+    image = _paint(image, 0.92 * mask * lighter, pigment)
     if a["color_variegation"]:
         field = draw.smooth_noise(stream(seed, "variegation"), size, 5)
         black = draw.smoothstep(0.4, 0.8, field) * mask

@@ -190,6 +190,27 @@ def _result_view(explanation: Explanation, result: AttributeResult, rank: int, a
     }
 
 
+def _largest_off_diagonal(matrix) -> float | None:
+    try:
+        values = np.abs(np.asarray(matrix, dtype=np.float64))
+    except (TypeError, ValueError):
+        return None
+    if values.ndim != 2 or values.shape[0] != values.shape[1] or values.shape[0] < 2:
+        return None
+    np.fill_diagonal(values, 0.0)
+    return float(np.nanmax(values))
+
+
+def direction_note(explanation: Explanation) -> str | None:
+    """How entangled the attribute directions were, before and after orthogonalisation, in one sentence."""
+    report = explanation.direction_cosine or {}
+    before, after = _largest_off_diagonal(report.get("before")), _largest_off_diagonal(report.get("after"))
+    if before is None:
+        return None
+    text = f"The largest |cosine| between two attribute directions was {before:.2f}"
+    return text + (f" before and {after:.2f} after orthogonalisation." if after is not None else ".")
+
+
 def _targets(explanation: Explanation) -> list[str]:
     targets = list(explanation.targets)
     for result in explanation.results:
@@ -224,6 +245,8 @@ def card_context(explanation: Explanation) -> dict:
             "name": target, "anchor": f"t{t_index}", "results": results,
             "positive": positive, "probability": _fmt(prediction.probability, 3) if prediction else "–",
             "attributions": _attribution_views(explanation, target),
+            "gradcam_missing": bool(explanation.attributions.get(target))
+            and "gradcam" not in explanation.attributions.get(target, {}),
             "shortcuts": [r["attribute"] for r in results if r["verdict"] == "shortcut"],
         })
     versions = {"xcounter": __version__, **{str(k): str(v) for k, v in explanation.versions.items()}}
@@ -250,6 +273,7 @@ def card_context(explanation: Explanation) -> dict:
         "predictions": predictions,
         "targets": target_views,
         "phantom": is_phantom(explanation),
+        "direction_note": direction_note(explanation),
         "schema_version": explanation.schema_version,
         "diverging_legend": plots.data_uri(plots.colorbar_png(plots.DIVERGING, signed=True)),
     }

@@ -67,6 +67,9 @@ def sample_explanation(seed: int = 0, size: int = 48, label: str = "Pneumothorax
         generator={"name": "phantom-cxr", "sha256": "cd" * 32, "steps": 10},
         settings={"steps": 10, "swap_steps": [10, 8, 6, 4, 2, 0], "guidance_scale": 1.0},
         attributions={label: {"integrated_gradients": ig, "gradcam": np.clip(ig, 0, 1)}},
+        direction_cosine={"names": list(attribute_names),
+                          "before": [[1.0, 0.62, 0.1], [0.62, 1.0, 0.2], [0.1, 0.2, 1.0]],
+                          "after": [[1.0, 0.0, 0.01], [0.0, 1.0, 0.0], [0.01, 0.0, 1.0]]},
         warnings=[], versions={"torch": "2.14.1", "diffusers": "0.42.1"}, created="2026-11-24T18:00:00Z")
 
 
