@@ -1,8 +1,11 @@
 """`xcounter explain` end to end on tiny models (TorchScript DenseNet, tiny SD folder), and its refusals."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 
@@ -56,9 +59,6 @@ def dicom_run(models, tmp_path_factory):
     work = tmp_path_factory.mktemp("run")
     capture = pytest.MonkeyPatch()
     capture.chdir(work)
-    import contextlib
-    import io
-
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(_args(models, CR_DICOM, "--json", "sidecar.json", "--target", "Effusion", "--seed", "3"))
@@ -128,9 +128,29 @@ def test_command_line_round_trips_through_the_parser(models):
                         out="a b.html", json_path=None, seed=1, trust_pickle=False)
     words = line.split(" ", 2)
     assert words[:2] == ["xcounter", "explain"] and "'a b.html'" in line and "--json" not in line
-    import shlex
-
     context = explain_command.make_context("explain", shlex.split(line)[2:])
     assert context.params["targets"] == ("Pneumothorax",) and context.params["out"] == "a b.html"
     assert context.params["seed"] == 1 and context.params["generator"] == "phantom-cxr"
     assert shutil.which("xcounter") is not None  # the command the demo prints is installed
+
+
+def test_a_failing_renderer_leaves_no_output(models, tmp_path, monkeypatch):
+    """Both outputs are rendered in memory first: a failure in the second writes neither."""
+    from xcounter.explainer import Explainer
+    from xcounter.report import json_sidecar
+    from xcounter.report.sample import sample_explanation
+
+    monkeypatch.setattr(Explainer, "explain", lambda self, *args, **kwargs: sample_explanation(size=16))
+
+    def broken(array, signed=False):
+        raise RuntimeError("encoder broke midway")
+
+    monkeypatch.setattr(json_sidecar, "encode_png", broken)
+    out = ["--out", str(tmp_path / "r.html"), "--json", str(tmp_path / "r.json")]
+    with pytest.raises(RuntimeError, match="midway"):
+        main(_args(models, models["scan"], *out))
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    monkeypatch.setattr(Explainer, "explain", lambda self, *args, **kwargs: sample_explanation(size=16))
+    assert main(_args(models, models["scan"], *out)) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html", "r.json", "r_images"]

@@ -72,6 +72,8 @@ def test_card_shows_identity_predictions_and_distinct_verdicts(html):
     assert 'class="badge v-shortcut"' in html and 'class="badge v-drives"' in html and 'class="badge v-none"' in html
     assert "@media print" in html
     assert "Phantom models" in html  # method notes adapt to the phantom generator
+    assert 'alt="Counterfactual scan with chest_tube removed at strength 0.60"' in html
+    assert 'alt="Counterfactual scan with pneumothorax added at strength 0.60"' in html
 
 
 def test_untrusted_text_is_escaped():

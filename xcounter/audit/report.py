@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 from jinja2 import Environment, PackageLoader, StrictUndefined
@@ -52,9 +52,11 @@ def _images(record: dict, target: str, attribute: str) -> dict[str, np.ndarray |
     return found
 
 
-def gallery_views(records: list[dict], chosen: list[Observation]) -> dict[str, list[dict]]:
-    """attribute -> figures (reconstruction, counterfactual, difference as data: URIs) with captions."""
-    by_scan = {r["scan_id"]: r for r in records}
+def gallery_views(records: Iterable[dict], chosen: list[Observation]) -> dict[str, list[dict]]:
+    """attribute -> figures (reconstruction, counterfactual, difference as data: URIs) with captions.
+    Keeps only the chosen scans' records in memory."""
+    wanted = {o.scan_id for o in chosen}
+    by_scan = {r["scan_id"]: r for r in records if r["scan_id"] in wanted}
     views: dict[str, list[dict]] = {}
     for observation in chosen:
         images = _images(by_scan[observation.scan_id], observation.target, observation.attribute)
@@ -127,15 +129,16 @@ def _stat_view(stat: AttributeStat) -> dict:
             "target": stat.target, "examples": stat.examples}
 
 
-def report_context(aggregate: AuditAggregate, metadata: dict, records: list[dict]) -> dict:
-    chosen = gallery_choices(records)
+def report_context(aggregate: AuditAggregate, metadata: dict, records: Callable[[], Iterable[dict]]) -> dict:
+    """`records` is called twice (pick the gallery, then read its images) so a large journal is streamed."""
+    chosen = gallery_choices(records())
     plot = flip_rate_plot(aggregate)
     return {
         "title": f"xcounter audit of {metadata.get('classifier', {}).get('name') or 'a classifier'}",
         "metadata": metadata, "aggregate": aggregate, "rule": aggregate.rule,
         "alerts": [_stat_view(s) for s in aggregate.alerts],
         "tables": {t: [_stat_view(s) for s in aggregate.stats if s.target == t] for t in aggregate.targets},
-        "plot": data_uri(plot) if plot else None, "gallery": gallery_views(records, chosen),
+        "plot": data_uri(plot) if plot else None, "gallery": gallery_views(records(), chosen),
         "failures": aggregate.failures,
     }
 
@@ -145,13 +148,13 @@ def _environment() -> Environment:
                        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-def render_audit_html(aggregate: AuditAggregate, metadata: dict, records: list[dict]) -> str:
+def render_audit_html(aggregate: AuditAggregate, metadata: dict, records: Callable[[], Iterable[dict]]) -> str:
     return _environment().get_template("audit.html.j2").render(**report_context(aggregate, metadata, records))
 
 
-def audit_json(aggregate: AuditAggregate, metadata: dict, records: list[dict]) -> dict:
+def audit_json(aggregate: AuditAggregate, metadata: dict, records: Callable[[], Iterable[dict]]) -> dict:
     """The report's numbers for machines: metadata, aggregate, gallery picks (no images)."""
-    chosen = gallery_choices(records)
+    chosen = gallery_choices(records())
     return {"metadata": metadata, "aggregate": aggregate.to_dict(),
             "gallery": [{"scan_id": o.scan_id, "target": o.target, "attribute": o.attribute, "sign": o.sign,
                          "flipped": o.flipped, "minimal_strength": o.minimal_strength,
@@ -160,7 +163,7 @@ def audit_json(aggregate: AuditAggregate, metadata: dict, records: list[dict]) -
 
 
 def write_audit_report(out_dir: str | Path, aggregate: AuditAggregate, metadata: dict,
-                       records: list[dict]) -> tuple[Path, Path]:
+                       records: Callable[[], Iterable[dict]]) -> tuple[Path, Path]:
     """Render both files completely, then write each atomically: (html path, json path)."""
     out_dir = Path(out_dir)
     html = render_audit_html(aggregate, metadata, records)

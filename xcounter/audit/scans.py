@@ -16,12 +16,13 @@ from xcounter.errors import XCounterError
 
 #: files in an image folder that are clearly not scans (reports, manifests, our own outputs)
 NOT_SCANS = {".csv", ".json", ".jsonl", ".html", ".htm", ".md", ".txt", ".yaml", ".yml", ".py", ".log", ".tmp"}
-#: torchxrayvision dataset adapters: name -> (class name, how one row becomes a path relative to imgpath)
+#: torchxrayvision dataset adapters: name -> (class name, its label table -> image paths relative to imgpath),
+#: the same paths the dataset's own __getitem__ would read
 DATASETS = {
-    "nih": ("NIH_Dataset", lambda row: row["Image Index"]),
-    "openi": ("Openi_Dataset", lambda row: f"{row['imageid']}.png"),
-    "chexpert": ("CheX_Dataset",
-                 lambda row: row["Path"].replace("CheXpert-v1.0-small/", "").replace("CheXpert-v1.0/", "")),
+    "nih": ("NIH_Dataset", lambda table: table["Image Index"].astype(str)),
+    "openi": ("Openi_Dataset", lambda table: table["imageid"].astype(str) + ".png"),
+    "chexpert": ("CheX_Dataset", lambda table: table["Path"].astype(str)
+                 .str.replace("CheXpert-v1.0-small/", "", regex=False).str.replace("CheXpert-v1.0/", "", regex=False)),
 }
 
 
@@ -85,6 +86,8 @@ def scans_from_dataset(spec: str) -> list[ScanItem]:
     if name.lower() not in DATASETS or not imgpath:
         raise XCounterError(f"dataset '{spec}' is not one of {', '.join(f'{d}:PATH' for d in DATASETS)}")
     class_name, relative = DATASETS[name.lower()]
+    if not Path(imgpath).is_dir():
+        raise XCounterError(f"dataset image folder '{imgpath}' does not exist or is not a folder")
     import torchxrayvision as xrv
 
     kwargs = {"imgpath": imgpath}
@@ -95,11 +98,11 @@ def scans_from_dataset(spec: str) -> list[ScanItem]:
         kwargs["csvpath"] = str(csvs[0])
     try:
         dataset = getattr(xrv.datasets, class_name)(**kwargs)
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torchxrayvision raises bare Exception for bad paths
         raise XCounterError(f"cannot open dataset '{spec}': {exc}") from None
     items = {}
-    for _, row in dataset.csv.iterrows():
-        rel = _posix(relative(row))
+    for rel in relative(dataset.csv):
+        rel = _posix(rel)
         items.setdefault(rel, ScanItem(rel, str(Path(imgpath) / rel)))
     return sorted(items.values(), key=lambda item: item.scan_id)
 

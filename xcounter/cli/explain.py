@@ -62,7 +62,8 @@ def run_explain(classifier: str, image: str | Path, *, generator: str | None = N
                 progress: Callable[[str], None] | None = None) -> ExplainRun:
     """Load everything, explain, render the card (and sidecar) atomically. Raises XCounterError on user mistakes."""
     import xcounter
-    from xcounter.report import render_html, write_json_sidecar
+    from xcounter.report import render_html
+    from xcounter.report.json_sidecar import encode_json_sidecar
     from xcounter.utils.atomic import write_text_atomic
 
     say = progress or (lambda _message: None)
@@ -82,10 +83,11 @@ def run_explain(classifier: str, image: str | Path, *, generator: str | None = N
     say(f"Explaining {scan.name} ({scan.width}x{scan.height}) with classifier {model.name} and generator {sd.name} ...")
     explanation = explainer.explain(scan, target=list(targets) or None, report_text=report_text, seed=seed)
 
-    html = render_html(explanation)  # complete before anything is written
+    html = render_html(explanation)  # every output is complete in memory before anything is written
+    encoded = encode_json_sidecar(explanation, sidecar, embed_images) if sidecar is not None else None
     write_text_atomic(report, html)
-    if sidecar is not None:
-        write_json_sidecar(explanation, sidecar, embed_images=embed_images)
+    if encoded is not None:
+        encoded.write()
     return ExplainRun(explanation, report, sidecar, time.perf_counter() - started)
 
 

@@ -11,12 +11,14 @@ one attribute leaves all other attributes, and all pixels outside its footprint,
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from xcounter.errors import XCounterError
 from xcounter.phantoms import draw
 from xcounter.phantoms.lungs import TEMPLATE_SIZE, lung_templates, template_splits
 from xcounter.phantoms.streams import stream
@@ -46,12 +48,17 @@ def _side(rng: np.random.Generator, p_right: float = 0.5) -> str:
     return "right" if rng.random() < p_right else "left"
 
 
-def _nodule_position(rng: np.random.Generator, template: np.ndarray) -> tuple[float, float]:
+@functools.lru_cache(maxsize=1024)
+def _eroded(template_index: int) -> np.ndarray:
+    return ndimage.binary_erosion(lung_templates()[template_index] > 0.5, iterations=8)
+
+
+def _nodule_position(rng: np.random.Generator, template_index: int) -> tuple[float, float]:
     """A point well inside a lung (template coordinates), away from apex, hilum and bases."""
-    eroded = ndimage.binary_erosion(template > 0.5, iterations=8)
-    candidates = rng.random((64, 2)) * [0.8, 0.5] + [0.1, 0.15]  # (u, v)
+    eroded = _eroded(template_index)
+    candidates = rng.random((64, 2)) * [0.84, 0.4] + [0.08, 0.12]  # (u, v), clear of the heart
     for u, v in candidates:
-        if abs(u - 0.5) > 0.12 and eroded[int(v * (TEMPLATE_SIZE - 1)), int(u * (TEMPLATE_SIZE - 1))]:
+        if abs(u - 0.5) > 0.2 and eroded[int(v * (TEMPLATE_SIZE - 1)), int(u * (TEMPLATE_SIZE - 1))]:
             return float(u), float(v)
     return float(candidates[0, 0] < 0.5 and 0.25 or 0.72), 0.35
 
@@ -60,11 +67,12 @@ def sample_attributes(seed: int) -> dict[str, Any]:
     """Attributes and details of phantom `seed`, with no rendering (fast: used by the samplers)."""
     templates = lung_templates()
     a: dict[str, Any] = {}
-    for name in BINARY:  # presence first: the first draw of every attribute's own stream
-        a[name] = bool(stream(seed, name).random() < PREVALENCE)
+    streams = {name: stream(seed, name) for name in BINARY}
+    for name, rng in streams.items():  # presence first: the first draw of every attribute's own stream
+        a[name] = bool(rng.random() < PREVALENCE)
     for name in CONTINUOUS:
         rng = stream(seed, name)
-        a[name] = float(np.clip(rng.beta(2.0, 2.0) if name != "rotation" else rng.beta(4.0, 4.0), 0.0, 1.0))
+        a[name] = float(rng.beta(2.0, 2.0))
     identity = stream(seed, "identity")
     a["lung_shape"] = int(identity.integers(len(templates)))
     a["breast_shadow"] = float(identity.random() < 0.45) * float(identity.uniform(0.5, 1.0))
@@ -72,9 +80,7 @@ def sample_attributes(seed: int) -> dict[str, Any]:
     normal_ctr = float(identity.uniform(0.38, 0.47))
 
     def details(name: str) -> np.random.Generator:
-        rng = stream(seed, name)
-        rng.random()  # skip the presence draw
-        return rng
+        return streams[name]  # continues after the presence draw
 
     # the ratio follows `cardiomegaly` in `finalize` (after overrides) unless set explicitly
     a["cardiothoracic_ratio"] = None
@@ -84,10 +90,10 @@ def sample_attributes(seed: int) -> dict[str, Any]:
     rng = details("consolidation")
     a["consolidation_lobe"], a["consolidation_extent"] = LOBES[int(rng.integers(len(LOBES)))], float(rng.uniform(0.5, 1.0))
     rng = details("nodule")
-    a["nodule_u"], a["nodule_v"] = _nodule_position(rng, templates[a["lung_shape"]])
+    a["nodule_u"], a["nodule_v"] = _nodule_position(rng, a["lung_shape"])
     a["nodule_diameter"] = float(rng.uniform(0.0, 1.0))
     rng = details("pneumothorax")
-    a["pneumothorax_side"], a["pneumothorax_size"] = _side(rng), float(rng.uniform(0.4, 1.0))
+    a["pneumothorax_side"], a["pneumothorax_size"] = _side(rng), float(rng.uniform(0.5, 1.0))
     a["chest_tube_side"] = _side(details("chest_tube"), 0.75)
     a["pacemaker_side"] = _side(details("pacemaker"), 0.15)
     a["central_line_side"] = _side(details("central_line"), 0.8)
@@ -95,9 +101,33 @@ def sample_attributes(seed: int) -> dict[str, Any]:
     return a
 
 
+_CHOICES = {
+    "pleural_effusion_side": ("right", "left"), "pneumothorax_side": ("right", "left"),
+    "chest_tube_side": ("right", "left"), "pacemaker_side": ("right", "left"),
+    "central_line_side": ("right", "left"), "laterality_marker_letter": ("R", "L"), "consolidation_lobe": LOBES,
+}
+_UNIT = ("pleural_effusion_size", "consolidation_extent", "nodule_u", "nodule_v", "nodule_diameter",
+         "pneumothorax_size", "breast_shadow")
+
+
+def _check_details(a: dict[str, Any]) -> None:
+    """Overridden details must be values the renderer knows (one clear error otherwise)."""
+    for key, choices in _CHOICES.items():
+        if a[key] not in choices:
+            raise XCounterError(f"'{key}' must be one of {', '.join(choices)}, got {a[key]!r}")
+    for key in _UNIT:
+        if not 0.0 <= float(a[key]) <= 1.0:
+            raise XCounterError(f"'{key}' must lie in [0, 1], got {a[key]}")
+    if not 0 <= int(a["lung_shape"]) < len(lung_templates()):
+        raise XCounterError(f"'lung_shape' must be a template index in [0, {len(lung_templates()) - 1}]")
+    if a["cardiothoracic_ratio"] is not None and not 0.25 <= float(a["cardiothoracic_ratio"]) <= 0.8:
+        raise XCounterError(f"'cardiothoracic_ratio' must lie in [0.25, 0.8], got {a['cardiothoracic_ratio']}")
+
+
 def finalize(a: dict[str, Any]) -> dict[str, Any]:
     """Disease labels from the findings, and details of absent findings blanked (None)."""
     out = dict(a)
+    _check_details(out)
     normal, enlarged = out.pop("_ctr_normal"), out.pop("_ctr_enlarged")
     if out["cardiothoracic_ratio"] is None:
         out["cardiothoracic_ratio"] = enlarged if out["cardiomegaly"] else normal
@@ -218,7 +248,7 @@ def _ribs(g: _Geometry, pixel: float) -> np.ndarray:
         # clavicle: medial end near the sternal notch, lateral end up towards the shoulder
         points = draw.bezier([(g.midline + s * 0.07, g.apex + 0.05), (g.midline + s * 0.4, g.apex - 0.0),
                               (g.midline + s * 0.9 * g.skin, g.apex - 0.12)], 12)
-        out += 0.9 * draw.stroke(g.x, g.y, points, 0.065, pixel)
+        out += 1.4 * draw.stroke(g.x, g.y, points, 0.075, pixel)
     return out
 
 
@@ -265,8 +295,8 @@ def _humeri(g: _Geometry) -> np.ndarray:
     """Humeral heads and the lateral scapular borders at the top corners."""
     out = np.zeros_like(g.x)
     for s in (-1, 1):
-        cx = g.midline + s * (g.skin + 0.02)
-        head = draw.soft_disk(g.x, g.y, cx, g.apex - 0.05, 0.15, 0.16, edge=0.1)
+        cx = g.midline + s * (g.skin - 0.02)
+        head = draw.soft_disk(g.x, g.y, cx, g.apex - 0.03, 0.12, 0.13, edge=0.1)
         shaft = (np.abs(g.x - cx - s * 0.05) < 0.09) * draw.smoothstep(g.apex - 0.05, g.apex + 0.1, g.y) \
             * (1 - draw.smoothstep(g.apex + 0.4, g.apex + 0.5, g.y))
         scapula = np.exp(-(((g.x - g.midline - s * (0.78 * g.thorax + 0.25 * (g.y - g.apex))) / 0.03) ** 2)) \
@@ -298,12 +328,12 @@ def _devices(a: dict[str, Any], g: _Geometry, pixel: float, heart_xy: tuple[floa
     if a["endotracheal_tube"]:
         tip = g.apex + 0.12
         points = np.array([(0.5 * g.midline, -1.05), (0.8 * g.midline, -0.9), (g.midline, tip)], np.float32)
-        layers["endotracheal_tube"] = 0.7 * draw.stroke(x, y, points, 0.065, pixel) + 0.9 * draw.stroke(x, y, points, 0.022, pixel)
+        layers["endotracheal_tube"] = 1.1 * draw.stroke(x, y, points, 0.065, pixel) + 1.0 * draw.stroke(x, y, points, 0.022, pixel)
     if a["central_line"]:
         s = g.sign(a["central_line_side"])
         points = draw.bezier([(g.midline + s * 0.3, -1.05), (g.midline + s * 0.2, g.apex - 0.05),
                               (g.midline + s * 0.1, g.apex + 0.1), (g.midline - 0.06, hy - 0.22)], 14)
-        layers["central_line"] = 1.2 * draw.stroke(x, y, points, 0.045, pixel)
+        layers["central_line"] = 1.2 * draw.stroke(x, y, points, 0.05, pixel)
     if a["laterality_marker"]:
         letter = a["laterality_marker_letter"]
         left = -0.92 if letter == "R" else 0.74
@@ -335,7 +365,7 @@ def render(a: dict[str, Any], seed: int, size: int = 128) -> np.ndarray:
     if a["pneumothorax"]:
         side = a["pneumothorax_side"]
         uh, vh = (g.split * 0.62, 0.45) if side == "right" else (g.split + (1 - g.split) * 0.33, 0.42)
-        f = 1.0 - 0.45 * a["pneumothorax_size"]
+        f = 1.0 - 0.5 * a["pneumothorax_size"]
         uc, vc = uh + (g.u - uh) / f, vh + (g.v - vh) / f
         collapsed = g.sample(uc, vc) * g.side_of(uc, side)
         this_lung = lungs * g.side_of(g.u, side)
@@ -344,7 +374,7 @@ def render(a: dict[str, Any], seed: int, size: int = 128) -> np.ndarray:
         near_space = ndimage.maximum_filter(space, size=3) > 0.3
         pleural_line = (np.abs(collapsed - 0.5) < 0.35) & near_space & (collapsed > 0.05)
         extra += 0.22 * pleural_line
-        air = air + 0.25 * space   # no lung tissue at all in the pleural space: blacker
+        air = air + 0.2 * space   # no lung tissue at all in the pleural space: blacker
     if a["edema"]:
         haze = sum(draw.soft_disk(x, y, hx_, hy_, 0.32 * g.thorax, 0.32 * g.height, edge=0.9) for hx_, hy_ in hila)
         haze = np.clip(haze, 0, 1) * lungs
@@ -361,16 +391,16 @@ def render(a: dict[str, Any], seed: int, size: int = 128) -> np.ndarray:
         upper = "upper" in lobe
         region = g.side_of(g.u, side) * (draw.smoothstep(0.5, 0.42, g.v) if upper else draw.smoothstep(0.45, 0.6, g.v))
         patches = draw.smooth_noise(stream(seed, "consolidation_texture"), size, 6)
-        density = np.clip(0.55 + 0.35 * patches, 0, 1) * (0.6 + 0.4 * a["consolidation_extent"])
+        density = np.clip(0.7 + 0.35 * patches, 0, 1) * (0.65 + 0.35 * a["consolidation_extent"])
         bronchi = 0.25 * (markings > 0.45)
         opacity = region * lungs * np.clip(density - bronchi, 0, 1)
         air = air * (1 - 0.9 * opacity)
     if a["nodule"]:
         nx_, ny_ = g.x_of(a["nodule_u"]), g.y_of(a["nodule_v"])
-        radius = 0.055 + 0.045 * a["nodule_diameter"]
+        radius = 0.06 + 0.045 * a["nodule_diameter"]
         disk = draw.soft_disk(x, y, nx_, ny_, radius, edge=0.3)
         air = air * (1 - 0.95 * disk)
-        extra += 0.12 * disk
+        extra += 0.3 * disk
     if a["pleural_effusion"]:
         side = a["pleural_effusion_side"]
         s = g.sign(side)
@@ -383,7 +413,7 @@ def render(a: dict[str, Any], seed: int, size: int = 128) -> np.ndarray:
         extra += 0.08 * fluid * g.side_of(g.u, side)
     air = np.clip(air, 0, 1.25)
 
-    density = 1.05 * thickness                                       # soft tissue
+    density = (1.05 + 0.05 * draw.smooth_noise(rng_identity, size, 4)) * thickness   # soft tissue
     density += 0.22 * a["breast_shadow"] * _breasts(g) * thickness
     density -= 0.85 * air * (0.35 + 0.65 * thickness)                 # lung air
     density += 0.24 * np.clip(markings, 0, 1.2) * lungs * (1 - heart)
@@ -392,7 +422,7 @@ def render(a: dict[str, Any], seed: int, size: int = 128) -> np.ndarray:
     if a["gastric_bubble"]:
         density -= 0.45 * _gastric_bubble(g, lungs) * thickness
     density += 0.13 * _ribs(g, pixel) * (thickness > 0.05)
-    density += 0.14 * _spine(g) * thickness + 0.25 * _humeri(g)
+    density += 0.14 * _spine(g) * thickness + 0.25 * _humeri(g) * draw.smoothstep(0.0, 0.3, thickness)
     for layer in _devices(a, g, pixel, (hx, hy)).values():
         density += layer
 
@@ -401,7 +431,7 @@ def render(a: dict[str, Any], seed: int, size: int = 128) -> np.ndarray:
     image = 1.0 - np.exp(-gain * np.clip(density, 0, None) * heel)
     image = ndimage.gaussian_filter(image, 0.55 * size / 128.0)
     noise = stream(seed, "quantum_noise").standard_normal(image.shape).astype(np.float32)
-    quantum = (0.05 - 0.025 * a["exposure"]) * np.sqrt(np.clip(image, 0, 1) + 0.02)
+    quantum = (0.035 - 0.018 * a["exposure"]) * np.sqrt(np.clip(image, 0, 1) + 0.02)
     image = image + quantum * noise
     return np.clip(image, 0, 1).astype(np.float32)[:, :, None]
 

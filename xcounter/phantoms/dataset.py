@@ -57,7 +57,8 @@ def make_item(domain: str, seed: int, index: int, size: int, shortcut: Shortcut 
     attributes = sample_attributes(domain, phantom_seed, **overrides)
     image = render_attributes(domain, phantom_seed, attributes, size)
     text = caption(attributes, domain, np.random.default_rng([int(seed), int(index), 7]))
-    record = {"file_name": f"{index:06d}.png", "text": text, "index": index, "phantom_seed": phantom_seed}
+    record = {"file_name": f"{index:06d}.png", "text": text, "domain": domain, "index": index,
+              "phantom_seed": phantom_seed}
     record.update({key: _jsonable(value) for key, value in attributes.items()})
     return image, record
 
@@ -141,8 +142,8 @@ def write_dataset(domain: str, n: int, out: str | os.PathLike, seed: int = 0, si
                 "shortcut": None if spec is None else {"attribute": spec.attribute, "target": spec.target, "rho": spec.rho},
             }
             write_text_atomic(folder / "dataset.json", json.dumps(info, indent=2) + "\n")
-    except PermissionError as exc:
-        raise XCounterError(f"cannot write the dataset to '{out}': permission denied ({exc.filename})") from None
+    except OSError as exc:  # permission, read-only or full disk: the temp folder is already gone
+        raise XCounterError(f"cannot write the dataset to '{out}': {exc.strerror or exc}") from None
     return out
 
 

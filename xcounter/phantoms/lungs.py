@@ -87,8 +87,8 @@ def parametric_lungs(count: int = 16, seed: int = 0) -> np.ndarray:
     for _ in range(count):
         lungs = np.zeros_like(u)
         for side in (-1, 1):  # -1: image left (patient right)
-            cx = 0.5 + side * (0.26 + rng.uniform(-0.02, 0.02))
-            du = (u - cx) / (0.24 + rng.uniform(-0.02, 0.02))
+            cx = 0.5 + side * (0.28 + rng.uniform(-0.02, 0.02))
+            du = (u - cx) / (0.2 + rng.uniform(-0.02, 0.02))
             dv = (v - 0.55) / 0.55
             shape = (np.abs(du) ** 2.2 + np.abs(dv) ** 2.0) < 1.0
             apex = v > 0.02 + 0.25 * np.abs(du) ** 2  # rounded apex

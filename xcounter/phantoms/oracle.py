@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Callable
@@ -73,10 +74,11 @@ class Oracle:
 # ----------------------------------------------------------------------------------- loading / saving
 def save_oracle(net: OracleNet, path: str | Path, config: dict) -> None:
     """TorchScript (no pickle) with the config as an extra file, like the phantom classifiers."""
-    scripted = torch.jit.script(net.eval())
-    path = Path(path)
-    with atomic_write(path, "wb") as handle:
-        torch.jit.save(scripted, handle, _extra_files={CONFIG_NAME: json.dumps(config)})
+    with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript deprecated; it still is the safe format
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.script(net.eval())
+        with atomic_write(Path(path), "wb") as handle:
+            torch.jit.save(scripted, handle, _extra_files={CONFIG_NAME: json.dumps(config)})
 
 
 def _shipped(domain: str) -> Path:
@@ -90,8 +92,10 @@ def load_oracle(spec: str | Path = "cxr") -> Oracle:
         raise XCounterError(f"no oracle at '{path}'; use 'cxr', 'skin' or a file written by train_oracle")
     extra = {CONFIG_NAME: ""}
     try:
-        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        config = json.loads(extra[CONFIG_NAME])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+            config = json.loads(extra[CONFIG_NAME])
     except Exception as error:  # a corrupt or foreign file
         raise ModelError(f"'{path}' is not an xcounter oracle ({type(error).__name__})") from None
     return Oracle(module, config)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from xcounter.errors import XCounterError
 from xcounter.phantoms import draw
 from xcounter.phantoms.streams import stream
 
@@ -67,6 +68,13 @@ def melanoma_score(a: dict[str, Any]) -> float:
 
 
 def finalize(a: dict[str, Any]) -> dict[str, Any]:
+    """Fitzpatrick type, the melanoma score and label; details of absent artifacts blanked."""
+    if a["ruler_edge"] not in _EDGES or a["color_patch_corner"] not in _CORNERS:
+        raise XCounterError(f"'ruler_edge' must be one of {', '.join(_EDGES)} and "
+                            f"'color_patch_corner' one of {', '.join(_CORNERS)}")
+    for key in ("lesion_x", "lesion_y"):
+        if not -0.5 <= float(a[key]) <= 0.5:
+            raise XCounterError(f"'{key}' must lie in [-0.5, 0.5], got {a[key]}")
     out = dict(a)
     out["fitzpatrick"] = int(min(6, 1 + int(out["skin_tone"] * 6)))
     out["melanoma_score"] = melanoma_score(out) + out["melanoma_noise"]

@@ -120,10 +120,9 @@ def youden_thresholds(logits: Tensor, targets: Tensor) -> list[float]:
             continue
         fpr, tpr, cuts = roc_curve(y, s)
         best = int(np.argmax(tpr - fpr))
-        upper = cuts[best]
-        lower = cuts[best + 1] if best + 1 < len(cuts) else upper - 1.0
-        if not math.isfinite(upper):
-            upper = lower + 1.0
+        upper = float(min(cuts[best], s.max() + 1.0))  # roc_curve's first cut is +inf
+        below = s[s < upper]
+        lower = float(below.max()) if below.size else upper - 1.0
         thresholds.append(float((upper + lower) / 2.0))
     return thresholds
 
@@ -270,18 +269,22 @@ def render_pairs(domain: str, attribute: str, seeds: list[int], fixed: dict | No
 
 @torch.no_grad()
 def attribute_dependence(classifier, domain: str, attribute: str, label: str, *, n: int = 200,
-                         seed: int = 1_000_000, fixed: dict | None = None) -> dict:
+                         seed: int = 1_000_000, fixed: dict | None = None,
+                         pairs: tuple[Tensor, Tensor] | None = None) -> dict:
     """How often `classifier`'s decision on `label` follows `attribute` toggled on identical phantoms.
 
     Returns flip_rate (share of pairs whose decision differs), positive rates with the attribute
-    off / on, and the mean margin shift (on - off). `fixed` pins other attributes (e.g. the disease).
+    off / on, and the mean margin shift (on - off). `fixed` pins other attributes (e.g. the disease);
+    `pairs` = (off, on) from `render_pairs` lets several classifiers share one rendering.
     """
     index = classifier.target_index(label)
-    off, on, _ = render_pairs(domain, attribute, list(range(seed, seed + n)), fixed)
+    if pairs is None:
+        pairs = render_pairs(domain, attribute, list(range(seed, seed + n)), fixed)[:2]
+    off, on = pairs
     margin_off = classifier.margins(off)[:, index]
     margin_on = classifier.margins(on)[:, index]
     pos_off, pos_on = margin_off > 0, margin_on > 0
-    return {"attribute": attribute, "label": label, "n": n, "seed": seed, "fixed": fixed or {},
+    return {"attribute": attribute, "label": label, "n": int(off.shape[0]), "seed": seed, "fixed": fixed or {},
             "flip_rate": float((pos_off != pos_on).float().mean()),
             "positive_rate_off": float(pos_off.float().mean()),
             "positive_rate_on": float(pos_on.float().mean()),
@@ -319,18 +322,22 @@ def _main() -> None:
                          batch_size=batch_size, lr=lr, log=lambda m: print(m, flush=True))
 
     @cli.command("dependence")
-    @click.option("--classifier", "model", required=True)
+    @click.option("--classifier", "models", required=True, multiple=True, help="one or more classifiers")
     @click.option("--domain", required=True, type=click.Choice(["cxr", "skin"]))
     @click.option("--attribute", required=True)
     @click.option("--label", required=True)
     @click.option("--n", default=200, show_default=True)
     @click.option("--seed", default=1_000_000, show_default=True)
     @click.option("--fix", multiple=True, help="NAME=VALUE attribute pinned in every pair")
-    def dependence_cmd(model, domain, attribute, label, n, seed, fix) -> None:
+    def dependence_cmd(models, domain, attribute, label, n, seed, fix) -> None:
+        """Toggle ATTRIBUTE on the same phantoms; print one JSON line per classifier."""
         from xcounter.classifiers import load_classifier
-        result = attribute_dependence(load_classifier(model), domain, attribute, label, n=n, seed=seed,
-                                      fixed=_parse_fixed(fix))
-        print(json.dumps({"classifier": str(model), **result}), flush=True)
+        fixed = _parse_fixed(fix)
+        pairs = render_pairs(domain, attribute, list(range(seed, seed + n)), fixed)[:2]
+        for model in models:
+            result = attribute_dependence(load_classifier(model), domain, attribute, label, seed=seed,
+                                          fixed=fixed, pairs=pairs)
+            print(json.dumps({"classifier": str(model), **result}), flush=True)
 
     cli()
 

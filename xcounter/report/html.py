@@ -145,7 +145,8 @@ def _counterfactual_view(result: AttributeResult, best: Counterfactual) -> dict:
     }
     if best.image is not None:
         view["image"] = _figure(plots.png_bytes(best.image),
-                                f"Counterfactual scan with {attribute} {best.sign}d {where}",
+                                f"Counterfactual scan with {attribute} "
+                                f"{'removed' if best.sign == 'remove' else 'added'} {where}",
                                 f"Counterfactual ({best.sign} {where})")
     if best.difference is not None:
         png, scale = plots.difference_png(best.difference)
@@ -182,7 +183,7 @@ def _result_view(explanation: Explanation, result: AttributeResult, rank: int, a
     return {
         "rank": rank, "anchor": anchor, "attribute": result.attribute, "kind": result.kind,
         "verdict": result.verdict, "verdict_class": css, "verdict_label": label, "flipped": result.flipped,
-        "minimal_strength": _fmt(result.minimal_strength, 2), "sign": result.sign or (best.sign if best else None),
+        "minimal_strength": "–" if result.minimal_strength is None else f"{result.minimal_strength:.2f}", "sign": result.sign or (best.sign if best else None),
         "gradient_sensitivity": _fmt(result.gradient_sensitivity),
         "delta": f"{best.delta_probability:+.2f}" if best is not None else "–",
         "sentence": _sentence(result, best, positive),
@@ -247,7 +248,8 @@ def card_context(explanation: Explanation) -> dict:
             "attributions": _attribution_views(explanation, target),
             "gradcam_missing": bool(explanation.attributions.get(target))
             and "gradcam" not in explanation.attributions.get(target, {}),
-            "shortcuts": [r["attribute"] for r in results if r["verdict"] == "shortcut"],
+            "shortcuts": [f"{'removing' if r['sign'] == 'remove' else 'adding'} {r['attribute']} "
+                          f"(edit strength {r['minimal_strength']})" for r in results if r["verdict"] == "shortcut"],
         })
     versions = {"xcounter": __version__, **{str(k): str(v) for k, v in explanation.versions.items()}}
     error, ssim = explanation.reconstruction_error, explanation.reconstruction_ssim

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -111,28 +112,44 @@ def sidecar_content(explanation: Explanation, images_dir_name: str | None) -> tu
             "images": "embedded" if images_dir_name is None else "files", "explanation": document}, files
 
 
-def write_json_sidecar(explanation: Explanation, path: str | Path, embed_images: bool = False) -> Path:
-    """Write the sidecar JSON (and `<stem>_images/` unless `embed_images`) atomically.
+@dataclass
+class EncodedSidecar:
+    """A sidecar fully encoded in memory, so a caller can finish every rendering before writing anything."""
+    path: Path
+    text: str
+    files: dict[str, bytes]
 
-    Everything is encoded in memory first; the images folder and the JSON are then each renamed
-    into place, and the folder is removed again if the JSON cannot be written.
-    """
+    @property
+    def images_dir(self) -> Path:
+        return self.path.with_name(f"{self.path.stem}_images")
+
+    def write(self) -> Path:
+        """The images folder, then the JSON, each renamed into place; the folder goes again if the JSON fails."""
+        if self.files:
+            with atomic_dir(self.images_dir, overwrite=True) as tmp:
+                for name, data in self.files.items():
+                    (tmp / name).write_bytes(data)
+        try:
+            write_text_atomic(self.path, self.text)
+        except BaseException:
+            if self.files:
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(self.images_dir)
+            raise
+        return self.path
+
+
+def encode_json_sidecar(explanation: Explanation, path: str | Path, embed_images: bool = False) -> EncodedSidecar:
+    """Encode the sidecar for `path` (PNG files for `<stem>_images/` unless `embed_images`) without writing."""
     path = Path(path)
-    images_dir = path.with_name(f"{path.stem}_images")
-    document, files = sidecar_content(explanation, None if embed_images else images_dir.name)
-    text = json.dumps(document, indent=1, allow_nan=False)
-    if files:
-        with atomic_dir(images_dir, overwrite=True) as tmp:
-            for name, data in files.items():
-                (tmp / name).write_bytes(data)
-    try:
-        write_text_atomic(path, text)
-    except BaseException:
-        if files:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(images_dir)
-        raise
-    return path
+    images_dir_name = None if embed_images else f"{path.stem}_images"
+    document, files = sidecar_content(explanation, images_dir_name)
+    return EncodedSidecar(path, json.dumps(document, indent=1, allow_nan=False), files)
+
+
+def write_json_sidecar(explanation: Explanation, path: str | Path, embed_images: bool = False) -> Path:
+    """Encode everything in memory, then write the sidecar atomically (see `EncodedSidecar.write`)."""
+    return encode_json_sidecar(explanation, path, embed_images).write()
 
 
 def read_json_sidecar(path: str | Path) -> Explanation:

@@ -1,0 +1,109 @@
+"""Assemble `reports/benchmarks.md` from the sections the benchmark scripts wrote (reports/bench_<name>.md/.json).
+
+Nothing is recomputed here: each section keeps the command, seed and date it was produced with; the goals
+every script checked are gathered into one table at the top, missed ones first.
+
+    python benchmarks/faithfulness.py && python benchmarks/quality.py && \\
+    python benchmarks/paper_tables.py && python benchmarks/speed.py && python benchmarks/make_report.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+SECTIONS = ("faithfulness", "quality", "paper_tables", "speed")
+#: share of `--run --budget-s` each script gets (speed's end-to-end demo runs after its share)
+BUDGET_SHARES = {"faithfulness": 0.42, "quality": 0.28, "paper_tables": 0.18, "speed": 0.12}
+TITLE = "# xcounter benchmarks"
+INTRO = """Numbers that tell a user whether to trust xcounter's explanations and what they cost, measured on the
+shipped phantom models (procedural scans whose true attributes are known, never seen in training) with the
+scripts in `benchmarks/`. Each section states the command, seed, date and N it was produced with; where a
+section's N is small (CPU-only runs on a shared 2-core machine), its rates are coarse: read them with their N.
+Reproduce everything with:
+
+```
+python benchmarks/faithfulness.py
+python benchmarks/quality.py
+python benchmarks/paper_tables.py
+python benchmarks/speed.py
+python benchmarks/make_report.py
+```
+(`--quick` runs each in a few minutes; `--models tiny` runs the random-weight test models, as the tests do;
+`python benchmarks/make_report.py --run --budget-s SECONDS` runs all four in one process within a time budget.)
+"""
+
+
+def load_sections(folder: Path) -> list[tuple[str, str, dict]]:
+    found = []
+    for name in SECTIONS:
+        md, js = folder / f"bench_{name}.md", folder / f"bench_{name}.json"
+        if md.is_file() and js.is_file():
+            found.append((name, md.read_text(encoding="utf-8"), json.loads(js.read_text(encoding="utf-8"))))
+    return found
+
+
+def assemble(folder: Path) -> str:
+    sections = load_sections(folder)
+    goals = [g for _, _, data in sections for g in data.get("goals", [])]
+    goals.sort(key=lambda g: {"MISSED": 0, "not measured": 1, "met": 2}.get(g["status"], 3))
+    missing = [name for name in SECTIONS if name not in {s[0] for s in sections}]
+    date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [TITLE, "", INTRO, f"Assembled {date} by `python benchmarks/make_report.py`.", ""]
+    tiny = [name for name, _, data in sections if data.get("models") == "tiny"]
+    if tiny:
+        lines += [f"**Warning:** sections {', '.join(tiny)} were produced with the random-weight tiny test models; "
+                  "their numbers mean nothing.", ""]
+    if missing:
+        lines += [f"Sections not produced yet: {', '.join(missing)}.", ""]
+    lines += ["## Goals at a glance", ""] + C.goals_table(goals)
+    for _, text, _ in sections:
+        lines += [text.rstrip(), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def run_all(args) -> None:
+    """Run every script in this process, one after the other (imports and model loading paid once per script,
+    not per interpreter), each with its share of the time budget; each records its own standalone command."""
+    import importlib.util
+
+    for name in SECTIONS:
+        words = ["--models", args.models, "--seed", str(args.seed), "--out", str(args.out)]
+        words += ["--quick"] if args.quick else []
+        if args.budget_s is not None:
+            words += ["--budget-s", f"{args.budget_s * BUDGET_SHARES[name]:.0f}"]
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        print(f"[make_report] {name} {' '.join(words)}", flush=True)
+        module.main(words)
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(C.REPORTS), help="reports folder holding the bench_* sections")
+    parser.add_argument("--run", action="store_true", help="run every benchmark first (sequentially, one process)")
+    parser.add_argument("--models", choices=("shipped", "tiny"), default="shipped", help="with --run")
+    parser.add_argument("--seed", type=int, default=0, help="with --run")
+    parser.add_argument("--quick", action="store_true", help="with --run")
+    parser.add_argument("--budget-s", type=float, default=None, help="with --run: total seconds, shared out")
+    args = parser.parse_args(argv)
+    from xcounter.utils.atomic import write_text_atomic
+
+    if args.run:
+        run_all(args)
+    folder = Path(args.out)
+    path = folder / "benchmarks.md"
+    write_text_atomic(path, assemble(folder))
+    return path
+
+
+if __name__ == "__main__":
+    print(main())

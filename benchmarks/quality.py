@@ -1,0 +1,292 @@
+"""Counterfactual quality against baselines, side by side on the same scans, models and edits.
+
+Methods (`xcounter.methods.get_method`): ours ("trajectory": swap-step trajectory + Bézier search), Latent
+Shift (classifier gradient through the VAE decoder), SDEdit (img2img with the edited prompt; its search
+over rising strengths, and each candidate strength on its own as a user would run SDEdit at one fixed
+strength), and a random text direction of the same norm through our search (the control).
+Per method: flip rate; proximity (L1, SSIM) at the flip; identity preservation (share of the other
+attributes the oracle reads as unchanged); whether the oracle sees the intended attribute change; and
+realism (Fréchet distance on oracle features against real unseen phantoms of the intended class).
+
+    python benchmarks/quality.py
+    python benchmarks/quality.py --quick --models tiny
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import _common as C  # noqa: E402
+
+NAME = "quality"
+DEFAULT_N, QUICK_N = 6, 2
+METHODS = ("trajectory", "latent_shift", "sdedit", "random")
+#: (classifier, target label, edited attribute) per domain: the planted shortcut and, for CXR, a real cause
+TASKS = {"cxr": [("cxr-shortcut", "Pneumothorax", "chest_tube"), ("cxr-clean", "Effusion", "pleural_effusion")],
+         "skin": [("skin-shortcut", "Melanoma", "ruler")]}
+#: real phantoms drawn per counterfactual task for the realism reference set
+REFERENCE_PER_TASK = 4
+#: a continuous attribute counts as unchanged within this much (its values live in [0, 1])
+CONTINUOUS_TOLERANCE = 0.1
+REFERENCE_SEED_OFFSET = 5_000_000
+
+
+def to_batch(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().clamp(0, 1)
+
+
+def oracle_readout(oracle, before: np.ndarray, after: np.ndarray, attribute: str, sign: str) -> dict:
+    """Identity (share of other attributes unchanged) and whether the edited attribute reached its target state."""
+    with torch.no_grad():
+        values = oracle.measure(torch.cat([to_batch(before), to_batch(after)]))
+        features = oracle.logits(to_batch(after))[0].numpy()
+    kept = []
+    for name, v in values.items():
+        if name == attribute:
+            continue
+        a, b = float(v[0]), float(v[1])
+        if oracle.types.get(name) == "continuous":
+            kept.append(abs(a - b) < CONTINUOUS_TOLERANCE)
+        else:
+            kept.append((a > 0.5) == (b > 0.5))
+    edited = bool((float(values[attribute][1]) > 0.5) == (sign == "add")) if attribute in values else None
+    return {"identity": float(np.mean(kept)) if kept else None, "edited": edited, "features": features}
+
+
+def record(cf, oracle, attribute: str, sign: str, seconds: float | None, method: str | None = None,
+           image=None, reference=None, flipped=None, nfe=None) -> dict:
+    image = cf.image if image is None else image
+    reference = cf.film[0] if reference is None else reference
+    from xcounter.metrics import l1, ssim
+
+    readout = oracle_readout(oracle, reference, image, attribute, sign)
+    flipped = bool(cf.flipped) if flipped is None else bool(flipped)
+    return {"method": method or cf.method, "flipped": flipped,
+            "strength": cf.minimal_strength if method is None else None,
+            "l1": l1(image, reference), "ssim": ssim(image, reference), "nfe": int(cf.nfe if nfe is None else nfe),
+            "seconds": seconds, "identity": readout["identity"], "edited": readout["edited"],
+            "features": readout["features"].tolist()}
+
+
+def fixed_strength_records(cf, oracle, attribute: str, sign: str, steps: int) -> list[dict]:
+    """SDEdit at each single candidate strength: the sweep images the SDEdit search computed anyway."""
+    out = []
+    before = cf.probabilities[0] > 0.5
+    for k in range(1, len(cf.strengths)):
+        strength = cf.strengths[k]
+        out.append(record(cf, oracle, attribute, sign, None, method=f"sdedit@{strength:.2f}", image=cf.film[k],
+                          flipped=(cf.probabilities[k] > 0.5) != before, nfe=round(strength * steps)))
+    return out
+
+
+def contexts_for_scan(models: C.DomainModels, pixels: np.ndarray, report: str, seed: int, directions: dict,
+                      tasks: list[tuple[str, str, str]]):
+    """One inversion per scan; an EditContext per (classifier, target)."""
+    from xcounter.methods.base import EditContext
+    from xcounter.methods.trajectory import DEFAULT_MAX_NFE
+
+    generator = models.generator
+    image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
+    inversion = generator.invert(image, report, generator.steps)
+    with torch.no_grad():
+        source = generator.embed([report])[0]
+    contexts = {}
+    for name, label, _attribute in tasks:
+        classifier = models.classifiers[name]
+        contexts[(name, label)] = EditContext(
+            classifier=classifier, generator=generator, attributes=models.attributes, inversion=inversion,
+            source_embedding=source, target=label, target_index=classifier.target_index(label), seed=seed,
+            steps=generator.steps, prefix=inversion.prefix, directions=directions, max_nfe=DEFAULT_MAX_NFE)
+    return inversion, contexts
+
+
+def reference_features(models: C.DomainModels, attribute: str, present: bool, base_seed: int, count: int,
+                       constraints: dict) -> list[list[float]]:
+    """Oracle features of real unseen phantoms with the attribute in the intended state."""
+    images = torch.cat([C.phantom_tensor(models.domain, base_seed + k, models.generator,
+                                         **{**constraints, attribute: present}) for k in range(count)])
+    with torch.no_grad():
+        return models.oracle.logits(images).numpy().tolist()
+
+
+def frechet(features: list, reference: list) -> float | None:
+    from xcounter.metrics import frechet_distance
+    if len(features) < 2 or len(reference) < 2:
+        return None
+    return frechet_distance(np.asarray(features), np.asarray(reference))
+
+
+def run_domain(domain: str, args, total: C.Budget) -> dict:
+    budget = C.domain_budget(args)
+    from xcounter.disentangle.directions import LanguageDirections
+    from xcounter.methods import get_method
+    from xcounter.methods.trajectory import DEFAULT_MAX_NFE
+
+    wanted = sorted({name for name, _, _ in TASKS[domain]})
+    models = C.load_domain(domain, args.models, wanted)
+    tasks = [t for t in TASKS[domain] if t[0] in models.classifiers]
+    result: dict[str, Any] = {"models": models.describe(), "tasks": [list(t) for t in tasks], "records": []}
+    if not tasks:
+        return result
+    examined = [a.name for a in models.attributes if a.kind != "anatomy"]
+    directions = LanguageDirections(models.generator, models.attributes, names=examined, disentangle=True) \
+        .fit().directions_
+    n = args.n or (1 if args.models == "tiny" else QUICK_N if args.quick else DEFAULT_N)
+    records, reference, reference_second, done = [], [], [], 0
+    constraints = {"pneumothorax": False} if domain == "cxr" else {}
+    for phantom_seed, overrides in C.scan_plan(domain, n, args.seed):
+        if not budget.allows_more(done):
+            break
+        pixels, truth, report = C.phantom(domain, phantom_seed, **overrides)
+        inversion, contexts = contexts_for_scan(models, pixels, report, args.seed, directions, tasks)
+        methods = {"trajectory": get_method("trajectory", max_nfe=DEFAULT_MAX_NFE),
+                   "random": get_method("random", max_nfe=DEFAULT_MAX_NFE),
+                   "latent_shift": get_method("latent_shift"), "sdedit": get_method("sdedit")}
+        for name, label, attribute in tasks:
+            context, sign = contexts[(name, label)], C.sign_toward_opposite(truth, attribute)
+            task = {"scan_seed": phantom_seed, "classifier": name, "target": label, "attribute": attribute,
+                    "sign": sign, "reconstruction_error": float(inversion.error)}
+            for method_name in METHODS:
+                started = time.perf_counter()
+                cf = methods[method_name].generate(context, models.attributes[attribute], sign)
+                seconds = time.perf_counter() - started
+                records.append({**task, **record(cf, models.oracle, attribute, sign, seconds)})
+                if method_name == "sdedit":
+                    records += [{**task, **r} for r in fixed_strength_records(cf, models.oracle, attribute, sign,
+                                                                               models.steps)]
+                if method_name == "trajectory":  # the unedited reconstruction: realism and identity floor
+                    records.append({**task, **record(cf, models.oracle, attribute, sign, None,
+                                                     method="no edit (reconstruction)", image=cf.film[0],
+                                                     flipped=False, nfe=0)})
+            intended = sign == "add"
+            base = C.UNSEEN_SEED_BASE + REFERENCE_SEED_OFFSET + 100 * len(reference) + 1000 * args.seed
+            reference += reference_features(models, attribute, intended, base, REFERENCE_PER_TASK, constraints)
+            reference_second += reference_features(models, attribute, intended, base + 50_000, REFERENCE_PER_TASK,
+                                                    constraints)
+        done += 1
+        print(f"[{NAME}] {domain} scan {done}/{n} ({total.elapsed:.0f}s)", flush=True)
+    result.update(n_scans=done, n_planned=n, budget_limited=budget.stopped_early, records=records,
+                  summary=summarise(records, reference, reference_second), n_reference=len(reference))
+    return result
+
+
+def method_order(records: list[dict]) -> list[str]:
+    names = list(dict.fromkeys(r["method"] for r in records))
+    first = [m for m in METHODS if m in names]
+    return first + sorted(m for m in names if m not in first and m.startswith("sdedit@")) + \
+        [m for m in names if m not in first and not m.startswith("sdedit@")]
+
+
+def summarise(records: list[dict], reference: list, reference_second: list) -> list[dict]:
+    rows = []
+    for method in method_order(records):
+        mine = [r for r in records if r["method"] == method]
+        flips = [r for r in mine if r["flipped"]]
+        edited = [r["edited"] for r in mine if r["edited"] is not None]
+        rows.append({"method": method, "n": len(mine), "flip_rate": sum(r["flipped"] for r in mine) / len(mine),
+                     "l1_at_flip": C.mean([r["l1"] for r in flips]), "ssim_at_flip": C.mean([r["ssim"] for r in flips]),
+                     "identity": C.mean([r["identity"] for r in mine]),
+                     "edited": float(np.mean(edited)) if edited else None,
+                     "fid": frechet([r["features"] for r in mine], reference),
+                     "nfe": C.mean([r["nfe"] for r in mine]), "seconds": C.mean([r["seconds"] for r in mine])})
+    rows.append({"method": "real phantoms (second draw)", "n": len(reference_second), "flip_rate": None,
+                 "l1_at_flip": None, "ssim_at_flip": None, "identity": None, "edited": None,
+                 "fid": frechet(reference_second, reference), "nfe": None, "seconds": None})
+    return rows
+
+
+LABELS = {"trajectory": "ours (trajectory)", "latent_shift": "Latent Shift", "sdedit": "SDEdit (search)",
+          "random": "random direction (control)"}
+
+
+def goals(domains: dict) -> list[dict]:
+    out = []
+    for domain, result in domains.items():
+        for row in result.get("summary", []):
+            if row["method"] == "trajectory":
+                out.append(C.goal_row(f"{domain}: ours flips >= 90% of the edits", row["flip_rate"],
+                                      row["flip_rate"] >= 0.9, f"N = {row['n']} counterfactuals"))
+        random = {r["method"]: r for r in result.get("summary", [])}
+        if "trajectory" in random and "random" in random:
+            ours, control = random["trajectory"]["flip_rate"], random["random"]["flip_rate"]
+            out.append(C.goal_row(f"{domain}: ours flips more often than a random direction",
+                                  f"{ours:.2f} vs {control:.2f}", ours > control))
+    return out
+
+
+def plot(domains: dict, out: Path) -> str | None:
+    plt = C.matplotlib_pyplot()
+    shown = {d: r for d, r in domains.items() if r.get("summary")}
+    if not shown:
+        return None
+    keys = [("flip_rate", "flip rate"), ("ssim_at_flip", "SSIM at the flip"), ("identity", "identity kept (oracle)"),
+            ("fid", "Fréchet distance (oracle features)")]
+    fig, axes = plt.subplots(len(shown), len(keys), figsize=(4.2 * len(keys), 3.3 * len(shown)), squeeze=False)
+    for row_axes, (domain, result) in zip(axes, shown.items()):
+        rows = [r for r in result["summary"]]
+        names = [LABELS.get(r["method"], r["method"]) for r in rows]
+        for ax, (key, title) in zip(row_axes, keys):
+            values = [r[key] if r[key] is not None else 0.0 for r in rows]
+            colors = ["tab:red" if r["method"] == "trajectory" else "tab:gray" for r in rows]
+            ax.barh(range(len(rows)), values, color=colors)
+            ax.set_yticks(range(len(rows)), names if key == "flip_rate" else [""] * len(rows), fontsize=7)
+            ax.invert_yaxis()
+            ax.set_title(f"{domain}: {title}", fontsize=9)
+    return C.save_figure(fig, out, f"bench_{NAME}")
+
+
+def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, argv, budget: C.Budget) -> list[str]:
+    lines = C.header("Counterfactual quality against baselines", f"{NAME}.py", argv, args, [
+        f"Wall time: {budget.elapsed:.0f} s" + (" (stopped by --budget-s: N below is what fitted)"
+                                                if budget.stopped_early else "") + "."])
+    lines += ["Same unseen phantom scans, same inversion (prompt = the phantom's report caption), same classifier "
+              "and edit for every method. Edit = the task's attribute toward the opposite of the scan's truth "
+              "(remove if present, add if absent). L1 and SSIM compare the counterfactual with the method's own "
+              "unedited image, over flipped counterfactuals only. *identity* = share of the other attributes "
+              "whose oracle reading is unchanged (binary: same side of 0.5; continuous: within "
+              f"{CONTINUOUS_TOLERANCE}); *attribute edited* = the oracle reads the edited attribute in its "
+              "intended state. Realism = Fréchet distance of oracle logits against real unseen phantoms with the "
+              f"intended attribute state ({REFERENCE_PER_TASK} per edit; few samples, so it is a coarse, biased "
+              "estimate: compare rows, not with published FIDs; 'real phantoms (second draw)' is the noise floor). "
+              "`sdedit@s` rows are SDEdit at one fixed strength s (the images of its sweep); NFE = UNet "
+              "sample-evaluations per counterfactual (ours and the random control after the shared inversion).", ""]
+    for domain, result in domains.items():
+        tasks = "; ".join(f"{c}: {a} -> {t}" for c, t, a in result["tasks"]) or "none (classifiers missing)"
+        lines += [f"**{domain}** ({result.get('n_scans', 0)} scans; edits: {tasks}; reference set "
+                  f"{result.get('n_reference', 0)} real phantoms)", ""]
+        rows = [[LABELS.get(r["method"], r["method"]), r["n"], r["flip_rate"], r["l1_at_flip"], r["ssim_at_flip"],
+                 r["identity"], r["edited"], r["fid"], r["nfe"], r["seconds"]] for r in result.get("summary", [])]
+        lines += C.table(["method", "N", "flip rate", "L1 at flip", "SSIM at flip", "identity kept",
+                          "attribute edited (oracle)", "Fréchet distance", "mean NFE", "mean s"], rows)
+        if result["models"]["missing_classifiers"]:
+            lines += [f"Missing from the zoo: {', '.join(result['models']['missing_classifiers'])}.", ""]
+    lines += ["Goals:", ""] + C.goals_table(goal_rows)
+    if figure:
+        lines += [f"![quality]({figure})", ""]
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
+    C.setup(args)
+    budget = C.Budget(args.budget_s)
+    domains = {domain: run_domain(domain, args, budget) for domain in args.domains}
+    budget.stopped_early = any(d.get("budget_limited") for d in domains.values())
+    goal_rows = goals(domains)
+    figure = plot(domains, args.out)
+    data = {"name": NAME, "command": C.command_of(f"{NAME}.py", argv), "seed": args.seed, "models": args.models,
+            "quick": args.quick, "seconds": budget.elapsed, "budget_limited": budget.stopped_early,
+            "domains": domains, "goals": goal_rows, "figure": figure}
+    C.write_section(args.out, NAME, markdown(domains, goal_rows, figure, args, argv, budget), data)
+    return data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The benchmark scripts run end to end (`--quick --models tiny`) and write well-formed sections, so they
+cannot silently rot. The tiny models have random weights: only structure and value ranges are checked."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+QUICK = ["--quick", "--models", "tiny"]
+
+
+def load(name: str):
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("reports")
+
+
+def unit(value) -> bool:
+    return value is None or 0.0 <= value <= 1.0
+
+
+def written(out: Path, name: str) -> tuple[str, dict]:
+    markdown = (out / f"bench_{name}.md").read_text(encoding="utf-8")
+    data = json.loads((out / f"bench_{name}.json").read_text(encoding="utf-8"))
+    assert markdown.startswith("## ") and f"benchmarks/{name}.py" in markdown
+    assert "Seed: 0" in markdown and "UTC" in markdown and "|---|" in markdown
+    assert data["name"] == name and data["models"] == "tiny" and data["quick"] is True
+    assert data["figure"] and (out / data["figure"]).stat().st_size > 1000
+    for goal in data["goals"]:
+        assert goal["status"] in ("met", "MISSED", "not measured")
+        assert (goal["status"] == "MISSED") == ("**MISSED**" in markdown.split(goal["goal"], 1)[1].split("\n", 1)[0])
+    return markdown, data
+
+
+def test_faithfulness(out):
+    load("faithfulness").main([*QUICK, "--out", str(out)])
+    markdown, data = written(out, "faithfulness")
+    assert set(data["domains"]) == {"cxr", "skin"}
+    cxr = data["domains"]["cxr"]
+    rows = {(r["classifier"], r["label"]): r for r in cxr["rows"]}
+    assert {("cxr-shortcut", "Pneumothorax"), ("cxr-shortcut-rho0.5", "Pneumothorax"),
+            ("cxr-clean", "Effusion")} <= set(rows)
+    assert rows[("cxr-shortcut", "Pneumothorax")]["rho"] == 1.0
+    for domain in data["domains"].values():
+        assert domain["n_scans"] == 1 and domain["signs"] == ["add", "remove"]
+        for row in domain["rows"]:
+            assert row["n"] == 1 and 1 <= row["mean_rank"] <= len(domain["examined"])
+            assert all(unit(row[k]) for k in ("recovery", "flagged", "ranked_first", "any_shortcut_flag"))
+            assert row["recovery"] <= min(row["flagged"], row["ranked_first"])
+            scan = row["scans"][0]
+            assert scan["expected_verdict"] in ("shortcut", "drives", "does not drive")
+            assert scan["expected_flipped"] == (scan["expected_verdict"] != "does not drive")
+    assert "rho 0.5" in markdown and "Second planted shortcut for cxr" in markdown
+    assert any("rho 0.5" in g["goal"] for g in data["goals"])
+
+
+def test_quality(out):
+    load("quality").main([*QUICK, "--out", str(out)])
+    markdown, data = written(out, "quality")
+    for domain in data["domains"].values():
+        methods = [r["method"] for r in domain["summary"]]
+        assert methods[:4] == ["trajectory", "latent_shift", "sdedit", "random"]
+        assert any(m.startswith("sdedit@") for m in methods) and "real phantoms (second draw)" in methods
+        for row in domain["summary"]:
+            assert all(unit(row[k]) for k in ("flip_rate", "identity", "edited"))
+            assert row["fid"] is None or row["fid"] >= 0
+            assert row["ssim_at_flip"] is None or -1 <= row["ssim_at_flip"] <= 1
+        nfe = {r["method"]: r["nfe"] for r in domain["summary"]}
+        assert nfe["latent_shift"] == 0 and nfe["trajectory"] > 0
+        assert nfe["random"] == nfe["trajectory"]  # the control shares every setting but the direction
+    assert "ours (trajectory)" in markdown and "Latent Shift" in markdown
+
+
+def test_paper_tables(out):
+    load("paper_tables").main([*QUICK, "--out", str(out)])
+    markdown, data = written(out, "paper_tables")
+    cxr = {r["attribute"]: r for r in data["domains"]["cxr"]["cfrt"]}
+    assert cxr["pleural_effusion"]["published_swap"] == 0.781 and cxr["support devices"]["published_bezier"] == 0.863
+    for domain in data["domains"].values():
+        assert domain["measurements"]
+        for m in domain["measurements"]:
+            assert unit(m["cfrt_swap"]) and unit(m["cfrt_bezier"])
+            assert len(m["cosine_to_strongest"]) == len(m["swap_steps"])
+            assert math.isclose(m["cosine_to_strongest"][-1], 1.0, abs_tol=1e-6)  # the strongest edit itself
+        assert all(-1 - 1e-6 <= r["cosine_to_strongest"] <= 1 + 1e-6 for r in domain["cosine"])
+    assert "Different data" in markdown and "CheXpert" in markdown and "ISIC" in markdown
+
+
+def test_speed_and_report(out):
+    load("speed").main([*QUICK, "--out", str(out)])
+    markdown, data = written(out, "speed")
+    for domain in data["domains"].values():
+        rows = {r["key"]: r for r in domain["summary"]}
+        assert set(rows) == {"ours", "sdedit", "naive_img2img"}
+        assert all(r["seconds"] > 0 for r in rows.values())
+        run = domain["runs"][0]
+        assert run["naive_img2img"]["nfe"] >= run["sdedit"]["nfe"] > 0  # same search, never cheaper
+    e2e = data["end_to_end"]
+    assert e2e is not None, data["end_to_end_error"]
+    assert e2e["seconds"] > 0 and e2e["peak_rss_mb"] > 50 and e2e["nfe"] > 0 and e2e["attributes"] == 12
+    assert "DiME" in markdown and "ACE" in markdown and "audit throughput" in markdown
+
+    report = load("make_report").main(["--out", str(out)])
+    text = report.read_text(encoding="utf-8")
+    assert text.startswith("# xcounter benchmarks") and "## Goals at a glance" in text
+    for title in ("Faithfulness", "Counterfactual quality", "paper's tables", "Speed and cost"):
+        assert title in text
+    assert "random-weight tiny test models" in text
