@@ -214,3 +214,32 @@ def test_examine_restricts_the_attributes(classifier, generator, attributes, sca
         Explainer(classifier, generator, attributes, examine=["chest_tub"])
     with pytest.raises(XCounterError, match="anatomy"):
         Explainer(classifier, generator, attributes, examine=["body_width"])
+
+
+
+def test_trajectory_method_alone_with_another_source_prompt(classifier, generator, attributes, scan):
+    """A caller (benchmark) may build the context itself: a prefix for another prompt is not reused."""
+    from xcounter.methods import EditContext, get_method
+
+    inversion = generator.invert(torch.from_numpy(scan / 255.0).float()[None, None], "chest radiograph", STEPS)
+    source = generator.embed(["no pneumothorax"])[0].detach()
+    context = EditContext(classifier=classifier, generator=generator, attributes=attributes, inversion=inversion,
+                          source_embedding=source, target="Effusion", target_index=classifier.target_index("Effusion"),
+                          steps=STEPS)
+    method = get_method("trajectory", swap_steps=[2, 0])
+    before = generator.nfe
+    counterfactual = method.generate(context, attributes["pacemaker"], "remove")
+    assert counterfactual.nfe == (STEPS - 2) + STEPS
+    assert generator.nfe - before == STEPS + counterfactual.nfe  # a fresh source prefix, then the candidates
+    assert counterfactual.method == "trajectory" and counterfactual.sign == "remove"
+    again = method.generate(context, attributes["pacemaker"], "remove")  # cached: no UNet call
+    assert generator.nfe - before == STEPS + counterfactual.nfe
+    assert np.array_equal(again.image, counterfactual.image)
+
+
+@pytest.mark.parametrize("options,message", [({"alpha": 0.0}, "alpha"), ({"tolerance": 2.0}, "tolerance"),
+                                             ({"max_nfe": 0}, "max_nfe"), ({"swap_steps": []}, "swap_steps"),
+                                             ({"signs": ("both",)}, "signs"), ({"method": "lime"}, "unknown")])
+def test_bad_settings_are_clear_errors(classifier, generator, attributes, options, message):
+    with pytest.raises(XCounterError, match=message):
+        Explainer(classifier, generator, attributes, **options)

@@ -107,9 +107,10 @@ def test_cardiomegaly_widens_the_heart_not_the_apices():
     assert np.abs(diff[region("upper_third")]).max() < 0.02
 
 
-@pytest.mark.parametrize("name", ["laterality_marker", "portable_label"])
-def test_acquisition_labels_sit_in_the_top_band(name):
-    off, on, _ = pair("cxr", name)
+@pytest.mark.parametrize("name, other", [("laterality_marker", "portable_label"), ("portable_label", "laterality_marker")])
+@pytest.mark.parametrize("letter", ["R", "L"])
+def test_acquisition_labels_sit_in_the_top_band(name, other, letter):
+    off, on, _ = pair("cxr", name, laterality_marker_letter=letter, **{other: True})
     diff = np.abs(on - off)
     assert diff[region("top_band")].max() > 0.3
     assert diff[region("below_top_band")].max() < 0.02

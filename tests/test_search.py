@@ -74,3 +74,15 @@ def test_candidate_budget_is_respected(steps, budget):
     assert chosen, "some edit must fit"
     assert sum(swap_cost(s, steps) for s in chosen) <= budget
     assert chosen == sorted(chosen, reverse=True)
+
+
+@pytest.mark.parametrize("steps", [20, 25, 50])
+def test_default_explanation_budget_for_six_attributes(steps):
+    """Inversion + source prefix (2 x steps) once, both signs of 6 attributes: <= 150 NFE per attribute.
+    (tests/test_explainer.py checks end to end that the engine spends exactly this formula.)"""
+    from xcounter.methods.trajectory import DEFAULT_MAX_NFE
+
+    per_sign = sum(swap_cost(s, steps) for s in select_swap_steps(steps, max_nfe=DEFAULT_MAX_NFE))
+    if steps == 20:
+        assert per_sign == 5 + 10 + 15 + 20
+    assert (2 * steps + 6 * 2 * per_sign) / 6 <= 150

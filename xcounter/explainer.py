@@ -8,6 +8,7 @@ and the classifier only (gradient ranking, minimal-flip search, verdicts).
 from __future__ import annotations
 
 import importlib
+import math
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -117,7 +118,15 @@ class Explainer:
         self.steps = int(steps) if steps is not None else None
         if self.steps is not None and self.steps < 1:
             raise XCounterError(f"steps must be at least 1, got {steps}")
-        self.swap_steps = None if swap_steps is None else [int(s) for s in swap_steps]
+        self.swap_steps = None if swap_steps is None else sorted({int(s) for s in swap_steps}, reverse=True)
+        if self.swap_steps == []:
+            raise XCounterError("swap_steps is empty; give at least one denoising step to swap at")
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise XCounterError(f"alpha must be a positive number, got {alpha}")
+        if not 0 < tolerance < 1:
+            raise XCounterError(f"tolerance must lie between 0 and 1, got {tolerance}")
+        if max_nfe is not None and max_nfe < 1:
+            raise XCounterError(f"max_nfe must be at least 1 (or None for no budget), got {max_nfe}")
         self.attribution = attribution
         self.alpha, self.max_nfe, self.tolerance = float(alpha), max_nfe, float(tolerance)
         self.disentangle = disentangle

@@ -39,6 +39,10 @@ class SerialExecutor:
         self.timing["run_s"] = time.perf_counter() - ready
 
 
+#: a local Ray node gives up when its agents start slowly (a loaded machine); the second try finds warm caches
+LOCAL_START_ATTEMPTS = 2
+
+
 class _RayWorker:
     """A Ray actor body: loads both models once (on its GPU when Ray gave it one), then explains scans."""
 
@@ -88,13 +92,21 @@ class RayExecutor:
             return False
         env = {"env_vars": {"OMP_NUM_THREADS": str(self.threads_per_worker),
                             "MKL_NUM_THREADS": str(self.threads_per_worker)}}
-        try:
-            if self.address:
+        if self.address:
+            try:
                 ray.init(address=self.address, runtime_env=env, log_to_driver=False)
-            else:
+            except ConnectionError as exc:
+                raise XCounterError(f"cannot connect to the Ray cluster at '{self.address}': {exc}") from None
+            return True
+        for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
+            try:
                 ray.init(num_cpus=self.workers, include_dashboard=False, runtime_env=env, log_to_driver=False)
-        except ConnectionError as exc:
-            raise XCounterError(f"cannot connect to the Ray cluster at '{self.address}': {exc}") from None
+                return True
+            except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception when its node times out starting
+                if "timed out" not in str(exc).lower() or attempt == LOCAL_START_ATTEMPTS:
+                    raise XCounterError(
+                        f"a local Ray could not start ({str(exc).splitlines()[0]}); on a busy machine start one with "
+                        "`ray start --head` and pass its address with --ray ADDRESS") from None
         return True
 
     def _gpus(self, ray) -> float:

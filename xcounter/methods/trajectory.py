@@ -91,7 +91,11 @@ class TrajectoryMethod:
             return cached[1]
         generator = context.generator
         prefix = context.prefix if context.prefix is not None else getattr(context.inversion, "prefix", None)
-        if prefix is None:
+        made_from = getattr(prefix, "source", None)
+        stale = prefix is not None and ((context.steps is not None and len(prefix) != context.steps + 1) or (
+            made_from is not None and not torch.equal(made_from.to(context.source_embedding),
+                                                      context.source_embedding.reshape(made_from.shape))))
+        if prefix is None or stale:  # the shared prefix must come from this source embedding and step count
             prefix = generator.denoise_prefix(context.inversion.z_T, context.source_embedding, context.steps)
         direction = context.directions.get(attribute.name)
         if direction is None:

@@ -60,7 +60,7 @@ def _nodule_position(rng: np.random.Generator, template_index: int) -> tuple[flo
     for u, v in candidates:
         if abs(u - 0.5) > 0.2 and eroded[int(v * (TEMPLATE_SIZE - 1)), int(u * (TEMPLATE_SIZE - 1))]:
             return float(u), float(v)
-    return float(candidates[0, 0] < 0.5 and 0.25 or 0.72), 0.35
+    return (0.22 if candidates[0, 0] < 0.5 else 0.78), 0.35
 
 
 def sample_attributes(seed: int) -> dict[str, Any]:
@@ -140,8 +140,8 @@ def finalize(a: dict[str, Any]) -> dict[str, Any]:
         "nodule": ("nodule_u", "nodule_v", "nodule_diameter"),
         "pneumothorax": ("pneumothorax_side", "pneumothorax_size"),
         "chest_tube": ("chest_tube_side",), "pacemaker": ("pacemaker_side",),
-        "central_line": ("central_line_side",), "laterality_marker": ("laterality_marker_letter",),
-    }
+        "central_line": ("central_line_side",),
+    }  # the marker letter stays: it also fixes the corner of the portable label (opposite corner)
     for name, keys in blank.items():
         if not out[name]:
             for key in keys:
@@ -196,7 +196,7 @@ def _body_thickness(g: _Geometry) -> np.ndarray:
     neck = 0.26
     shoulders = g.skin + 0.14
     width = np.where(y < -0.62, neck + (shoulders - neck) * draw.smoothstep(-1.05, -0.62, y),
-                     g.skin + 0.14 * (1 - draw.smoothstep(-0.62, -0.25, y)))
+                     g.skin + 0.14 * (1 - draw.smoothstep(-0.62, -0.25, y)) - 0.07 * draw.smoothstep(0.3, 1.0, y))
     r = np.abs(x - 0.5 * g.midline) / width
     return np.sqrt(np.clip(1 - r ** 2, 0, 1)) * (1 - draw.smoothstep(0.97, 1.0, r))
 
@@ -339,8 +339,7 @@ def _devices(a: dict[str, Any], g: _Geometry, pixel: float, heart_xy: tuple[floa
         left = -0.92 if letter == "R" else 0.74
         layers["laterality_marker"] = 3.0 * draw.text_mask(x, y, letter, left, -0.94, 0.2)
     if a["portable_label"]:
-        on_left = a.get("laterality_marker_letter", "R") != "R" if a.get("laterality_marker_letter") else True
-        left = -0.94 if on_left else 0.4
+        left = -0.94 if a["laterality_marker_letter"] == "L" else 0.4   # the corner the marker leaves free
         label = draw.text_mask(x, y, "AP", left, -0.96, 0.14) + draw.text_mask(x, y, "PORTABLE", left, -0.8, 0.07)
         layers["portable_label"] = 3.0 * np.clip(label, 0, 1)
     return layers

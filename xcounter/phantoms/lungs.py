@@ -99,19 +99,29 @@ def parametric_lungs(count: int = 16, seed: int = 0) -> np.ndarray:
     return np.stack(out)
 
 
+def _clean(templates: np.ndarray) -> np.ndarray:
+    """Remove thin annotation strokes attached to some masks (a morphological opening)."""
+    out = np.empty_like(templates)
+    for k, template in enumerate(templates):
+        opened = ndimage.binary_opening(template > 0.5, structure=np.ones((5, 5), bool))
+        out[k] = np.where(opened, template, np.minimum(template, 0.0))
+    return out
+
+
 @functools.lru_cache(maxsize=1)
 def lung_templates() -> np.ndarray:
     """[K, T, T] lung templates in [0, 1]; image left = patient right, as on a PA radiograph."""
     cache = _cache_file()
     if cache.is_file():
         try:
-            return np.load(cache)
+            return _clean(np.load(cache))
         except (OSError, ValueError):
             pass
     path = _zip_path()
     templates = _read_zip(path) if path is not None else np.zeros((0,))
     if len(templates) < 8:
         return parametric_lungs()
+    templates = _clean(templates)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")

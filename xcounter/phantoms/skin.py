@@ -113,8 +113,8 @@ def _lesion(a: dict[str, Any], seed: int, x: np.ndarray, y: np.ndarray, size: in
         shape += 0.28 * np.cos(2 * rel) + 0.2 * np.cos(rel + phases[0]) + 0.1 * np.cos(3 * rel + phases[1])
     if a["border_irregularity"]:
         for k in range(6, 14):
-            shape += 0.045 * amplitudes[k] * np.cos(k * angle + phases[k])
-        shape += 0.1 * np.cos(5 * angle + phases[2]) * (np.cos(5 * angle + phases[2]) < 0)  # notches
+            shape += 0.06 * amplitudes[k] * np.cos(k * angle + phases[k])
+        shape += 0.14 * np.cos(5 * angle + phases[2]) * (np.cos(5 * angle + phases[2]) < 0)  # notches
     else:
         shape += 0.015 * np.cos(7 * angle + phases[3])
     rho = np.hypot(dx, dy) / (radius * shape)
@@ -136,7 +136,8 @@ def render(a: dict[str, Any], seed: int, size: int = 128) -> np.ndarray:
 
     mask, rho, radius = _lesion(a, seed, x, y, size)
     structure = stream(seed, "lesion_colour")
-    brown = np.array([0.50, 0.30, 0.19], np.float32) * (1.05 - 0.6 * a["skin_tone"])
+    # pigment darker than the surrounding skin whatever its type, so lesions stay visible on type VI
+    brown = skin * np.array([0.55, 0.40, 0.32], np.float32) * (1.0 - 0.4 * a["skin_tone"])
     centre = 1 - 0.25 * draw.smoothstep(0.0, 1.0, rho)                      # darker centre
     # reticular pigment network: the zero-crossings of band-limited noise form a honeycomb of lines
     cells = max(6, int(round(10 * radius * 2)))
@@ -166,7 +167,7 @@ def render(a: dict[str, Any], seed: int, size: int = 128) -> np.ndarray:
         rng = stream(seed, "dots")
         dots = np.zeros_like(x)
         for _ in range(int(rng.integers(10, 18))):
-            r = radius * np.sqrt(rng.uniform(0.2, 1.0)) * 0.95
+            r = radius * (rng.uniform(0.85, 1.15) if rng.random() < 0.6 else np.sqrt(rng.uniform(0.1, 0.7)))
             t = rng.uniform(0, 2 * np.pi)
             dots = np.maximum(dots, draw.soft_disk(x, y, a["lesion_x"] + r * np.cos(t), a["lesion_y"] + r * np.sin(t),
                                                    rng.uniform(0.025, 0.045), edge=0.3))
@@ -177,7 +178,7 @@ def render(a: dict[str, Any], seed: int, size: int = 128) -> np.ndarray:
         start = rng.uniform(0, 2 * np.pi)
         arc = [(a["lesion_x"] + 1.35 * radius * np.cos(t), a["lesion_y"] + 1.35 * radius * np.sin(t))
                for t in np.linspace(start, start + rng.uniform(1.5, 3.0), 5)]
-        ink = draw.stroke(x, y, draw.bezier(arc, 16), 0.06, pixel)
+        ink = draw.stroke(x, y, draw.bezier(arc, 16), 0.07, pixel)
         ink = ink * np.clip(0.8 + 0.3 * draw.smooth_noise(rng, size, 10), 0, 1)
         image = _paint(image, 0.85 * ink, [0.42, 0.20, 0.55])
     if a["hair"]:
@@ -203,10 +204,8 @@ def render(a: dict[str, Any], seed: int, size: int = 128) -> np.ndarray:
             image = _paint(image, 0.7 * rim + highlight + inside, [0.97, 0.97, 0.97])
     if a["ruler"]:
         image = _paint(image, *_ruler(a["ruler_edge"], x, y, pixel))
-    if a["color_patch"]:
-        image = _colour_chart(image, a["color_patch_corner"], x, y)
 
-    light = 0.72 + 0.5 * a["lighting"]
+    light = 0.8 + 0.4 * a["lighting"]
     gradient = 1 + 0.08 * draw.smooth_noise(stream(seed, "illumination"), size, 2)
     image = image * (light * gradient)[:, :, None]
     if a["dark_corner"]:
@@ -214,6 +213,8 @@ def render(a: dict[str, Any], seed: int, size: int = 128) -> np.ndarray:
         r = np.hypot(x - rng.uniform(-0.1, 0.1), y - rng.uniform(-0.1, 0.1))
         edge = rng.uniform(0.92, 1.05)
         image = image * (1 - draw.smoothstep(edge - 0.12, edge + 0.02, r))[:, :, None]
+    if a["color_patch"]:  # on the dermatoscope's faceplate: inside the field even with dark corners
+        image = _colour_chart(image, a["color_patch_corner"], x, y, light)
     image = ndimage.gaussian_filter(image, (0.5 * size / 128, 0.5 * size / 128, 0))
     image = image + 0.012 * stream(seed, "sensor_noise").standard_normal(image.shape).astype(np.float32)
     return np.clip(image, 0, 1).astype(np.float32)
@@ -234,14 +235,14 @@ def _ruler(edge: str, x: np.ndarray, y: np.ndarray, pixel: float) -> tuple[np.nd
     return np.where(ticks, 1.0, 0.85 * strip), colour
 
 
-def _colour_chart(image: np.ndarray, corner: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def _colour_chart(image: np.ndarray, corner: str, x: np.ndarray, y: np.ndarray, light: float) -> np.ndarray:
     """A 2 x 2 colour calibration chart in one corner."""
     sx = -1 if "left" in corner else 1
     sy = -1 if "top" in corner else 1
     colours = [[0.80, 0.15, 0.15], [0.15, 0.65, 0.20], [0.15, 0.25, 0.80], [0.55, 0.55, 0.55]]
     for k, colour in enumerate(colours):
-        cx = sx * (0.8 - 0.16 * (k % 2))
-        cy = sy * (0.8 - 0.16 * (k // 2))
+        cx = sx * (0.74 - 0.16 * (k % 2))
+        cy = sy * (0.74 - 0.16 * (k // 2))
         cell = (np.abs(x - cx) < 0.075) & (np.abs(y - cy) < 0.075)
-        image = _paint(image, cell.astype(np.float32), colour)
+        image = _paint(image, cell.astype(np.float32), np.asarray(colour, np.float32) * light)
     return image

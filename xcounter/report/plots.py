@@ -19,6 +19,8 @@ from PIL import Image
 DIVERGING = "RdBu_r"
 #: sequential map for non-negative saliency (Grad-CAM)
 SEQUENTIAL = "inferno"
+#: saliency overlays saturate at this percentile of the non-zero magnitudes
+SALIENCY_PERCENTILE = 99.0
 #: where the report's probabilities cross the decision (classifier probabilities are threshold-normalised)
 DECISION_PROBABILITY = 0.5
 
@@ -77,8 +79,10 @@ def overlay_png(base: np.ndarray, saliency: np.ndarray, signed: bool) -> bytes:
     values = np.nan_to_num(np.asarray(saliency, dtype=np.float32), nan=0.0)
     if values.shape != grey.shape:
         values = np.asarray(Image.fromarray(values).resize(grey.shape[::-1], Image.BILINEAR))
-    peak = float(np.abs(values).max()) if values.size else 0.0
-    values = values / peak if peak > 0 else values * 0.0
+    # scale by a high percentile, not the peak: attributions are spiky and a few pixels would hide the rest
+    magnitudes = np.abs(values[values != 0])
+    peak = float(np.percentile(magnitudes, SALIENCY_PERCENTILE)) if magnitudes.size else 0.0
+    values = np.clip(values / peak, -1.0, 1.0) if peak > 0 else values * 0.0
     colours = colormaps[DIVERGING](0.5 + 0.5 * values)[..., :3] if signed else colormaps[SEQUENTIAL](values)[..., :3]
     alpha = 0.75 * np.abs(values)[..., None]
     blended = (1.0 - alpha) * grey[..., None] + alpha * colours
