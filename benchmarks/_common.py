@@ -89,6 +89,12 @@ class Budget:
 
     def __init__(self, seconds: float | None) -> None:
         self.seconds, self.started, self.stopped_early = seconds, time.perf_counter(), False
+        self.cpu_started = time.process_time()
+
+    @property
+    def cpu(self) -> float:
+        """CPU seconds this process used (the wall time on a shared machine can be many times larger)."""
+        return time.process_time() - self.cpu_started
 
     @property
     def elapsed(self) -> float:

@@ -175,7 +175,7 @@ def plot(domains: dict[str, dict], out: Path) -> str | None:
 def markdown(domains: dict[str, dict], goal_rows: list[dict], figure: str | None, args, argv, seconds: float,
              budget: C.Budget) -> list[str]:
     lines = C.header("Faithfulness to known (planted) causes", f"{NAME}.py", argv, args, [
-        f"Wall time: {seconds:.0f} s" + (" (stopped by --budget-s: N below is what fitted)"
+        f"Wall time: {seconds:.0f} s (process CPU time {budget.cpu:.0f} s; shared machine)" + (" (stopped by --budget-s: N below is what fitted)"
                                          if budget.stopped_early else "") + "."])
     lines += ["Scans: unseen phantoms (seeds >= 10,000,000) without the disease; the planted attribute present in "
               "every other scan (CXR: pleural effusion in every other pair). Each scan is explained by the "
@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     goal_rows = goals(domains)
     figure = plot(domains, args.out)
     data = {"name": NAME, "command": C.command_of(f"{NAME}.py", argv), "seed": args.seed, "models": args.models,
-            "quick": args.quick, "seconds": budget.elapsed, "budget_limited": budget.stopped_early,
+            "quick": args.quick, "seconds": budget.elapsed, "cpu_seconds": budget.cpu, "budget_limited": budget.stopped_early,
             "domains": domains, "goals": goal_rows, "figure": figure}
     C.write_section(args.out, NAME, markdown(domains, goal_rows, figure, args, argv, budget.elapsed, budget), data)
     return data

@@ -50,9 +50,30 @@ def load_sections(folder: Path) -> list[tuple[str, str, dict]]:
     return found
 
 
+#: sections other owners' benchmarks write, included verbatim when present
+EXTERNAL = (("audit_throughput.md", "benchmarks/audit_throughput.py"),)
+
+
+def external_sections(folder: Path) -> list[str]:
+    """Other benchmarks' reports (e.g. audit throughput), headings demoted to sit under this report."""
+    texts = []
+    for file_name, script in EXTERNAL:
+        path = folder / file_name
+        if path.is_file():
+            body = path.read_text(encoding="utf-8").rstrip()
+            body = "\n".join("#" + line if line.startswith("#") else line for line in body.splitlines())
+            texts.append(f"{body}\n\n(Section written by `{script}`, included verbatim.)")
+    return texts
+
+
 def assemble(folder: Path) -> str:
     sections = load_sections(folder)
+    external = external_sections(folder)
     goals = [g for _, _, data in sections for g in data.get("goals", [])]
+    if external:
+        for goal in goals:
+            if "audit throughput" in goal["goal"] and goal["status"] == "not measured":
+                goal["note"] = "measured by benchmarks/audit_throughput.py: see its section below"
     goals.sort(key=lambda g: {"MISSED": 0, "not measured": 1, "met": 2}.get(g["status"], 3))
     missing = [name for name in SECTIONS if name not in {s[0] for s in sections}]
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -66,6 +87,8 @@ def assemble(folder: Path) -> str:
     lines += ["## Goals at a glance", ""] + C.goals_table(goals)
     for _, text, _ in sections:
         lines += [text.rstrip(), ""]
+    for text in external:
+        lines += [text, ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -75,7 +98,7 @@ def run_all(args) -> None:
     import importlib.util
 
     for name in SECTIONS:
-        words = ["--models", args.models, "--seed", str(args.seed), "--out", str(args.out)]
+        words = ["--models", args.models, "--seed", str(args.seed), "--out", str(args.out), *args.extra]
         words += ["--quick"] if args.quick else []
         if args.budget_s is not None:
             words += ["--budget-s", f"{args.budget_s * BUDGET_SHARES[name]:.0f}"]
@@ -94,7 +117,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--seed", type=int, default=0, help="with --run")
     parser.add_argument("--quick", action="store_true", help="with --run")
     parser.add_argument("--budget-s", type=float, default=None, help="with --run: total seconds, shared out")
-    args = parser.parse_args(argv)
+    parser.epilog = "With --run, other options (--n, --domains, --generator, --threads) go to every script."
+    args, args.extra = parser.parse_known_args(argv)
+    if args.extra and not args.run:
+        parser.error(f"unrecognized arguments: {' '.join(args.extra)}")
     from xcounter.utils.atomic import write_text_atomic
 
     if args.run:

@@ -244,7 +244,7 @@ def plot(domains: dict, out: Path) -> str | None:
 
 def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, argv, budget: C.Budget) -> list[str]:
     lines = C.header("Counterfactual quality against baselines", f"{NAME}.py", argv, args, [
-        f"Wall time: {budget.elapsed:.0f} s" + (" (stopped by --budget-s: N below is what fitted)"
+        f"Wall time: {budget.elapsed:.0f} s (process CPU time {budget.cpu:.0f} s; shared machine)" + (" (stopped by --budget-s: N below is what fitted)"
                                                 if budget.stopped_early else "") + "."])
     lines += ["Same unseen phantom scans, same inversion (prompt = the phantom's report caption), same classifier "
               "and edit for every method. Edit = the task's attribute toward the opposite of the scan's truth "
@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     goal_rows = goals(domains)
     figure = plot(domains, args.out)
     data = {"name": NAME, "command": C.command_of(f"{NAME}.py", argv), "seed": args.seed, "models": args.models,
-            "quick": args.quick, "seconds": budget.elapsed, "budget_limited": budget.stopped_early,
+            "quick": args.quick, "seconds": budget.elapsed, "cpu_seconds": budget.cpu, "budget_limited": budget.stopped_early,
             "domains": domains, "goals": goal_rows, "figure": figure}
     C.write_section(args.out, NAME, markdown(domains, goal_rows, figure, args, argv, budget), data)
     return data

@@ -209,7 +209,7 @@ def plot(costs: dict, out: Path) -> str | None:
 def markdown(costs: dict, e2e: dict | None, e2e_error: str | None, goal_rows: list[dict], figure: str | None,
              args, argv, budget: C.Budget) -> list[str]:
     lines = C.header("Speed and cost", f"{NAME}.py", argv, args, [
-        f"Wall time: {budget.elapsed:.0f} s" + (" (stopped by --budget-s: N below is what fitted)"
+        f"Wall time: {budget.elapsed:.0f} s (process CPU time {budget.cpu:.0f} s; shared machine)" + (" (stopped by --budget-s: N below is what fitted)"
                                                 if budget.stopped_early else "") + "."])
     lines += ["Per counterfactual: the planted-shortcut edit of each unseen scan (toward the opposite of its truth), "
               "same inversion, DDIM steps, candidate strengths, NFE budget and seed for all three; the scan's "
@@ -275,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     goal_rows = goals(costs, e2e)
     figure = plot(costs, args.out)
     data = {"name": NAME, "command": C.command_of(f"{NAME}.py", argv), "seed": args.seed, "models": args.models,
-            "quick": args.quick, "seconds": budget.elapsed, "budget_limited": budget.stopped_early,
+            "quick": args.quick, "seconds": budget.elapsed, "cpu_seconds": budget.cpu, "budget_limited": budget.stopped_early,
             "domains": {d: {**r, "summary": summarise_costs(r)} for d, r in costs.items()},
             "end_to_end": e2e, "end_to_end_error": e2e_error, "others": OTHERS, "goals": goal_rows, "figure": figure}
     C.write_section(args.out, NAME, markdown(costs, e2e, e2e_error, goal_rows, figure, args, argv, budget), data)

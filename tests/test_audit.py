@@ -233,6 +233,23 @@ def test_shortcut_rule_and_order_independence():
     assert aggregate_records(shuffled, seed=0, n_resamples=500).to_dict() == aggregate.to_dict()
 
 
+def test_report_shows_alerts_with_their_evidence(tmp_path):
+    from xcounter.audit.report import write_audit_report
+
+    kinds = {"chest_tube": "device"}
+    records = [synthetic_record(f"s{i}.png", {"chest_tube": i != 3}, kinds) for i in range(8)]
+    aggregate = aggregate_records(records, seed=0, n_resamples=300)
+    metadata = {"classifier": {"name": "<model>", "sha256": "abc"}, "generator": {"name": "g"}, "seed": 0,
+                "targets": [TARGET], "attributes": ["chest_tube"], "settings": {}, "executor": "serial (1 worker)",
+                "versions": {"xcounter": "0"}, "created": "now"}
+    html_path, json_path = write_audit_report(tmp_path, aggregate, metadata, lambda: iter(records))
+    html = html_path.read_text()
+    low, high = aggregate.stat(TARGET, "chest_tube").flip_rate_ci
+    assert "Shortcut alerts" in html and "flips <strong>Pneumothorax</strong> on" in html and "7 of 8 scans" in html
+    assert f"[{low:.3f}, {high:.3f}]" in html and "s0.png" in html and "&lt;model&gt;" in html
+    assert json.loads(json_path.read_text())["aggregate"]["alerts"] == [f"{TARGET}/chest_tube"]
+
+
 def test_scan_lists_manifest_and_cli_errors(tmp_path, capsys):
     folder = write_scans(tmp_path / "scans" / "sub", 2)
     (folder / ".hidden.png").write_bytes(b"x")

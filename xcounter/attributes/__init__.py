@@ -3,6 +3,7 @@ oracle and explainer, so the names an explanation reports are the names the trut
 from __future__ import annotations
 
 import difflib
+import functools
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -88,14 +89,20 @@ def _parse(data: dict, source: str) -> AttributeSet:
         raise XCounterError(f"{source}: not a valid attribute file (missing or malformed {exc})") from None
 
 
+@functools.lru_cache(maxsize=None)
+def _bundled(domain: str) -> AttributeSet:
+    """The bundled vocabularies are immutable (frozen dataclasses), so parse each once."""
+    text = resources.files("xcounter.attributes").joinpath(f"{domain}.yaml").read_text()
+    return _parse(yaml.safe_load(text), f"{domain}.yaml")
+
+
 def load_attributes(spec: str | Path | AttributeSet = "cxr") -> AttributeSet:
     """Load 'cxr', 'skin' (bundled) or a path to a YAML file with the same schema."""
     if isinstance(spec, AttributeSet):
         return spec
     spec = str(spec)
     if spec in ("cxr", "skin"):
-        text = resources.files("xcounter.attributes").joinpath(f"{spec}.yaml").read_text()
-        return _parse(yaml.safe_load(text), f"{spec}.yaml")
+        return _bundled(spec)
     path = Path(spec)
     if not path.is_file():
         raise XCounterError(f"attributes '{spec}' is neither 'cxr', 'skin' nor an existing YAML file")

@@ -170,7 +170,7 @@ def audit(classifier: Any, generator: Any, scans: "str | os.PathLike | Sequence[
             finished = {k: v for k, v in finished.items() if k not in failed}
     todo = [item for item in items if item.scan_id not in finished]
     done = len(items) - len(todo)
-    for record in executor.run(job, todo):
+    for record in executor.run(job, todo) if todo else ():  # nothing left: start no worker
         log.append(record)
         done += 1
         if progress is not None:

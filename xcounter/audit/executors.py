@@ -73,8 +73,9 @@ class RayExecutor:
     """`workers` Ray actors, each holding its own models; results stream back as they complete.
 
     address: an existing cluster ("auto", "ray://host:10001", ...); None starts a local Ray with
-    `workers` CPUs (and stops it afterwards). Each actor asks for one CPU and, when the cluster has GPUs,
-    `gpus_per_worker` GPUs (default 1). Scan files must be readable by every worker (shared storage).
+    `workers` CPUs (and stops it afterwards). Each actor asks for one CPU (Ray then sets OMP_NUM_THREADS=1 in
+    it) and, when the cluster has GPUs, `gpus_per_worker` GPUs (default: one each, or an equal share when
+    workers outnumber GPUs). Scan files must be readable by every worker (shared storage).
     """
     name = "ray"
 
@@ -90,17 +91,15 @@ class RayExecutor:
         """Connect or start Ray; True when this executor started it (and so must stop it)."""
         if ray.is_initialized():
             return False
-        env = {"env_vars": {"OMP_NUM_THREADS": str(self.threads_per_worker),
-                            "MKL_NUM_THREADS": str(self.threads_per_worker)}}
         if self.address:
             try:
-                ray.init(address=self.address, runtime_env=env, log_to_driver=False)
+                ray.init(address=self.address, log_to_driver=False)
             except ConnectionError as exc:
                 raise XCounterError(f"cannot connect to the Ray cluster at '{self.address}': {exc}") from None
             return True
         for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
             try:
-                ray.init(num_cpus=self.workers, include_dashboard=False, runtime_env=env, log_to_driver=False)
+                ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False)
                 return True
             except Exception as exc:  # noqa: BLE001 - Ray raises bare Exception when its node times out starting
                 if "timed out" not in str(exc).lower() or attempt == LOCAL_START_ATTEMPTS:
@@ -110,9 +109,11 @@ class RayExecutor:
         return True
 
     def _gpus(self, ray) -> float:
+        """GPUs per actor: as given, else one each (shared when there are more workers than GPUs), else none."""
         if self.gpus_per_worker is not None:
             return float(self.gpus_per_worker)
-        return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        total = float(ray.cluster_resources().get("GPU", 0))
+        return min(1.0, total / self.workers) if total > 0 else 0.0
 
     def run(self, job: AuditJob, items: Sequence[ScanItem]) -> Iterator[dict]:
         ray = import_ray()
@@ -132,7 +133,11 @@ class RayExecutor:
             self.timing = {"startup_s": time.perf_counter() - started_at}
             ready = time.perf_counter()
             pool = ActorPool(actors)
-            yield from pool.map_unordered(lambda actor, item: actor.explain.remote(item), list(items))
+            try:
+                yield from pool.map_unordered(lambda actor, item: actor.explain.remote(item), list(items))
+            except ray.exceptions.RayError as exc:  # a worker died (not a bad scan: those come back as records)
+                raise XCounterError(f"a Ray worker failed ({_cause(exc)}); finished scans are saved, "
+                                    "run the audit again to continue") from None
             self.timing["run_s"] = time.perf_counter() - ready
         finally:
             for actor in actors:
