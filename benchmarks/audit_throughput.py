@@ -54,10 +54,11 @@ def tiny_models(folder: Path, count: int) -> tuple[str, str, Path, str]:
     return str(classifier), str(generator), scans, "tiny test models (16x16 SD pipeline, brightness classifier)"
 
 
-def run(workers: int, classifier: str, generator: str, scans: Path, out: Path, options: dict) -> dict:
+def run(workers: int, classifier: str, generator: str, scans: Path, out: Path, options: dict,
+        address: str | None = None) -> dict:
     from xcounter.audit import RayExecutor, audit
 
-    executor = RayExecutor(workers=workers)
+    executor = RayExecutor(workers=workers, address=address)
     started = time.perf_counter()
     result = audit(classifier, generator, scans, out_dir=out, executor=executor, resume=False, report=False, **options)
     wall = time.perf_counter() - started
@@ -90,16 +91,29 @@ def report(rows: list[dict], models: str, options: dict, quick: bool, load: tupl
     return "\n".join(lines)
 
 
+def not_measured(reason: str, models: str, options: dict, quick: bool, load: tuple[tuple, tuple]) -> str:
+    return "\n".join([
+        "# Audit throughput: 1 vs 2 Ray workers", "",
+        f"**Not measured**: {reason}", "",
+        f"- Machine: {platform.machine()}, {os.cpu_count()} CPU cores; load average before: "
+        f"{', '.join(f'{v:.1f}' for v in load[0])}, after: {', '.join(f'{v:.1f}' for v in load[1])}.",
+        f"- Models: {models}. Settings: {'--quick' if quick else 'full'}; {options}.",
+        "- Run again on a quiet machine (`python benchmarks/audit_throughput.py --quick`), or against a running "
+        "cluster with `--address`.", ""])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few scans, 3 DDIM steps (under 5 minutes)")
     parser.add_argument("--scans", type=int, default=None)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "audit_throughput.md")
+    parser.add_argument("--address", default=None, help="an existing Ray cluster (default: start a local one)")
     args = parser.parse_args(argv)
     count = args.scans or (8 if args.quick else 32)
-    options = ({"targets": ["Pneumothorax"], "only": ["chest_tube"], "steps": 3, "explainer_options": {"signs": ["add"]}}
-               if args.quick else {"targets": ["Pneumothorax"], "only": ["chest_tube", "pacemaker"], "steps": 6})
+    options = ({"targets": ["Pneumothorax"], "only": ["chest_tube"], "steps": 3,
+                "explainer_options": {"signs": ["add"]}} if args.quick else {"targets": ["Pneumothorax"], "only": ["chest_tube", "pacemaker"], "steps": 6})
     torch.set_num_threads(1)
+    from xcounter.errors import XCounterError
     from xcounter.utils.atomic import write_text_atomic
 
     with tempfile.TemporaryDirectory(prefix="xcounter-bench-") as tmp:
@@ -107,8 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         chosen = phantom_models(folder, count) or tiny_models(folder, count)
         classifier, generator, scans, models = chosen
         load_before = os.getloadavg()
-        rows = [run(workers, classifier, generator, scans, folder / f"out{workers}", options) for workers in (1, 2)]
-        text = report(rows, models, options, args.quick, (load_before, os.getloadavg()))
+        try:
+            rows = [run(workers, classifier, generator, scans, folder / f"out{workers}", options, args.address)
+                    for workers in (1, 2)]
+            text = report(rows, models, options, args.quick, (load_before, os.getloadavg()))
+        except XCounterError as exc:  # e.g. Ray cannot start on an overloaded machine: say so, do not invent numbers
+            text = not_measured(str(exc), models, options, args.quick, (load_before, os.getloadavg()))
     write_text_atomic(args.out, text)
     print(text)
     return 0

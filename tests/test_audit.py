@@ -58,7 +58,8 @@ def write_scans(folder: Path, count: int, seed: int = 0) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for index in range(count):
-        image = np.clip(rng.normal(0.5, 0.15, (16, 16)) + np.linspace(-0.2, 0.2, 16)[:, None] * rng.uniform(-1, 1), 0, 1)
+        gradient = np.linspace(-0.2, 0.2, 16)[:, None] * rng.uniform(-1, 1)
+        image = np.clip(rng.normal(0.5, 0.15, (16, 16)) + gradient, 0, 1)
         Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"scan{index:02d}.png")
     return folder
 
@@ -216,7 +217,8 @@ def synthetic_record(scan_id: str, flips: dict[str, bool], kinds: dict[str, str]
 
 
 def test_shortcut_rule_and_order_independence():
-    kinds = {"chest_tube": "device", "pneumothorax": "pathology", "pacemaker": "device", "portable_label": "acquisition"}
+    kinds = {"chest_tube": "device", "pneumothorax": "pathology", "pacemaker": "device",
+             "portable_label": "acquisition"}
     records = [synthetic_record(f"s{i}.png", {"chest_tube": i < 9, "pneumothorax": True, "pacemaker": i < 2,
                                               "portable_label": False}, kinds) for i in range(10)]
     records += [synthetic_record(f"t{i}.png", {"pacemaker": True}, kinds, target="Effusion") for i in range(4)]

@@ -44,7 +44,8 @@ def test_a_shortcut_fails_not_driven_by_with_rate_interval_and_example():
 def test_an_ignored_attribute_passes_not_driven_by_and_fails_driven_by():
     result = constructed_result([False] * 19 + [True])  # 1 of 20
     assert check_not_driven_by(result, "chest_tube", TARGET, max_flip_rate=0.1).flip_rate == 0.05
-    with pytest.raises(AssertionError, match="upper confidence bound"):  # 0.05 observed, but the interval reaches past it
+    # 0.05 observed, but the interval reaches past 0.1
+    with pytest.raises(AssertionError, match="upper confidence bound"):
         check_not_driven_by(result, "chest_tube", TARGET, max_flip_rate=0.1, use_interval=True)
     with pytest.raises(AssertionError) as failure:
         check_driven_by(result, "chest_tube", TARGET, min_flip_rate=0.5)

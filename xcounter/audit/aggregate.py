@@ -102,7 +102,8 @@ class AuditAggregate:
 
     def to_dict(self) -> dict:
         return {"scans": self.scans, "ok": self.ok, "failed": self.failed, "rule": self.rule,
-                "stats": [s.to_dict() for s in self.stats], "alerts": [f"{s.target}/{s.attribute}" for s in self.alerts],
+                "stats": [s.to_dict() for s in self.stats],
+                "alerts": [f"{s.target}/{s.attribute}" for s in self.alerts],
                 "failures": self.failures}
 
 

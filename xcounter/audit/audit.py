@@ -133,11 +133,12 @@ def audit(classifier: Any, generator: Any, scans: "str | os.PathLike | Sequence[
     items = collect_scans(scans, exclude=[out_dir])
     items = items[:limit] if limit is not None else items
     if not items:
-        raise XCounterError(f"no scans found in '{scans}'" if isinstance(scans, (str, os.PathLike)) else "no scans given")
+        where = f" in '{scans}'" if isinstance(scans, (str, os.PathLike)) else ""
+        raise XCounterError(f"no scans found{where}")
     executor = executor or SerialExecutor()
 
-    job = AuditJob(classifier=classifier, generator=generator, attributes=None, seed=int(seed), steps=steps,  # type: ignore[arg-type]
-                   oracle=oracle, trust_pickle=trust_pickle, explainer_options=dict(explainer_options or {}))
+    job = AuditJob(classifier=classifier, generator=generator, attributes=None,  # type: ignore[arg-type]
+                   seed=int(seed), steps=steps, oracle=oracle, trust_pickle=trust_pickle, explainer_options=dict(explainer_options or {}))
     if executor.name != "serial":
         job.portable()  # fail before loading anything when models were passed as objects
     loaded_classifier, loaded_generator = job.load_models()
@@ -152,7 +153,8 @@ def audit(classifier: Any, generator: Any, scans: "str | os.PathLike | Sequence[
 
     classifier_identity, generator_identity = loaded_classifier.identity(), loaded_generator.identity()
     examined = [a.name for a in job.attributes if a.kind != "anatomy"]
-    config = {"classifier_name": classifier_identity.get("name"), "classifier_sha256": classifier_identity.get("sha256"),
+    config = {"classifier_name": classifier_identity.get("name"),
+              "classifier_sha256": classifier_identity.get("sha256"),
               "generator_config_sha256": generator_identity.get("config_sha256"), "seed": int(seed),
               "targets": job.targets, "attributes": examined, "steps": steps,
               "oracle": None if oracle is None else str(oracle), "explainer_options": job.explainer_options}

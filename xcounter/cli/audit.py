@@ -31,9 +31,11 @@ def _default_generator(classifier_spec: str, trust_pickle: bool) -> str:
 @click.command("audit")
 @click.option("--classifier", "-c", required=True, help="Classifier file, xrv:NAME or phantom:NAME.")
 @click.option("--images", type=click.Path(file_okay=False), help="Folder of scans (searched recursively).")
-@click.option("--manifest", type=click.Path(dir_okay=False), help="CSV with a 'path' column (and optional 'report_text').")
+@click.option("--manifest", type=click.Path(dir_okay=False),
+              help="CSV with a 'path' column (and optional 'report_text').")
 @click.option("--dataset", help="torchxrayvision dataset with local images: nih:PATH, openi:PATH or chexpert:PATH.")
-@click.option("--generator", "-g", help="Diffusers folder or phantom-cxr / phantom-skin (default: the classifier's domain).")
+@click.option("--generator", "-g",
+              help="Diffusers folder or phantom-cxr / phantom-skin (default: the classifier's domain).")
 @click.option("--targets", "-t", multiple=True, help="Labels to explain (comma list or repeated; default: per scan).")
 @click.option("--attributes", help="Vocabulary: cxr, skin or a YAML file (default: the classifier's domain).")
 @click.option("--only", multiple=True, help="Examine only these attributes (comma list or repeated).")
