@@ -189,7 +189,7 @@ def train_oracle(data_dir: str | Path, out_path: str | Path, domain: str | None 
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += float(loss) * len(index)
+            total += float(loss.detach()) * len(index)
         net.eval()
         with torch.no_grad():
             val_logits = torch.cat([net(val.batch(torch.arange(i, min(i + 256, len(val)))))

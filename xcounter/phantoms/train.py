@@ -205,7 +205,7 @@ def train_classifier(data_dir: str | Path, out_path: str | Path, *, labels: list
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += float(loss) * len(index)
+            total += float(loss.detach()) * len(index)
         val_logits = predict_logits(net, val, profile.apply)
         val_loss = float(F.binary_cross_entropy_with_logits(val_logits, y_val))
         val_auc = aurocs(val_logits, y_val, labels)
