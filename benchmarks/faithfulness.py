@@ -58,7 +58,8 @@ def score_target(explanation, row: dict, truth: dict) -> dict:
         "expected_rank": names.index(row["expected"]) + 1, "expected_verdict": expected.verdict,
         "expected_flipped": bool(expected.flipped), "expected_strength": expected.minimal_strength,
         "expected_sign": expected.sign,
-        "top": names[0], "top_verdict": ranking[0].verdict,
+        # with no flip the ranking's order is alphabetical: say so instead of naming an attribute
+        "top": names[0] if ranking[0].flipped else "nothing flipped", "top_verdict": ranking[0].verdict,
         "shortcut_flags": [r.attribute for r in ranking if r.verdict == "shortcut"],
         "drives": [r.attribute for r in ranking if r.verdict == "drives"],
     }

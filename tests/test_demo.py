@@ -18,7 +18,6 @@ from PIL import Image
 from tiny_classifier import make_tiny_densenet, save_torchscript
 from tiny_generator import tiny_generator_dir
 from xcounter.cli import demo, main
-from xcounter.generators.zoo import ZOO_DIR
 from xcounter.phantoms import make_phantom
 from xcounter.report import read_json_sidecar
 
@@ -84,8 +83,6 @@ def test_demo_refuses_a_file_as_folder(tiny_demo, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (ZOO_DIR / "phantom-cxr" / "model_index.json").is_file(),
-                    reason="the shipped phantom-cxr generator is not in xcounter/zoo yet")
 def test_default_demo_on_shipped_models_finds_the_shortcut(tmp_path, capsys):
     cpu_started = time.process_time()
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
