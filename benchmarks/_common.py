@@ -383,3 +383,17 @@ def timed(function: Callable[[], Any]) -> tuple[Any, float]:
     started = time.perf_counter()
     result = function()
     return result, time.perf_counter() - started
+
+
+def run_per_domain(args, budget: "Budget", run: Callable[..., dict]) -> dict[str, dict]:
+    """Run `run(domain, args, budget)` for each requested domain; note whether the budget cut any short."""
+    results = {domain: run(domain, args, budget) for domain in args.domains}
+    budget.stopped_early = any(r.get("budget_limited") for r in results.values())
+    return results
+
+
+def run_record(name: str, args, argv: Sequence[str] | None, budget: "Budget", **fields: Any) -> dict:
+    """The JSON record every benchmark writes: what ran, with which seed, how long, then its own fields."""
+    return {"name": name, "command": command_of(f"{name}.py", argv), "seed": args.seed, "models": args.models,
+            "quick": args.quick, "seconds": budget.elapsed, "cpu_seconds": budget.cpu,
+            "budget_limited": budget.stopped_early, **fields}

@@ -229,12 +229,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
     C.setup(args)
     budget = C.Budget(args.budget_s)
-    domains: dict[str, Any] = {domain: run_domain(domain, args, budget) for domain in args.domains}
-    budget.stopped_early = any(d.get("budget_limited") for d in domains.values())
+    domains = C.run_per_domain(args, budget, run_domain)
     figure = plot(domains, args.out)
-    data = {"name": NAME, "command": C.command_of(f"{NAME}.py", argv), "seed": args.seed, "models": args.models,
-            "quick": args.quick, "seconds": budget.elapsed, "cpu_seconds": budget.cpu, "budget_limited": budget.stopped_early,
-            "domains": domains, "goals": [], "figure": figure, "published": PUBLISHED}
+    data = C.run_record(NAME, args, argv, budget,
+                        domains=domains, goals=[], figure=figure, published=PUBLISHED)
     C.write_section(args.out, NAME, markdown(domains, figure, args, argv, budget), data)
     return data
 

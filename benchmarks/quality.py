@@ -277,13 +277,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
     C.setup(args)
     budget = C.Budget(args.budget_s)
-    domains = {domain: run_domain(domain, args, budget) for domain in args.domains}
-    budget.stopped_early = any(d.get("budget_limited") for d in domains.values())
+    domains = C.run_per_domain(args, budget, run_domain)
     goal_rows = goals(domains)
     figure = plot(domains, args.out)
-    data = {"name": NAME, "command": C.command_of(f"{NAME}.py", argv), "seed": args.seed, "models": args.models,
-            "quick": args.quick, "seconds": budget.elapsed, "cpu_seconds": budget.cpu, "budget_limited": budget.stopped_early,
-            "domains": domains, "goals": goal_rows, "figure": figure}
+    data = C.run_record(NAME, args, argv, budget,
+                        domains=domains, goals=goal_rows, figure=figure)
     C.write_section(args.out, NAME, markdown(domains, goal_rows, figure, args, argv, budget), data)
     return data
 

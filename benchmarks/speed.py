@@ -262,8 +262,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = p.parse_args(argv)
     C.setup(args)
     budget = C.Budget(args.budget_s)
-    costs = {domain: counterfactual_costs(domain, args, budget) for domain in args.domains}
-    budget.stopped_early = any(d.get("budget_limited") for d in costs.values())
+    costs = C.run_per_domain(args, budget, counterfactual_costs)
     e2e, e2e_error = None, None
     if args.skip_end_to_end:
         e2e_error = "--skip-end-to-end was given"
@@ -274,10 +273,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
             e2e_error = f"{type(error).__name__}: {str(error)[:300]}"
     goal_rows = goals(costs, e2e)
     figure = plot(costs, args.out)
-    data = {"name": NAME, "command": C.command_of(f"{NAME}.py", argv), "seed": args.seed, "models": args.models,
-            "quick": args.quick, "seconds": budget.elapsed, "cpu_seconds": budget.cpu, "budget_limited": budget.stopped_early,
-            "domains": {d: {**r, "summary": summarise_costs(r)} for d, r in costs.items()},
-            "end_to_end": e2e, "end_to_end_error": e2e_error, "others": OTHERS, "goals": goal_rows, "figure": figure}
+    data = C.run_record(NAME, args, argv, budget,
+                        domains={d: {**r, "summary": summarise_costs(r)} for d, r in costs.items()},
+                        end_to_end=e2e, end_to_end_error=e2e_error, others=OTHERS, goals=goal_rows, figure=figure)
     C.write_section(args.out, NAME, markdown(costs, e2e, e2e_error, goal_rows, figure, args, argv, budget), data)
     return data
 
