@@ -121,7 +121,8 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
     result["rows"] = [summarise(r, scores[r["target"]]) for r in rows]
     result.update(n_scans=done, n_planned=n, budget_limited=budget.stopped_early,
                   examined=[a.name for a in explainer.examined],
-                  nfe_per_scan=C.mean(nfe), signs=list(explainer.signs))
+                  nfe_per_scan=C.mean(nfe),
+                  signs=explainer.signs if isinstance(explainer.signs, str) else list(explainer.signs))
     return result
 
 

@@ -7,11 +7,14 @@ import torch
 from PIL import Image
 
 from xcounter.attributes import load_attributes
+from xcounter.disentangle.trajectories import DEFAULT_EDIT_GUIDANCE, evaluations_per_step
 from xcounter.errors import XCounterError
 from xcounter.explainer import NFE_PER_ATTRIBUTE_BUDGET, Explainer, default_targets, source_prompt
 from xcounter.explanation import Explanation, Prediction
 
 STEPS = 4
+#: UNet evaluations per edited denoising step at the default edit guidance (source and edited prompt)
+EDITED_STEP_COST = evaluations_per_step(1.0, DEFAULT_EDIT_GUIDANCE)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +68,11 @@ def test_explanation_fields_are_filled(explanation, classifier, attributes):
     assert [(r.target, r.attribute) for r in e.results] == [(t, a) for t in e.targets for a in examined]
     for result in e.results:
         assert result.kind == attributes[result.attribute].kind
-        assert [c.sign for c in result.counterfactuals] == ["add", "remove"]
+        if result.kind == "pathology":  # no report: the classifier's decision says whether it is there
+            positive = e.prediction(attributes[result.attribute].label).positive
+            assert [c.sign for c in result.counterfactuals] == (["remove"] if positive else ["add"])
+        else:  # a device without a report: unknown, so both edits
+            assert [c.sign for c in result.counterfactuals] == ["add", "remove"]
         assert result.gradient_sensitivity is not None
         for c in result.counterfactuals:
             assert c.image.shape == (16, 16, 1) and c.difference.shape == (16, 16, 1)
@@ -86,7 +93,8 @@ def test_explanation_fields_are_filled(explanation, classifier, attributes):
 
 
 def test_nfe_is_recorded_and_under_budget(explanation):
-    per_sign = sum(STEPS - s for s in (3, 2, 1, 0))  # post-swap steps off the shared prefix
+    # post-swap steps off the shared prefix, two UNet evaluations each under edit guidance
+    per_sign = EDITED_STEP_COST * sum(STEPS - s for s in (3, 2, 1, 0))
     first_target = [r for r in explanation.results if r.target == explanation.targets[0]]
     assert all(c.nfe == per_sign for r in first_target for c in r.counterfactuals)
     # inversion + source prefix once, each attribute and sign once (shared by every target)
@@ -127,13 +135,14 @@ def test_a_device_that_flips_the_decision_is_a_shortcut(generator, attributes, s
     def brightness_classifier(threshold):
         return Classifier(_Brightness(), ["Pneumothorax"], [threshold], make_profile("unit"), name="brightness")
 
-    probe = Explainer(brightness_classifier(0.0), generator, attributes, attribution=False).explain(
+    probe = Explainer(brightness_classifier(0.0), generator, attributes, attribution=False, flip_margin=0).explain(
         scan, target="Pneumothorax")
     tube = probe.result("Pneumothorax", "chest_tube").counterfactuals[0]
     start, end = 10 * tube.film[0].mean(), 10 * tube.film[-1].mean()
     assert abs(end - start) > 1e-3, "the chest_tube edit must change the image"
     threshold = float(start + 0.6 * (end - start))
-    explanation = Explainer(brightness_classifier(threshold), generator, attributes, attribution=False).explain(
+    explanation = Explainer(brightness_classifier(threshold), generator, attributes, attribution=False,
+                            flip_margin=0).explain(
         scan, target="Pneumothorax")
     result = explanation.result("Pneumothorax", "chest_tube")
     add = result.counterfactuals[0]
@@ -202,7 +211,7 @@ def test_explicit_swap_steps_are_checked_and_used(classifier, generator, attribu
         scan, target="Effusion")
     assert e.settings["swap_steps"] == [2, 0]
     assert all(c.strengths == [0.0, 0.5, 1.0] and c.sign == "add" for r in e.results for c in r.counterfactuals)
-    assert e.nfe == 2 * STEPS + 3 * (2 + 4)
+    assert e.nfe == 2 * STEPS + 3 * EDITED_STEP_COST * (2 + 4)
 
 
 def test_examine_restricts_the_attributes(classifier, generator, attributes, scan):
@@ -229,7 +238,7 @@ def test_trajectory_method_alone_with_another_source_prompt(classifier, generato
     method = get_method("trajectory", swap_steps=[2, 0])
     before = generator.nfe
     counterfactual = method.generate(context, attributes["pacemaker"], "remove")
-    assert counterfactual.nfe == (STEPS - 2) + STEPS
+    assert counterfactual.nfe == EDITED_STEP_COST * ((STEPS - 2) + STEPS)
     assert generator.nfe - before == STEPS + counterfactual.nfe  # a fresh source prefix, then the candidates
     assert counterfactual.method == "trajectory" and counterfactual.sign == "remove"
     again = method.generate(context, attributes["pacemaker"], "remove")  # cached: no UNet call
@@ -243,3 +252,20 @@ def test_trajectory_method_alone_with_another_source_prompt(classifier, generato
 def test_bad_settings_are_clear_errors(classifier, generator, attributes, options, message):
     with pytest.raises(XCounterError, match=message):
         Explainer(classifier, generator, attributes, **options)
+
+
+def test_a_report_decides_which_edits_are_tried(classifier, generator, attributes, scan):
+    report = "PA chest radiograph. Right-sided chest tube. No pleural effusion."
+    e = Explainer(classifier, generator, attributes, attribution=False).explain(scan, report_text=report, seed=3)
+    signs = {r.attribute: [c.sign for c in r.counterfactuals] for r in e.results}
+    assert signs == {"chest_tube": ["remove"], "pleural_effusion": ["add"], "pacemaker": ["add"]}
+    assert e.settings["signs"] == "auto" and e.settings["edit_guidance"] > 1
+
+
+def test_stated_in_reads_negations_first():
+    cxr = load_attributes("cxr")
+    text = "Chest x-ray. No pleural effusion. Large right pneumothorax. Right-sided chest tube."
+    assert cxr["pleural_effusion"].stated_in(text) is False
+    assert cxr["pneumothorax"].stated_in(text) is True
+    assert cxr["chest_tube"].stated_in(text) is True
+    assert cxr["pacemaker"].stated_in(text) is None

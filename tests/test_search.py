@@ -86,3 +86,26 @@ def test_default_explanation_budget_for_six_attributes(steps):
     if steps == 20:
         assert per_sign == 5 + 10 + 15 + 20
     assert (2 * steps + 6 * 2 * per_sign) / 6 <= 150
+
+
+def test_flip_margin_requires_a_confident_crossing():
+    points = torch.linspace(0, 1, 5).reshape(5, 1)
+    strengths = [0.0, 0.25, 0.5, 0.75, 1.0]
+    margin_of = lambda latents: 4.0 * (0.3 - latents.reshape(latents.shape[0], -1)[:, 0])  # noqa: E731
+    margins = margin_of(points).tolist()
+    plain = minimal_flip(points, strengths, margins, margin_of, tol=1e-3)
+    confident = minimal_flip(points, strengths, margins, margin_of, tol=1e-3, flip_margin=1.0)
+    assert abs(plain.strength - 0.3) <= 1e-3
+    assert abs(confident.strength - 0.55) <= 1e-3  # 4 (0.3 - t) = -1 at t = 0.55
+    assert confident.margin <= -1.0
+    # a crossing that never gets past the margin is no flip at all
+    shallow = minimal_flip(points[:3], strengths[:3], margins[:3], margin_of, flip_margin=1.0)
+    assert not shallow.flipped
+
+
+def test_is_flipped_in_both_directions():
+    from xcounter.search import is_flipped
+
+    assert is_flipped(-0.1, True) and not is_flipped(-0.1, True, flip_margin=0.5)
+    assert is_flipped(0.6, False, flip_margin=0.5) and not is_flipped(0.4, False, flip_margin=0.5)
+    assert not is_flipped(2.0, True, flip_margin=0.0)

@@ -18,13 +18,14 @@ import torch
 
 from xcounter.attributes import AttributeSet, load_attributes
 from xcounter.disentangle.directions import GradientProjection, LanguageDirections
-from xcounter.disentangle.trajectories import DEFAULT_STRENGTHS, select_swap_steps
+from xcounter.disentangle.trajectories import (DEFAULT_ALPHA, DEFAULT_EDIT_GUIDANCE, DEFAULT_STRENGTHS,
+                                               select_swap_steps)
 from xcounter.errors import XCounterError
 from xcounter.explanation import AttributeResult, Explanation, Prediction
 from xcounter.methods import get_method
 from xcounter.methods.base import SIGNS, EditContext
 from xcounter.methods.trajectory import DEFAULT_MAX_NFE, TrajectoryMethod, to_hwc
-from xcounter.search import DEFAULT_TOLERANCE
+from xcounter.search import DEFAULT_FLIP_MARGIN, DEFAULT_TOLERANCE
 
 if TYPE_CHECKING:
     from xcounter.classifiers import Classifier
@@ -101,16 +102,22 @@ class Explainer:
         attribution: also store captum maps (Integrated Gradients, Grad-CAM) per target.
         alpha: edit scale of the language direction (E(src) + sign·α·d_a).
         max_nfe: UNet budget per counterfactual (one attribute and sign).
+        flip_margin: logits past the decision threshold an edit must reach to count as a flip (0 = any
+            sign change); keeps scans that sit near their threshold from "flipping" for every attribute.
         disentangle: orthogonalise the directions against each other and the anatomy directions.
-        signs: which edits to try per attribute.
+        signs: which edits to try per attribute: "auto" (default) removes what the report states and adds
+            what it does not; without a report, pathologies follow the classifier's decision and every
+            other attribute is tried both ways. Or a list of "add" / "remove" for every attribute.
+        edit_guidance: w after the swap step (eps_src + w (eps_edit - eps_src)); 1 = the paper's plain swap.
         examine: names of the attributes to examine (default: every non-anatomy attribute).
     """
 
     def __init__(self, classifier: "Classifier", generator: "SDGenerator",
                  attributes: "str | Path | AttributeSet" = "cxr", oracle: Any = None, steps: int | None = None,
                  swap_steps: Sequence[int] | None = None, method: Any = "trajectory", attribution: bool = True, *,
-                 alpha: float = 1.0, max_nfe: int | None = DEFAULT_MAX_NFE, tolerance: float = DEFAULT_TOLERANCE,
-                 disentangle: bool = True, signs: Sequence[str] = SIGNS, examine: Sequence[str] | None = None):
+                 alpha: float = DEFAULT_ALPHA, max_nfe: int | None = DEFAULT_MAX_NFE,
+                 tolerance: float = DEFAULT_TOLERANCE, flip_margin: float = DEFAULT_FLIP_MARGIN, disentangle: bool = True, signs: str | Sequence[str] = "auto", examine: Sequence[str] | None = None,
+                 edit_guidance: float = DEFAULT_EDIT_GUIDANCE):
         self.classifier = classifier
         self.generator = generator
         self.attributes = load_attributes(attributes)
@@ -125,15 +132,26 @@ class Explainer:
             raise XCounterError(f"alpha must be a positive number, got {alpha}")
         if not 0 < tolerance < 1:
             raise XCounterError(f"tolerance must lie between 0 and 1, got {tolerance}")
+        if not (math.isfinite(flip_margin) and flip_margin >= 0):
+            raise XCounterError(f"flip_margin must be a number >= 0 (logits), got {flip_margin}")
         if max_nfe is not None and max_nfe < 1:
             raise XCounterError(f"max_nfe must be at least 1 (or None for no budget), got {max_nfe}")
         self.attribution = attribution
         self.alpha, self.max_nfe, self.tolerance = float(alpha), max_nfe, float(tolerance)
+        self.flip_margin = float(flip_margin)
         self.disentangle = disentangle
-        unknown = [s for s in signs if s not in SIGNS]
-        if unknown or not signs:
-            raise XCounterError(f"signs must be among {', '.join(SIGNS)}, got {', '.join(map(str, signs)) or 'none'}")
-        self.signs = tuple(signs)
+        if not (math.isfinite(edit_guidance) and edit_guidance >= 1):
+            raise XCounterError(f"edit_guidance must be a number >= 1, got {edit_guidance}")
+        self.edit_guidance = float(edit_guidance)
+        if isinstance(signs, str) and signs == "auto":
+            self.signs: str | tuple[str, ...] = "auto"
+        else:
+            signs = [signs] if isinstance(signs, str) else list(signs)
+            unknown = [s for s in signs if s not in SIGNS]
+            if unknown or not signs:
+                raise XCounterError(f"signs must be 'auto' or among {', '.join(SIGNS)}, "
+                                    f"got {', '.join(map(str, signs)) or 'none'}")
+            self.signs = tuple(dict.fromkeys(signs))
         if examine is not None:
             anatomy = [self.attributes[name].name for name in examine if self.attributes[name].kind == "anatomy"]
             if anatomy or not examine:
@@ -157,7 +175,7 @@ class Explainer:
                 raise XCounterError("method must be a name or an object with a `generate` method")
             return method
         options = dict(alpha=self.alpha, swap_steps=self.swap_steps, tolerance=self.tolerance, max_nfe=self.max_nfe,
-                       oracle=self.oracle)
+                       oracle=self.oracle, edit_guidance=self.edit_guidance)
         if method == "trajectory":
             return TrajectoryMethod(**options)
         if method == "random":  # the control shares every trajectory setting but the direction
@@ -229,20 +247,24 @@ class Explainer:
         contexts = {t: EditContext(
             classifier=classifier, generator=generator, attributes=self.attributes, inversion=inversion,
             source_embedding=source_embedding, target=t, target_index=classifier.target_index(t), seed=seed,
-            steps=steps, prefix=prefix, directions=directions.directions_, max_nfe=self.max_nfe) for t in targets}
+            steps=steps, prefix=prefix, directions=directions.directions_, max_nfe=self.max_nfe,
+            flip_margin=self.flip_margin) for t in targets}
         warnings_list = self._reconstruction_warnings(inversion, predictions, targets)
 
+        signs = {a.name: self.signs_for(a, prompt, report_text is not None and bool(report_text.strip()), predictions)
+                 for a in self.examined}
         gradient_ranking: dict[str, dict[str, float]] = {}
         if hasattr(self.method, "trajectory"):  # UNet once per attribute and sign, before any search
             first = contexts[targets[0]]
-            trajectories = {(a.name, s): self.method.trajectory(first, a, s) for a in self.examined for s in self.signs}
+            trajectories = {(a.name, s): self.method.trajectory(first, a, s) for a in self.examined
+                            for s in signs[a.name]}
             for t in targets:
                 gradient_ranking[t] = self._gradient_ranking(contexts[t], trajectories)
 
         results = []
         for t in targets:
             for attribute in self.examined:
-                counterfactuals = [self.method.generate(contexts[t], attribute, s) for s in self.signs]
+                counterfactuals = [self.method.generate(contexts[t], attribute, s) for s in signs[attribute.name]]
                 results.append(self._result(t, attribute, counterfactuals, gradient_ranking.get(t, {})))
 
         nfe = generator.nfe - nfe_start
@@ -260,13 +282,31 @@ class Explainer:
             versions=_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     # -- pieces ------------------------------------------------------------------------------------------
+    def signs_for(self, attribute, prompt: str, from_report: bool, predictions: Sequence[Prediction]) -> tuple:
+        """Which edits make sense for this scan: remove what is there, add what is not.
+
+        With a report (`report_text`), the report says what is there. Without one, a pathology is there
+        when the classifier calls its label positive; anything else is unknown, so both edits are tried.
+        """
+        if self.signs != "auto":
+            return self.signs
+        present = attribute.stated_in(prompt) if from_report else None
+        if present is None and attribute.kind == "pathology" and not from_report:
+            decision = next((p.positive for p in predictions if p.label == attribute.label), None)
+            present = decision
+        if present is None and not from_report:
+            return SIGNS
+        return ("remove",) if present else ("add",)
+
     def _settings(self, steps: int) -> dict:
         swap_steps = self.swap_steps if self.swap_steps is not None else select_swap_steps(
-            steps, DEFAULT_STRENGTHS, self.max_nfe, self.generator.guidance_scale)
+            steps, DEFAULT_STRENGTHS, self.max_nfe, self.generator.guidance_scale, self.edit_guidance)
         return {"method": getattr(self.method, "name", type(self.method).__name__), "steps": steps,
                 "swap_steps": swap_steps, "guidance_scale": self.generator.guidance_scale, "alpha": self.alpha,
-                "max_nfe": self.max_nfe, "tolerance": self.tolerance, "disentangle": self.disentangle,
-                "signs": list(self.signs), "attributes": self.attributes.domain,
+                "max_nfe": self.max_nfe, "tolerance": self.tolerance, "flip_margin": self.flip_margin,
+                "disentangle": self.disentangle,
+                "signs": self.signs if isinstance(self.signs, str) else list(self.signs),
+                "edit_guidance": self.edit_guidance, "attributes": self.attributes.domain,
                 "oracle": self.oracle is not None}
 
     def _reconstruction_warnings(self, inversion, predictions: list[Prediction], targets: list[str]) -> list[str]:

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 #: default tolerance on the Bézier parameter (≈ strength) of the minimal flip
 DEFAULT_TOLERANCE = 0.02
+#: how far (in logits) past the threshold an edit must push the decision to count as a flip. A scan that
+#: sits near its threshold would otherwise "flip" for almost any edit, and every attribute would "drive" it.
+DEFAULT_FLIP_MARGIN = 1.0
 
 
 @dataclass
@@ -36,23 +39,27 @@ class Bisection:
     converged: bool
 
 
-def _flipped(margin: float, reference_positive: bool) -> bool:
-    return (margin > 0) != reference_positive
+def is_flipped(margin: float, reference_positive: bool, flip_margin: float = 0.0) -> bool:
+    """Whether a decision with this margin (logit - threshold) is the opposite of the reference decision,
+    by at least `flip_margin` logits."""
+    return margin < -flip_margin if reference_positive else margin > flip_margin
 
 
 def bisect_flip(decision: Callable[[float], float], lo: float, hi: float, *, reference_positive: bool,
-                tol: float = DEFAULT_TOLERANCE, max_iter: int = 30, margin_hi: float | None = None) -> Bisection:
+                tol: float = DEFAULT_TOLERANCE, max_iter: int = 30, margin_hi: float | None = None,
+                flip_margin: float = 0.0) -> Bisection:
     """Bisect [lo, hi] for the decision change, given that `lo` keeps and `hi` flips the reference decision.
 
     `decision(t)` returns the classifier margin (logit - threshold) at parameter t; a decision is
-    flipped when the margin's sign differs from `reference_positive`. Stops when the bracket is
+    flipped when the margin lies on the other side of the threshold than `reference_positive`, by at
+    least `flip_margin`. Stops when the bracket is
     narrower than `tol` or after `max_iter` probes.
     """
     evaluations = 0
     if margin_hi is None:
         margin_hi = float(decision(hi))
         evaluations += 1
-    if not _flipped(margin_hi, reference_positive):
+    if not is_flipped(margin_hi, reference_positive, flip_margin):
         raise ValueError("bisect_flip needs a flipped decision at `hi`")
     for _ in range(max_iter):
         if hi - lo <= tol:
@@ -60,7 +67,7 @@ def bisect_flip(decision: Callable[[float], float], lo: float, hi: float, *, ref
         middle = 0.5 * (lo + hi)
         margin = float(decision(middle))
         evaluations += 1
-        if _flipped(margin, reference_positive):
+        if is_flipped(margin, reference_positive, flip_margin):
             hi, margin_hi = middle, margin
         else:
             lo = middle
@@ -81,14 +88,15 @@ class Trajectory:
 
 def build_trajectory(generator: "SDGenerator", z_T: torch.Tensor, prefix: list[torch.Tensor],
                      source: torch.Tensor, direction: torch.Tensor, *, attribute: str, sign: str, alpha: float,
-                     swap_steps: Sequence[int]) -> Trajectory:
+                     swap_steps: Sequence[int], edit_guidance: float = 1.0) -> Trajectory:
     """Evaluate all candidate swap steps in one batch off the shared prefix, then decode every point."""
     steps = len(prefix) - 1
     swap_steps = sorted({int(s) for s in swap_steps if 0 <= int(s) < steps}, reverse=True)
     edited = edited_embedding(source, direction, sign, alpha)
     before = generator.nfe
     with torch.no_grad():
-        edited_points = swap_step_points(generator, z_T, source, edited, swap_steps, prefix=prefix, steps=steps)
+        edited_points = swap_step_points(generator, z_T, source, edited, swap_steps, prefix=prefix, steps=steps,
+                                         edit_guidance=edit_guidance)
         points = torch.cat([prefix[-1].to(edited_points), edited_points], dim=0)
         images = generator.decode(points).clamp(0, 1)
     return Trajectory(attribute=attribute, sign=sign, swap_steps=[steps] + swap_steps,
@@ -109,18 +117,22 @@ class FlipResult:
 
 def minimal_flip(points: torch.Tensor, strengths: Sequence[float], point_margins: Sequence[float],
                  margin_of: Callable[[torch.Tensor], torch.Tensor], *, tol: float = DEFAULT_TOLERANCE,
-                 max_iter: int = 30) -> FlipResult:
+                 max_iter: int = 30, flip_margin: float = 0.0) -> FlipResult:
     """Find the smallest edit on the Bézier curve through `points` that flips the decision of points[0].
 
     `point_margins[k]` is the target margin at control point k (already computed in the candidate
-    batch); `margin_of(latents [B, ...]) -> margins [B]` decodes and classifies new probes.
+    batch); `margin_of(latents [B, ...]) -> margins [B]` decodes and classifies new probes. A probe counts
+    as flipped when its margin is past the threshold by at least `flip_margin` (see `is_flipped`).
     The first flipped control point brackets the search with its predecessor; because the Bézier
     curve only passes through its end points, the bracket is checked on the curve and widened
     (to 0 below, to 1 above) when needed. If the curve never flips although a control point does
     (a non-monotone trajectory), that control point itself is the counterfactual.
     """
     reference_positive = float(point_margins[0]) > 0
-    flips = [k for k, m in enumerate(point_margins) if _flipped(float(m), reference_positive)]
+    def flipped(margin: float) -> bool:
+        return is_flipped(margin, reference_positive, flip_margin)
+
+    flips = [k for k, m in enumerate(point_margins) if flipped(float(m))]
     if not flips:
         return FlipResult(False, None, None, points[-1], float(point_margins[-1]), 0)
     first = flips[0]
@@ -136,14 +148,14 @@ def minimal_flip(points: torch.Tensor, strengths: Sequence[float], point_margins
 
     lo, hi = parameters[first - 1], parameters[first]
     margin_hi = decision(hi)
-    if not _flipped(margin_hi, reference_positive):
+    if not flipped(margin_hi):
         hi, margin_hi = 1.0, float(point_margins[-1])  # B(1) is the last control point
-        if not _flipped(margin_hi, reference_positive):
+        if not flipped(margin_hi):
             return FlipResult(True, parameters[first], float(strengths[first]), points[first],
                               float(point_margins[first]), probes)
-    if lo > 0 and _flipped(decision(lo), reference_positive):
+    if lo > 0 and flipped(decision(lo)):
         lo = 0.0  # B(0) is the reconstruction, never flipped
     found = bisect_flip(decision, lo, hi, reference_positive=reference_positive, tol=tol, max_iter=max_iter,
-                        margin_hi=margin_hi)
+                        margin_hi=margin_hi, flip_margin=flip_margin)
     strength = float(bezier(strength_curve, found.t))
     return FlipResult(True, found.t, strength, bezier(points, found.t).to(points.dtype), found.margin, probes)

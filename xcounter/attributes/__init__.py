@@ -30,6 +30,20 @@ class Attribute:
     def is_spurious(self) -> bool:
         return self.kind in SPURIOUS_KINDS
 
+    def stated_in(self, text: str) -> bool | None:
+        """What a report says of this attribute: True (a positive phrase), False (a negative phrase, or a
+        sentence opening with "no"), None (not mentioned). Negations are checked first, so "No pleural
+        effusion" is absence although it contains "pleural effusion"."""
+        stated = None
+        for sentence in text.lower().replace("\n", " ").split("."):
+            sentence = " ".join(sentence.split())
+            mentions = any(p.lower() in sentence for p in self.positive)
+            if any(n.lower() in sentence for n in self.negative) or (mentions and sentence.startswith("no ")):
+                return False
+            if mentions:
+                stated = True
+        return stated
+
 
 @dataclass(frozen=True)
 class AttributeSet:

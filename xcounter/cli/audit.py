@@ -14,9 +14,14 @@ def _split(values: Sequence[str]) -> list[str]:
 
 
 def _signs(value: str) -> dict:
-    """Explainer options for --signs; the default (both) adds nothing, so journals stay comparable."""
+    """Explainer options for --signs; the default (auto) adds nothing, so journals stay comparable."""
     signs = _split([value])
-    return {} if sorted(signs) == ["add", "remove"] else {"signs": signs}
+    if signs == ["auto"]:
+        return {}
+    unknown = [s for s in signs if s not in ("add", "remove")]
+    if unknown or not signs:
+        raise click.BadParameter(f"use auto, or add and/or remove (got {value!r})", param_hint="--signs")
+    return {"signs": signs}
 
 
 def _default_generator(classifier_spec: str, trust_pickle: bool) -> str:
@@ -50,8 +55,9 @@ def _default_generator(classifier_spec: str, trust_pickle: bool) -> str:
               help="Parallel workers (more than 1 uses Ray).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None,
               help="Run on Ray: alone starts a local Ray, with ADDRESS joins that cluster.")
-@click.option("--signs", default="add,remove", show_default=True,
-              help="Which edits to try per attribute: add, remove or both (comma list).")
+@click.option("--signs", default="auto", show_default=True,
+              help="Edits per attribute: auto (remove what the report or the classifier says is there, add the "
+                   "rest; both when unknown), or add, remove or add,remove.")
 @click.option("--oracle", help="Attribute oracle (cxr, skin or a file) for CFRT.")
 @click.option("--trust-pickle", is_flag=True, help="Allow pickled classifier files (runs code from the file).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Shortcut alert threshold (default 0.2).")

@@ -59,7 +59,7 @@ def run_explain(classifier: str, image: str | Path, *, generator: str | None = N
                 attributes: str | None = None, report_text: str | None = None, out: str | Path | None = None,
                 json_path: str | Path | None = None, embed_images: bool = False, seed: int = 0,
                 steps: int | None = None, trust_pickle: bool = False, oracle: str | None = None,
-                progress: Callable[[str], None] | None = None) -> ExplainRun:
+                alpha: float | None = None, flip_margin: float | None = None, progress: Callable[[str], None] | None = None) -> ExplainRun:
     """Load everything, explain, render the card (and sidecar) atomically. Raises XCounterError on user mistakes."""
     import xcounter
     from xcounter.report import render_html
@@ -79,7 +79,9 @@ def run_explain(classifier: str, image: str | Path, *, generator: str | None = N
     for target in targets:  # a misspelt label fails now, not after the inversion
         model.target_index(target)
     sd = xcounter.load_generator(generator or _default_generator(model), steps=steps)
-    explainer = xcounter.Explainer(model, sd, attributes or _default_attributes(model, sd), oracle=oracle, steps=steps)
+    tuning = {k: v for k, v in (("alpha", alpha), ("flip_margin", flip_margin)) if v is not None}
+    explainer = xcounter.Explainer(model, sd, attributes or _default_attributes(model, sd), oracle=oracle, steps=steps,
+                                   **tuning)
     say(f"Explaining {scan.name} ({scan.width}x{scan.height}) with classifier {model.name} and generator {sd.name} ...")
     explanation = explainer.explain(scan, target=list(targets) or None, report_text=report_text, seed=seed)
 
@@ -137,11 +139,14 @@ def print_run(run: ExplainRun) -> None:
 @click.option("--steps", type=int, help="DDIM steps (default: the generator's).")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a pickled classifier (runs its code).")
 @click.option("--oracle", metavar="NAME|FILE", help="Attribute oracle (cxr, skin or a file) to measure side effects.")
+@click.option("--alpha", type=float, help="Edit scale of the language directions (default 4).")
+@click.option("--flip-margin", type=float,
+              help="Logits past the threshold an edit must reach to count as a flip (default 1).")
 def command(classifier, image, generator, targets, attributes, report_text, out, json_path, embed_images, seed,
-            steps, trust_pickle, oracle) -> None:
+            steps, trust_pickle, oracle, alpha, flip_margin) -> None:
     """Explain a classifier's decision on one scan with counterfactual attribute edits."""
     run = run_explain(classifier, image, generator=generator, targets=targets, attributes=attributes,
                       report_text=report_text, out=out, json_path=json_path, embed_images=embed_images, seed=seed,
-                      steps=steps, trust_pickle=trust_pickle, oracle=oracle,
+                      steps=steps, trust_pickle=trust_pickle, oracle=oracle, alpha=alpha, flip_margin=flip_margin,
                       progress=lambda message: click.echo(message, err=True))
     print_run(run)

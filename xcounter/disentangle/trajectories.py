@@ -17,6 +17,15 @@ if TYPE_CHECKING:
     from xcounter.generators import SDGenerator
 
 SIGN_VALUE = {"add": 1.0, "remove": -1.0}
+#: default edit scale α of E(src) + sign·α·d_a. A template-averaged prompt difference (α = 1) moves the
+#: small generators without guidance too little to change a decision; α = 2 with edit guidance 3 draws the
+#: attribute fully at the strongest swap step while anatomy stays (measured on the phantom models,
+#: reports/benchmarks.md); much larger α leaves the embedding manifold and blurs the image
+DEFAULT_ALPHA = 2.0
+#: default edit guidance w after the swap: eps_src + w (eps_edit - eps_src). Small generators sampled without
+#: classifier-free guidance (so DDIM inversion stays exact) follow an edited prompt only weakly; w = 3 draws
+#: a device or finding the classifier and the oracle both see, at two UNet evaluations per edited step
+DEFAULT_EDIT_GUIDANCE = 3.0
 #: default candidate edit strengths (1 - λ/steps) evaluated in one batch per attribute and sign
 DEFAULT_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
 
@@ -33,13 +42,18 @@ def swap_step_of(strength: float, steps: int) -> int:
     return int(min(steps, max(0, round(steps * (1.0 - float(strength))))))
 
 
-def swap_cost(swap_step: int, steps: int, guidance_scale: float = 1.0) -> int:
-    """UNet sample-evaluations a swap at λ costs once the source prefix is shared (CFG doubles it)."""
-    return (steps - swap_step) * (2 if guidance_scale > 1.0 else 1)
+def evaluations_per_step(guidance_scale: float = 1.0, edit_guidance: float = 1.0) -> int:
+    """UNet evaluations per edited denoising step: CFG doubles it, and so does edit guidance."""
+    return (2 if guidance_scale > 1.0 else 1) * (2 if edit_guidance != 1.0 else 1)
+
+
+def swap_cost(swap_step: int, steps: int, guidance_scale: float = 1.0, edit_guidance: float = 1.0) -> int:
+    """UNet sample-evaluations a swap at λ costs once the source prefix is shared."""
+    return (steps - swap_step) * evaluations_per_step(guidance_scale, edit_guidance)
 
 
 def select_swap_steps(steps: int, strengths: Sequence[float] = DEFAULT_STRENGTHS, max_nfe: int | None = None,
-                      guidance_scale: float = 1.0) -> list[int]:
+                      guidance_scale: float = 1.0, edit_guidance: float = 1.0) -> list[int]:
     """Swap steps for the candidate strengths that fit in `max_nfe`, sorted late (weak) to early (strong).
 
     The strongest edit is kept first when it fits (it decides whether any flip exists and ends the
@@ -52,17 +66,17 @@ def select_swap_steps(steps: int, strengths: Sequence[float] = DEFAULT_STRENGTHS
         return []
     if max_nfe is None:
         return wanted
-    unit = 2 if guidance_scale > 1.0 else 1
+    unit = evaluations_per_step(guidance_scale, edit_guidance)
     strongest = wanted[-1]
-    if swap_cost(strongest, steps, guidance_scale) > max_nfe:
+    if swap_cost(strongest, steps, guidance_scale, edit_guidance) > max_nfe:
         strongest = steps - max_nfe // unit
         if strongest >= steps:
             return []
-    chosen, spent = [strongest], swap_cost(strongest, steps, guidance_scale)
+    chosen, spent = [strongest], swap_cost(strongest, steps, guidance_scale, edit_guidance)
     for swap_step in wanted:  # cheapest (latest) first
         if swap_step <= strongest:
             continue
-        cost = swap_cost(swap_step, steps, guidance_scale)
+        cost = swap_cost(swap_step, steps, guidance_scale, edit_guidance)
         if spent + cost <= max_nfe:
             chosen.append(swap_step)
             spent += cost
@@ -83,7 +97,7 @@ def swap_schedules(source: torch.Tensor, edited: torch.Tensor, swap_steps: Seque
 
 def swap_step_points(generator: "SDGenerator", z_T: torch.Tensor, source: torch.Tensor, edited: torch.Tensor,
                      swap_steps: list[int], prefix: list[torch.Tensor] | None = None,
-                     steps: int | None = None) -> torch.Tensor:
+                     steps: int | None = None, edit_guidance: float = 1.0) -> torch.Tensor:
     """z_0 for every swap step λ, computed in one batch branching off the shared source prefix: [K, 4, h, w]."""
     if steps is None:
         steps = len(prefix) - 1 if prefix is not None else generator.steps
@@ -91,7 +105,9 @@ def swap_step_points(generator: "SDGenerator", z_T: torch.Tensor, source: torch.
         return z_T.new_zeros((0, *z_T.shape[1:]))
     schedules = swap_schedules(source, edited, swap_steps)
     with torch.no_grad():
-        return generator.sample(z_T, schedules, steps=steps, prefix=prefix)
+        if edit_guidance == 1.0:  # plain call: generators without edit guidance keep working
+            return generator.sample(z_T, schedules, steps=steps, prefix=prefix)
+        return generator.sample(z_T, schedules, steps=steps, prefix=prefix, edit_guidance=edit_guidance)
 
 
 def bernstein_weights(n_points: int, t: torch.Tensor) -> torch.Tensor:

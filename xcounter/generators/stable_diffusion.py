@@ -263,13 +263,19 @@ class SDGenerator:
 
     @torch.no_grad()
     def sample(self, z_T: torch.Tensor, schedules: list[SwapSchedule], steps: int | None = None,
-               guidance_scale: float | None = None, prefix: list[torch.Tensor] | None = None) -> torch.Tensor:
+               guidance_scale: float | None = None, prefix: list[torch.Tensor] | None = None,
+               edit_guidance: float = 1.0) -> torch.Tensor:
         """z_0 for every swap schedule, in one batch per step: [len(schedules), 4, h, w].
 
         All schedules with the same source embedding branch off one shared denoising prefix (computed
         here up to the latest swap step, or taken from `prefix`, which must be
         `denoise_prefix(z_T, source)` of every schedule's common source). From step λ on each candidate
         is denoised with its edited embedding; all candidates past their λ share each UNet batch.
+
+        `edit_guidance` w > 1 amplifies the edit after the swap the way classifier-free guidance amplifies
+        a prompt, with the source prompt in the unconditional role: eps_src + w (eps_edit - eps_src). The
+        steps before λ are untouched, so the unedited point stays the exact reconstruction; each step
+        after λ costs two UNet evaluations.
         """
         steps = int(steps or self.steps)
         scale = self.guidance_scale if guidance_scale is None else float(guidance_scale)
@@ -282,6 +288,7 @@ class SDGenerator:
 
         timesteps = self._timesteps(steps)
         edited = torch.stack([self._embedding(s.edited) for s in schedules])
+        sources = torch.stack([self._embedding(s.source) for s in schedules])
         result: list[torch.Tensor | None] = [None] * len(schedules)
         active: list[int] = []
         z = torch.empty(0, *self.latent_shape, device=self.device)
@@ -291,7 +298,12 @@ class SDGenerator:
                 z = torch.cat([z] + [prefixes[group_of[k]][i].to(self.device, torch.float32) for k in starting])
                 active += starting
             if active:
-                out = self._predict(z, t, edited[active], scale)
+                if edit_guidance != 1.0:
+                    both = self._predict(torch.cat([z, z]), t, torch.cat([sources[active], edited[active]]), scale)
+                    out_source, out_edited = both.chunk(2)
+                    out = out_source + edit_guidance * (out_edited - out_source)
+                else:
+                    out = self._predict(z, t, edited[active], scale)
                 z = self.scheduler.step(out, t, z, eta=0.0).prev_sample
         for row, k in enumerate(active):
             result[k] = z[row:row + 1]

@@ -20,6 +20,7 @@ import torch
 from xcounter.errors import XCounterError
 from xcounter.explanation import Counterfactual
 from xcounter.methods.base import SIGNS, EditContext
+from xcounter.search import is_flipped
 
 if TYPE_CHECKING:
     from xcounter.attributes import Attribute
@@ -104,7 +105,8 @@ class LatentShift:
                 image = generator.decode(shifted(torch.tensor([strength]))).clamp(0, 1)
                 return image, float(target_margins(context, image)[0])
 
-        search = refine_flip(strengths.tolist(), images, margins, evaluate, self.bisect_steps)
+        search = refine_flip(strengths.tolist(), images, margins, evaluate, self.bisect_steps,
+                             flip_margin=context.flip_margin)
         return assemble_counterfactual(context, name, sign, self.name, strengths.tolist(), images, search,
                                        nfe=generator.nfe - nfe_before)
 
@@ -127,14 +129,16 @@ def target_margins(context: EditContext, images: torch.Tensor) -> torch.Tensor:
 
 def refine_flip(strengths: list[float], images: torch.Tensor, margins: torch.Tensor,
                 evaluate: Callable[[float], tuple[torch.Tensor, float]], iterations: int,
-                midpoint: Callable[[float, float], float | None] | None = None) -> FlipSearch:
+                midpoint: Callable[[float, float], float | None] | None = None,
+                flip_margin: float = 0.0) -> FlipSearch:
     """Bracket the first decision change along a sweep (index 0 = source) and bisect inside it.
 
     `evaluate(strength) -> (image [1,C,H,W], margin)` costs whatever the method costs (the point of
     comparing methods); `midpoint(low, high)` picks the next strength or None to stop (default: mean).
+    A flip must pass the threshold by `flip_margin` logits, the same rule as ours (`is_flipped`).
     """
     positive = bool(margins[0] > 0)
-    flips = [k for k in range(1, len(strengths)) if bool(margins[k] > 0) != positive]
+    flips = [k for k in range(1, len(strengths)) if is_flipped(float(margins[k]), positive, flip_margin)]
     if not flips:
         return FlipSearch(None, images[-1:], False)
     high_index = flips[0]
@@ -145,7 +149,7 @@ def refine_flip(strengths: list[float], images: torch.Tensor, margins: torch.Ten
         if middle is None:
             break
         image, margin = evaluate(middle)
-        if (margin > 0) != positive:
+        if is_flipped(margin, positive, flip_margin):
             high, best = middle, image
         else:
             low = middle

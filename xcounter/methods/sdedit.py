@@ -132,7 +132,7 @@ class SDEdit:
             return image, float(margin[0])
 
         search = refine_flip(strengths, images, margins, evaluate, self._budgeted_bisections(context, nfe_before),
-                             midpoint=_StepSearch(steps).midpoint)
+                             midpoint=_StepSearch(steps).midpoint, flip_margin=context.flip_margin)
         return assemble_counterfactual(context, attribute.name, sign, self.name, strengths, images, search,
                                        nfe=generator.nfe - nfe_before)
 

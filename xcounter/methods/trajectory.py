@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
-from xcounter.disentangle.trajectories import DEFAULT_STRENGTHS, SIGN_VALUE, select_swap_steps
+from xcounter.disentangle.trajectories import (DEFAULT_ALPHA, DEFAULT_EDIT_GUIDANCE, DEFAULT_STRENGTHS, SIGN_VALUE,
+                                               select_swap_steps)
 from xcounter.errors import XCounterError
 from xcounter.explanation import Counterfactual
 from xcounter.methods.base import SIGNS, EditContext
@@ -50,6 +51,7 @@ class TrajectoryMethod:
 
     Args:
         alpha: edit scale: the edited embedding is E(src) + sign·α·d_a.
+        edit_guidance: w after the swap, eps_src + w (eps_edit - eps_src) (1 = plain swap, half the NFE).
         strengths: candidate edit strengths (1 - λ/steps) sampled in one batch.
         swap_steps: explicit candidate swap steps λ (overrides `strengths`).
         tolerance: bisection tolerance on the Bézier parameter (≈ strength).
@@ -59,10 +61,12 @@ class TrajectoryMethod:
 
     name = "trajectory"
 
-    def __init__(self, alpha: float = 1.0, strengths: Sequence[float] = DEFAULT_STRENGTHS,
+    def __init__(self, alpha: float = DEFAULT_ALPHA, strengths: Sequence[float] = DEFAULT_STRENGTHS,
                  swap_steps: Sequence[int] | None = None, tolerance: float = DEFAULT_TOLERANCE,
-                 max_nfe: int | None = DEFAULT_MAX_NFE, oracle=None):
+                 max_nfe: int | None = DEFAULT_MAX_NFE, oracle=None,
+                 edit_guidance: float = DEFAULT_EDIT_GUIDANCE):
         self.alpha = alpha
+        self.edit_guidance = float(edit_guidance)
         self.strengths = tuple(strengths)
         self.swap_steps = None if swap_steps is None else [int(s) for s in swap_steps]
         self.tolerance = tolerance
@@ -79,13 +83,13 @@ class TrajectoryMethod:
         if self.swap_steps is not None:
             return sorted({s for s in self.swap_steps if 0 <= s < steps}, reverse=True)
         budget = context.max_nfe if context.max_nfe is not None else self.max_nfe
-        return select_swap_steps(steps, self.strengths, budget, context.generator.guidance_scale)
+        return select_swap_steps(steps, self.strengths, budget, context.generator.guidance_scale, self.edit_guidance)
 
     def trajectory(self, context: EditContext, attribute: "Attribute", sign: str) -> Trajectory:
         """The attribute's swap-step trajectory for this scan (cached: independent of the target)."""
         if sign not in SIGNS:
             raise XCounterError(f"sign must be one of {', '.join(SIGNS)}, got '{sign}'")
-        key = (id(context.inversion), attribute.name, sign, self.alpha)
+        key = (id(context.inversion), attribute.name, sign, self.alpha, self.edit_guidance)
         cached = self._cache.get(key)
         if cached is not None and cached[0] is context.inversion:
             return cached[1]
@@ -105,7 +109,8 @@ class TrajectoryMethod:
         steps = len(prefix) - 1
         trajectory = build_trajectory(generator, context.inversion.z_T, prefix, context.source_embedding, direction,
                                       attribute=attribute.name, sign=sign, alpha=self.alpha,
-                                      swap_steps=self.candidate_swap_steps(context, steps))
+                                      swap_steps=self.candidate_swap_steps(context, steps),
+                                      edit_guidance=self.edit_guidance)
         self._cache[key] = (context.inversion, trajectory)
         return trajectory
 
@@ -124,7 +129,7 @@ class TrajectoryMethod:
         with torch.no_grad():
             point_margins = classifier.margins(trajectory.images)[:, index].float().cpu()
         flip = minimal_flip(trajectory.points, trajectory.strengths, point_margins.tolist(), margin_of,
-                            tol=self.tolerance)
+                            tol=self.tolerance, flip_margin=context.flip_margin)
         with torch.no_grad():
             image = generator.decode(flip.latent.reshape(1, *trajectory.points.shape[1:])).clamp(0, 1)
             probability_after = float(torch.sigmoid(classifier.margins(image)[0, index]))
