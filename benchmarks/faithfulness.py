@@ -143,10 +143,22 @@ def goals(domains: dict[str, dict]) -> list[dict]:
             monotone = all(a >= b for a, b in zip(ordered, ordered[1:]))
             out.append(C.goal_row(f"{domain}: flagged more often as rho grows",
                                   " >= ".join(f"{v:.2f}" for v in ordered), monotone))
+        if 1.0 in by_rho:
+            flagged = by_rho[1.0]["flagged"]
+            out.append(C.goal_row(f"{domain}: planted {attribute} flagged \"shortcut\" at rho 1.0", flagged,
+                                  flagged >= 0.9, "met = at least 90% of scans"))
         for r in result["rows"]:
+            if r["role"] == "clean control" and r["n"]:
+                out.append(C.goal_row(f"{domain}: clean classifier: {attribute} flagged", r["flagged"],
+                                      r["flagged"] <= 0.1, "met = at most 10% of scans"))
             if r["role"] == "clean cause" and r["n"]:
-                out.append(C.goal_row(f"{domain}: clean classifier, Effusion: pleural_effusion ranked first",
-                                      r["ranked_first"], r["ranked_first"] >= 0.9, "met = at least 90% of scans"))
+                positive = [s for s in r["scans"] if s["decision_positive"]]
+                share = (sum(s["expected_rank"] == 1 and s["expected_flipped"] for s in positive) / len(positive)
+                         if positive else None)
+                out.append(C.goal_row(f"{domain}: clean classifier, {r['label']}-positive scans: {r['expected']} "
+                                      "ranked first and flips the decision", share,
+                                      None if share is None else share >= 0.9,
+                                      f"met = at least 90% of {len(positive)} positive scans"))
     return out
 
 
@@ -181,8 +193,9 @@ def markdown(domains: dict[str, dict], goal_rows: list[dict], figure: str | None
                                          if budget.stopped_early else "") + "."])
     lines += ["Scans: unseen phantoms (seeds >= 10,000,000) without the disease; the planted attribute present in "
               "every other scan (CXR: pleural effusion in every other pair). Each scan is explained by the "
-              "product's `Explainer` (all non-anatomy attributes, both signs, default swap steps and NFE budget; "
-              "prompt = the phantom's report caption) for every classifier's target at once. "
+              "product's `Explainer` (all non-anatomy attributes, default settings; the phantom's report caption is "
+              "the source prompt, so each attribute is removed when the report states it and added otherwise) "
+              "for every classifier's target at once. "
               "*Recovery* = the planted attribute is ranked first **and** flagged \"shortcut\"; "
               "*anything flagged* at rho 0.5 and on the clean classifier are false alarms.", ""]
     rows = []

@@ -3,7 +3,7 @@
 Nothing is recomputed here: each section keeps the command, seed and date it was produced with; the goals
 every script checked are gathered into one table at the top, missed ones first.
 
-    python benchmarks/faithfulness.py && python benchmarks/quality.py && \\
+    python benchmarks/faithfulness.py && python benchmarks/audit_rho.py && python benchmarks/quality.py && \\
     python benchmarks/paper_tables.py && python benchmarks/speed.py && python benchmarks/make_report.py
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
-SECTIONS = ("faithfulness", "quality", "paper_tables", "speed")
+SECTIONS = ("faithfulness", "audit_rho", "quality", "paper_tables", "speed")
 #: share of `--run --budget-s` each script gets (speed's end-to-end demo runs after its share)
-BUDGET_SHARES = {"faithfulness": 0.42, "quality": 0.28, "paper_tables": 0.18, "speed": 0.12}
+BUDGET_SHARES = {"faithfulness": 0.32, "audit_rho": 0.16, "quality": 0.24, "paper_tables": 0.16, "speed": 0.12}
 TITLE = "# xcounter benchmarks"
 INTRO = """Numbers that tell a user whether to trust xcounter's explanations and what they cost, measured on the
 shipped phantom models (procedural scans whose true attributes are known, never seen in training) with the
@@ -31,13 +31,14 @@ Reproduce everything with:
 
 ```
 python benchmarks/faithfulness.py
+python benchmarks/audit_rho.py
 python benchmarks/quality.py
 python benchmarks/paper_tables.py
 python benchmarks/speed.py
 python benchmarks/make_report.py
 ```
 (`--quick` runs each in a few minutes; `--models tiny` runs the random-weight test models, as the tests do;
-`python benchmarks/make_report.py --run --budget-s SECONDS` runs all four in one process within a time budget.)
+`python benchmarks/make_report.py --run --budget-s SECONDS` runs all five in one process within a time budget.)
 """
 
 

@@ -57,7 +57,8 @@ def oracle_readout(oracle, before: np.ndarray, after: np.ndarray, attribute: str
         else:
             kept.append((a > 0.5) == (b > 0.5))
     edited = bool((float(values[attribute][1]) > 0.5) == (sign == "add")) if attribute in values else None
-    return {"identity": float(np.mean(kept)) if kept else None, "edited": edited, "features": features}
+    return {"identity": float(np.mean(kept)) if kept else None, "edited": edited, "features": features,
+            "all_kept": bool(all(kept))}
 
 
 def record(cf, oracle, attribute: str, sign: str, seconds: float | None, method: str | None = None,
@@ -72,17 +73,25 @@ def record(cf, oracle, attribute: str, sign: str, seconds: float | None, method:
             "strength": cf.minimal_strength if method is None else None,
             "l1": l1(image, reference), "ssim": ssim(image, reference), "nfe": int(cf.nfe if nfe is None else nfe),
             "seconds": seconds, "identity": readout["identity"], "edited": readout["edited"],
+            "clean_edit": None if readout["edited"] is None else bool(readout["edited"] and readout["all_kept"]),
             "features": readout["features"].tolist()}
 
 
 def fixed_strength_records(cf, oracle, attribute: str, sign: str, steps: int) -> list[dict]:
     """SDEdit at each single candidate strength: the sweep images the SDEdit search computed anyway."""
+    from xcounter.search import DEFAULT_FLIP_MARGIN, is_flipped
+
+    def margin(probability: float) -> float:
+        p = min(max(float(probability), 1e-7), 1 - 1e-7)
+        return float(np.log(p / (1 - p)))
+
     out = []
     before = cf.probabilities[0] > 0.5
     for k in range(1, len(cf.strengths)):
         strength = cf.strengths[k]
+        flipped = is_flipped(margin(cf.probabilities[k]), before, DEFAULT_FLIP_MARGIN)
         out.append(record(cf, oracle, attribute, sign, None, method=f"sdedit@{strength:.2f}", image=cf.film[k],
-                          flipped=(cf.probabilities[k] > 0.5) != before, nfe=round(strength * steps)))
+                          flipped=flipped, nfe=round(strength * steps)))
     return out
 
 
@@ -91,6 +100,7 @@ def contexts_for_scan(models: C.DomainModels, pixels: np.ndarray, report: str, s
     """One inversion per scan; an EditContext per (classifier, target)."""
     from xcounter.methods.base import EditContext
     from xcounter.methods.trajectory import DEFAULT_MAX_NFE
+    from xcounter.search import DEFAULT_FLIP_MARGIN
 
     generator = models.generator
     image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
@@ -103,7 +113,8 @@ def contexts_for_scan(models: C.DomainModels, pixels: np.ndarray, report: str, s
         contexts[(name, label)] = EditContext(
             classifier=classifier, generator=generator, attributes=models.attributes, inversion=inversion,
             source_embedding=source, target=label, target_index=classifier.target_index(label), seed=seed,
-            steps=generator.steps, prefix=inversion.prefix, directions=directions, max_nfe=DEFAULT_MAX_NFE)
+            steps=generator.steps, prefix=inversion.prefix, directions=directions, max_nfe=DEFAULT_MAX_NFE,
+            flip_margin=DEFAULT_FLIP_MARGIN)  # every method must pass the product's flip rule
     return inversion, contexts
 
 
@@ -190,14 +201,16 @@ def summarise(records: list[dict], reference: list, reference_second: list) -> l
         mine = [r for r in records if r["method"] == method]
         flips = [r for r in mine if r["flipped"]]
         edited = [r["edited"] for r in mine if r["edited"] is not None]
+        clean = [r["clean_edit"] for r in mine if r.get("clean_edit") is not None]
         rows.append({"method": method, "n": len(mine), "flip_rate": sum(r["flipped"] for r in mine) / len(mine),
                      "l1_at_flip": C.mean([r["l1"] for r in flips]), "ssim_at_flip": C.mean([r["ssim"] for r in flips]),
                      "identity": C.mean([r["identity"] for r in mine]),
                      "edited": float(np.mean(edited)) if edited else None,
+                     "clean_edit": float(np.mean(clean)) if clean else None,
                      "fid": frechet([r["features"] for r in mine], reference),
                      "nfe": C.mean([r["nfe"] for r in mine]), "seconds": C.mean([r["seconds"] for r in mine])})
     rows.append({"method": "real phantoms (second draw)", "n": len(reference_second), "flip_rate": None,
-                 "l1_at_flip": None, "ssim_at_flip": None, "identity": None, "edited": None,
+                 "l1_at_flip": None, "ssim_at_flip": None, "identity": None, "edited": None, "clean_edit": None,
                  "fid": frechet(reference_second, reference), "nfe": None, "seconds": None})
     return rows
 
@@ -213,6 +226,10 @@ def goals(domains: dict) -> list[dict]:
             if row["method"] == "trajectory":
                 out.append(C.goal_row(f"{domain}: ours flips >= 90% of the edits", row["flip_rate"],
                                       row["flip_rate"] >= 0.9, f"N = {row['n']} counterfactuals"))
+                if row.get("clean_edit") is not None:
+                    out.append(C.goal_row(f"{domain}: ours: the oracle sees the intended change and every other "
+                                          "attribute unchanged", row["clean_edit"], row["clean_edit"] >= 0.9,
+                                          f"met = at least 90% of {row['n']} counterfactuals"))
         random = {r["method"]: r for r in result.get("summary", [])}
         if "trajectory" in random and "random" in random:
             ours, control = random["trajectory"]["flip_rate"], random["random"]["flip_rate"]
@@ -262,9 +279,11 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
         lines += [f"**{domain}** ({result.get('n_scans', 0)} scans; edits: {tasks}; reference set "
                   f"{result.get('n_reference', 0)} real phantoms)", ""]
         rows = [[LABELS.get(r["method"], r["method"]), r["n"], r["flip_rate"], r["l1_at_flip"], r["ssim_at_flip"],
-                 r["identity"], r["edited"], r["fid"], r["nfe"], r["seconds"]] for r in result.get("summary", [])]
+                 r["identity"], r["edited"], r.get("clean_edit"), r["fid"], r["nfe"], r["seconds"]]
+                for r in result.get("summary", [])]
         lines += C.table(["method", "N", "flip rate", "L1 at flip", "SSIM at flip", "identity kept",
-                          "attribute edited (oracle)", "Fréchet distance", "mean NFE", "mean s"], rows)
+                          "attribute edited (oracle)", "edited, all else kept (oracle)", "Fréchet distance",
+                          "mean NFE", "mean s"], rows)
         if result["models"]["missing_classifiers"]:
             lines += [f"Missing from the zoo: {', '.join(result['models']['missing_classifiers'])}.", ""]
     lines += ["Goals:", ""] + C.goals_table(goal_rows)

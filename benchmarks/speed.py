@@ -246,7 +246,7 @@ def markdown(costs: dict, e2e: dict | None, e2e_error: str | None, goal_rows: li
              ["SDEdit search (batched)", C.mean([r["sdedit"]["nfe"] for res in costs.values() for r in res["runs"]]),
               "this run"]]
     if e2e is not None:
-        scale.append(["ours, whole report card / attributes (both signs, inversion included)",
+        scale.append(["ours, whole report card / attributes (default edit signs, inversion included)",
                       e2e["nfe_per_attribute"], "this run"])
     scale += [[name, text, "published, not run here"] for name, text in OTHERS]
     lines += ["UNet passes for scale:", ""] + C.table(["method", "UNet passes", "source"], scale)

@@ -55,7 +55,7 @@ def test_faithfulness(out):
             ("cxr-clean", "Effusion")} <= set(rows)
     assert rows[("cxr-shortcut", "Pneumothorax")]["rho"] == 1.0
     for domain in data["domains"].values():
-        assert domain["n_scans"] == 1 and domain["signs"] == ["add", "remove"]
+        assert domain["n_scans"] == 1 and domain["signs"] == "auto"
         for row in domain["rows"]:
             assert row["n"] == 1 and 1 <= row["mean_rank"] <= len(domain["examined"])
             assert all(unit(row[k]) for k in ("recovery", "flagged", "ranked_first", "any_shortcut_flag"))
@@ -119,3 +119,31 @@ def test_speed_and_report(out):
     for title in ("Faithfulness", "Counterfactual quality", "paper's tables", "Speed and cost"):
         assert title in text
     assert "random-weight tiny test models" in text
+
+
+def test_audit_rho(out):
+    load("audit_rho").main([*QUICK, "--out", str(out)])
+    markdown, data = written(out, "audit_rho")
+    for name, domain in data["domains"].items():
+        rows = {r["classifier"]: r for r in domain["rows"]}
+        assert len(rows) == 4 and domain["examined"] == [domain["planted"][0]]
+        assert rows[f"{name}-shortcut"]["rho"] == 1.0 and rows[f"{name}-clean"]["rho"] is None
+        for row in rows.values():
+            assert row["scans"] == 1 and unit(row["flip_rate"])
+            assert row["should_alert"] == (row["rho"] in (1.0, 0.75))
+            assert row["planted_alert"] is False  # one scan is below the alert rule's minimum
+    assert any("falls with rho" in g["goal"] for g in data["goals"])
+    assert "alert expected" in markdown
+
+
+def test_generator_card(out):
+    load("generator_card").main([*QUICK, "--out", str(out)])
+    markdown, data = written(out, "generator_card")
+    for domain in data["domains"].values():
+        rows = domain["controllability"]
+        assert rows and {r["guidance"] for r in rows} == {1.0, 4.0}
+        assert all(unit(r["with"]) and unit(r["without"]) and r["met"] == (r["with"] >= 0.9 and r["without"] <= 0.1)
+                   for r in rows)
+        assert all(r["final"] >= 0 and r["floor_real_vs_real"] >= 0 for r in domain["realism"])
+        assert -1 <= domain["inversion"]["ssim_mean"] <= 1 and domain["inversion"]["n"] == 2
+    assert "Controllability" in markdown and "Inversion" in markdown

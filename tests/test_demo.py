@@ -52,7 +52,9 @@ def test_demo_writes_inputs_and_report(tiny_demo, tmp_path, capsys, monkeypatch)
     stdout = capsys.readouterr().out
     folder = tmp_path / "out"
     assert sorted(p.name for p in folder.iterdir()) == ["phantom-cxr-seed7.png", "report.html", "report.json",
-                                                       "report_images", "tiny-shortcut.pt"]
+                                                       "report.txt", "report_images", "tiny-shortcut.pt"]
+    report = (folder / "report.txt").read_text().strip()
+    assert "chest tube" in report.lower()  # the scan's report is the source prompt
     scan = np.asarray(Image.open(folder / "phantom-cxr-seed7.png"), dtype=np.float32) / 255
     expected, truth = make_phantom("cxr", 7, size=64, chest_tube=True, pneumothorax=False)
     assert truth["chest_tube"] is True and np.abs(scan - expected[..., 0]).max() <= 1 / 255 + 1e-6
@@ -65,6 +67,7 @@ def test_demo_writes_inputs_and_report(tiny_demo, tmp_path, capsys, monkeypatch)
     assert words[:2] == ["xcounter", "explain"]
     assert words[words.index("--image") + 1] == "out/phantom-cxr-seed7.png"
     assert words[words.index("--target") + 1] == "Pneumothorax" and words[words.index("--seed") + 1] == "7"
+    assert words[words.index("--report-text") + 1] == report == explanation.prompt
 
     # the printed command reproduces the demo's report
     (folder / "report.html").unlink()

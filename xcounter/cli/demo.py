@@ -46,22 +46,25 @@ def _oracle_available(name: str | None) -> bool:
     return (ZOO_DIR / "oracles" / f"{name}.pt").is_file()
 
 
-def write_demo_inputs(spec: DemoSpec, folder: Path) -> tuple[Path, Path]:
-    """The phantom scan (PNG) and a copy of the classifier in `folder`, each written atomically."""
-    from xcounter.phantoms import make_phantom
+def write_demo_inputs(spec: DemoSpec, folder: Path) -> tuple[Path, Path, str]:
+    """The phantom scan (PNG), its radiology report (report.txt) and a copy of the classifier in `folder`, each
+    written atomically; returns (scan, classifier, report text)."""
+    from xcounter.phantoms import caption, make_phantom
     from xcounter.report.plots import png_bytes
     from xcounter.utils.atomic import write_bytes_atomic
 
     source = spec.classifier_path()
     if not source.is_file():
         raise XCounterError(f"the demo classifier '{source.name}' is not installed in {source.parent}")
-    pixels, _truth = make_phantom("cxr", spec.seed, size=spec.scan_size, **spec.scan_attributes)
+    pixels, truth = make_phantom("cxr", spec.seed, size=spec.scan_size, **spec.scan_attributes)
+    report = caption(truth, "cxr", spec.seed)
     scan = folder / f"phantom-cxr-seed{spec.seed}.png"
     write_bytes_atomic(scan, png_bytes(pixels))
+    write_bytes_atomic(folder / "report.txt", (report + "\n").encode("utf-8"))
     classifier = folder / source.name
     if classifier.resolve() != source.resolve():
         write_bytes_atomic(classifier, source.read_bytes())
-    return scan, classifier
+    return scan, classifier, report
 
 
 def run_demo(folder: str | Path, spec: DemoSpec | None = None):
@@ -73,8 +76,9 @@ def run_demo(folder: str | Path, spec: DemoSpec | None = None):
     if folder.exists() and not folder.is_dir():
         raise XCounterError(f"demo output '{folder}' is a file, not a folder")
     folder.mkdir(parents=True, exist_ok=True)
-    scan, classifier = write_demo_inputs(spec, folder)
+    scan, classifier, report = write_demo_inputs(spec, folder)
     options = {"generator": spec.generator, "targets": list(spec.targets), "attributes": spec.attributes,
+               "report_text": report,
                "out": folder / "report.html", "json_path": folder / "report.json", "seed": spec.seed,
                "steps": spec.steps, "oracle": spec.oracle if _oracle_available(spec.oracle) else None}
     run = run_explain(str(classifier), scan, progress=lambda m: click.echo(m, err=True), **options)
