@@ -258,7 +258,9 @@ def test_a_report_decides_which_edits_are_tried(classifier, generator, attribute
     report = "PA chest radiograph. Right-sided chest tube. No pleural effusion."
     e = Explainer(classifier, generator, attributes, attribution=False).explain(scan, report_text=report, seed=3)
     signs = {r.attribute: [c.sign for c in r.counterfactuals] for r in e.results}
-    assert signs == {"chest_tube": ["remove"], "pleural_effusion": ["add"], "pacemaker": ["add"]}
+    effusion_called = "Effusion" in e.targets and e.prediction("Effusion").positive
+    assert signs == {"chest_tube": ["remove"], "pacemaker": ["add"],
+                     "pleural_effusion": ["add", "remove"] if effusion_called else ["add"]}
     assert e.settings["signs"] == "auto" and e.settings["edit_guidance"] > 1
 
 
@@ -269,3 +271,14 @@ def test_stated_in_reads_negations_first():
     assert cxr["pneumothorax"].stated_in(text) is True
     assert cxr["chest_tube"].stated_in(text) is True
     assert cxr["pacemaker"].stated_in(text) is None
+
+
+def test_a_target_pathology_is_also_edited_toward_the_other_decision(classifier, generator, attributes, scan):
+    """The report denies an effusion; whatever the classifier says about Effusion, the effusion edit toward the
+    other decision is tried too, so an unsupported positive call can be traced to its finding."""
+    report = "PA chest radiograph. No pleural effusion."
+    e = Explainer(classifier, generator, attributes, attribution=False).explain(
+        scan, target="Effusion", report_text=report, seed=3)
+    signs = [c.sign for c in e.result("Effusion", "pleural_effusion").counterfactuals]
+    expected = ["add"] if not e.prediction("Effusion").positive else ["add", "remove"]
+    assert signs == expected

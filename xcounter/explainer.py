@@ -251,8 +251,8 @@ class Explainer:
             flip_margin=self.flip_margin) for t in targets}
         warnings_list = self._reconstruction_warnings(inversion, predictions, targets)
 
-        signs = {a.name: self.signs_for(a, prompt, report_text is not None and bool(report_text.strip()), predictions)
-                 for a in self.examined}
+        from_report = report_text is not None and bool(report_text.strip())
+        signs = {a.name: self.signs_for(a, prompt, from_report, predictions, targets) for a in self.examined}
         gradient_ranking: dict[str, dict[str, float]] = {}
         if hasattr(self.method, "trajectory"):  # UNet once per attribute and sign, before any search
             first = contexts[targets[0]]
@@ -282,21 +282,26 @@ class Explainer:
             versions=_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     # -- pieces ------------------------------------------------------------------------------------------
-    def signs_for(self, attribute, prompt: str, from_report: bool, predictions: Sequence[Prediction]) -> tuple:
+    def signs_for(self, attribute, prompt: str, from_report: bool, predictions: Sequence[Prediction],
+                  targets: Sequence[str] = ()) -> tuple:
         """Which edits make sense for this scan: remove what is there, add what is not.
 
         With a report (`report_text`), the report says what is there. Without one, a pathology is there
         when the classifier calls its label positive; anything else is unknown, so both edits are tried.
+        A pathology whose label is an explained target is also edited toward the other decision, so a
+        positive call the report does not support can still be traced to (or cleared of) its finding.
         """
         if self.signs != "auto":
             return self.signs
+        decisions = {p.label: p.positive for p in predictions}
         present = attribute.stated_in(prompt) if from_report else None
         if present is None and attribute.kind == "pathology" and not from_report:
-            decision = next((p.positive for p in predictions if p.label == attribute.label), None)
-            present = decision
-        if present is None and not from_report:
-            return SIGNS
-        return ("remove",) if present else ("add",)
+            present = decisions.get(attribute.label)
+        wanted = set(SIGNS) if present is None and not from_report else {"remove" if present else "add"}
+        for target in targets:  # "Label@model" (several classifiers combined into one) counts as "Label"
+            if attribute.kind == "pathology" and target.split("@", 1)[0] == attribute.label and target in decisions:
+                wanted.add("remove" if decisions[target] else "add")
+        return tuple(s for s in SIGNS if s in wanted)
 
     def _settings(self, steps: int) -> dict:
         swap_steps = self.swap_steps if self.swap_steps is not None else select_swap_steps(
