@@ -30,13 +30,20 @@ ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "reports"
 #: phantom seeds at or above this were never used for training data
 UNSEEN_SEED_BASE = 10_000_000
-#: the planted shortcuts of the shipped zoo: domain -> (spurious attribute, disease label)
-PLANTED = {"cxr": ("chest_tube", "Pneumothorax"), "skin": ("ruler", "Melanoma")}
-#: shortcut classifiers by rho (FastDiME's protocol); a missing one is reported as missing
-SHORTCUT_CLASSIFIERS = {
-    "cxr": {1.0: "cxr-shortcut", 0.75: "cxr-shortcut-rho0.75", 0.5: "cxr-shortcut-rho0.5"},
-    "skin": {1.0: "skin-shortcut", 0.75: "skin-shortcut-rho0.75", 0.5: "skin-shortcut-rho0.5"},
+#: the planted shortcuts of the shipped zoo, per domain: (spurious attribute, disease label) -> classifiers by rho
+#: (FastDiME's protocol: the attribute in a fraction rho of positives and 1 - rho of negatives); the first one
+#: per domain is the main shortcut (demo, speed); a classifier missing from the zoo is reported as missing
+SHORTCUTS: dict[str, dict[tuple[str, str], dict[float, str]]] = {
+    "cxr": {("chest_tube", "Pneumothorax"): {1.0: "cxr-shortcut", 0.75: "cxr-shortcut-rho0.75",
+                                             0.5: "cxr-shortcut-rho0.5"},
+            ("portable_label", "Edema"): {1.0: "cxr-portable", 0.75: "cxr-portable-rho0.75", 0.5: "cxr-portable-rho0.5"}},
+    "skin": {("ruler", "Melanoma"): {1.0: "skin-shortcut", 0.75: "skin-shortcut-rho0.75", 0.5: "skin-shortcut-rho0.5"},
+             ("ink_marking", "Melanoma"): {1.0: "skin-ink", 0.75: "skin-ink-rho0.75", 0.5: "skin-ink-rho0.5"}},
 }
+#: the main planted shortcut per domain: (spurious attribute, disease label)
+PLANTED = {domain: next(iter(shortcuts)) for domain, shortcuts in SHORTCUTS.items()}
+#: the main shortcut's classifiers by rho
+SHORTCUT_CLASSIFIERS = {domain: SHORTCUTS[domain][PLANTED[domain]] for domain in SHORTCUTS}
 CLEAN_CLASSIFIERS = {"cxr": "cxr-clean", "skin": "skin-clean"}
 #: domain -> generator folder given with --generator (default: the shipped phantom-<domain>)
 GENERATOR_OVERRIDES: dict[str, str] = {}
@@ -139,8 +146,8 @@ class DomainModels:
 
 
 #: the attributes the tiny test models examine (few, so CI stays fast); shipped models examine all
-TINY_ATTRIBUTES = {"cxr": ("pleural_effusion", "chest_tube", "pacemaker", "body_width"),
-                   "skin": ("asymmetry", "ruler", "hair", "skin_tone")}
+TINY_ATTRIBUTES = {"cxr": ("pleural_effusion", "chest_tube", "portable_label", "body_width"),
+                   "skin": ("asymmetry", "ruler", "ink_marking", "skin_tone")}
 
 
 def vocabulary(domain: str, kind: str):
@@ -268,19 +275,23 @@ def phantom_tensor(domain: str, seed: int, generator, **overrides) -> torch.Tens
 
 
 def scan_plan(domain: str, n: int, seed: int) -> list[tuple[int, dict]]:
-    """(phantom seed, overrides) of the benchmark scans: no disease, the planted spurious attribute present in
-    every other scan (CXR: pleural effusion in every other pair, so the clean Effusion check has both)."""
+    """(phantom seed, overrides) of the benchmark scans: none of the shortcuts' diseases; the main planted
+    attribute present in every other scan, the second one in every other pair of scans (CXR: pleural
+    effusion in every other group of four, so the clean Effusion check has both)."""
     from xcounter.phantoms import sample_attributes
 
-    attribute, label = PLANTED[domain]
+    shortcuts = list(SHORTCUTS[domain])
+    labels = {label for _, label in shortcuts}
     plan, candidate = [], UNSEEN_SEED_BASE + 1000 * seed
     for i in range(n):
-        overrides: dict[str, Any] = {attribute: i % 2 == 0}
+        overrides: dict[str, Any] = {attribute: (i >> k) % 2 == 0 for k, (attribute, _) in enumerate(shortcuts)}
         if domain == "cxr":
-            overrides.update(pneumothorax=False, pleural_effusion=(i // 2) % 2 == 0)
+            overrides.update({label.lower(): False for label in labels})  # the CXR labels are attributes too
+            overrides.update(pleural_effusion=(i >> len(shortcuts)) % 2 == 0)
         while True:  # skin: Melanoma follows from several features; draw until the scan is benign
             candidate += 1
-            if int(sample_attributes(domain, candidate, **overrides)[label]) == 0:
+            drawn = sample_attributes(domain, candidate, **overrides)
+            if all(int(drawn[label]) == 0 for label in labels):
                 break
         plan.append((candidate, overrides))
     return plan

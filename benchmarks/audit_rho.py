@@ -1,12 +1,13 @@
 """Audits of the planted-shortcut classifiers: does the audit's flip rate follow rho, and alert only when it should?
 
 FastDiME's protocol: classifiers trained with the spurious attribute present in a fraction rho of positives and
-1 - rho of negatives (CXR: chest_tube -> Pneumothorax at rho 1.0, 0.75, 0.5, and a clean one). One product audit
-(`xcounter.audit`, the code `xcounter audit` runs) over the same unseen phantoms (no disease; the planted
-attribute in every other scan; the phantom's report as `report_text`) explains every classifier's target at
-once (their labels are combined into one classifier, so all see the same inversions). We read the planted
-attribute's flip rate with its bootstrap interval and the shortcut alerts: the rate should fall with rho, and
-alerts should fire at rho 1.0 and 0.75 only.
+1 - rho of negatives, at rho 1.0, 0.75 and 0.5, for two planted shortcuts per domain (`_common.SHORTCUTS`; CXR:
+chest_tube -> Pneumothorax, portable_label -> Edema; skin: ruler -> Melanoma, ink_marking -> Melanoma), and a
+clean classifier. One product audit (`xcounter.audit`, the code `xcounter audit` runs) over the same unseen
+phantoms (none of the shortcuts' diseases; each planted attribute in half the scans; the phantom's report as
+`report_text`) explains every classifier's target at once (their labels are combined into one classifier, so
+all see the same inversions). We read each planted attribute's flip rate with its bootstrap interval and the
+shortcut alerts: the rate should fall with rho, and alerts should fire at rho 1.0 and 0.75 only.
 
     python benchmarks/audit_rho.py                 # shipped phantom models, 30 scans per domain
     python benchmarks/audit_rho.py --quick --models tiny
@@ -29,114 +30,119 @@ DEFAULT_N, QUICK_N = 30, 4
 SHOULD_ALERT = {1.0: True, 0.75: True, 0.5: False, None: False}
 
 
-def write_manifest(domain: str, folder: Path, n: int, seed: int) -> tuple[Path, list[dict]]:
-    """Unseen phantoms as PNGs plus manifest.csv (path, report_text); returns the manifest and the truths."""
+def write_manifest(domain: str, folder: Path, n: int, seed: int) -> Path:
+    """Unseen phantoms as PNGs plus manifest.csv (path, report_text)."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    truths, rows = [], []
+    rows = []
     for phantom_seed, overrides in C.scan_plan(domain, n, seed):
-        pixels, truth, report = C.phantom(domain, phantom_seed, **overrides)
+        pixels, _truth, report = C.phantom(domain, phantom_seed, **overrides)
         name = f"{domain}-{phantom_seed}.png"
         array = (pixels.clip(0, 1) * 255).round().astype("uint8")
         Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(folder / name)
         rows.append({"path": name, "report_text": report})
-        truths.append({"scan_id": name, **{k: truth[k] for k in (C.PLANTED[domain][0],)}})
     manifest = folder / "manifest.csv"
     with manifest.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=["path", "report_text"])
         writer.writeheader()
         writer.writerows(rows)
-    return manifest, truths
+    return manifest
 
 
 def only_attributes(domain: str, models: C.DomainModels, quick: bool) -> list[str]:
-    """Every device/artifact/acquisition attribute (the ones that can raise an alert); quick: the planted one."""
+    """Every device/artifact/acquisition attribute (the ones that can raise an alert); quick: the planted ones."""
     from xcounter.attributes import SPURIOUS_KINDS
 
-    planted = C.PLANTED[domain][0]
     if quick:
-        return [planted]
+        return list(dict.fromkeys(attribute for attribute, _ in C.SHORTCUTS[domain]))
     return [a.name for a in models.attributes if a.kind in SPURIOUS_KINDS]
+
+
+def audited_rows(domain: str) -> list[tuple[str, str, str, float | None]]:
+    """(planted attribute, label, classifier, rho) per shortcut ladder, and the clean classifier as each one's control."""
+    clean = C.CLEAN_CLASSIFIERS[domain]
+    rows = [(attribute, label, name, rho) for (attribute, label), ladder in C.SHORTCUTS[domain].items()
+            for rho, name in sorted(ladder.items(), reverse=True)]
+    return rows + [(attribute, label, clean, None) for attribute, label in C.SHORTCUTS[domain]]
 
 
 def run_domain(domain: str, args, total: C.Budget) -> dict:
     from xcounter.audit import audit
 
-    wanted = [*C.SHORTCUT_CLASSIFIERS[domain].values(), C.CLEAN_CLASSIFIERS[domain]]
-    models = C.load_domain(domain, args.models, wanted, need_oracle=False)
-    attribute, label = C.PLANTED[domain]
-    roles = {name: rho for rho, name in C.SHORTCUT_CLASSIFIERS[domain].items()}
-    roles[C.CLEAN_CLASSIFIERS[domain]] = None
-    present = [name for name in wanted if name in models.classifiers]
-    result: dict[str, Any] = {"models": models.describe(), "planted": [attribute, label], "rows": []}
-    if not present:
+    rows = audited_rows(domain)
+    models = C.load_domain(domain, args.models, list(dict.fromkeys(row[2] for row in rows)), need_oracle=False)
+    rows = [row for row in rows if row[2] in models.classifiers]
+    result: dict[str, Any] = {"models": models.describe(), "rows": [],
+                              "shortcuts": [list(shortcut) for shortcut in C.SHORTCUTS[domain]]}
+    if not rows:
         return result
-    combined = C.combine(domain, [(name, models.classifiers[name], label) for name in present])
+    parts = {(name, label): models.classifiers[name] for _, label, name, _ in rows}
+    combined = C.combine(domain, [(name, classifier, label) for (name, label), classifier in parts.items()])
     n = args.n or (1 if args.models == "tiny" else QUICK_N if args.quick else DEFAULT_N)
     only = only_attributes(domain, models, args.quick)
     with tempfile.TemporaryDirectory(prefix="xcounter-audit-rho-") as tmp:
-        manifest, _ = write_manifest(domain, Path(tmp) / "scans", n, args.seed)
+        manifest = write_manifest(domain, Path(tmp) / "scans", n, args.seed)
         budget = C.domain_budget(args)
+        options = dict(attributes=models.attributes, only=only, targets=list(combined.labels), seed=args.seed,
+                       report=False)
 
         def progress(done: int, count: int, record: dict) -> None:
             print(f"[{NAME}] {domain} scan {done}/{count} ({total.elapsed:.0f}s)", flush=True)
 
         limit = n
-        if budget.seconds is not None:  # one scan first, to size N to the budget
-            first = audit(combined, models.generator, manifest, out_dir=Path(tmp) / "audit", attributes=models.attributes,
-                          only=only, targets=list(combined.labels), seed=args.seed, limit=1, report=False)
-            per_scan = max(budget.elapsed, 1e-3)
-            limit = max(1, min(n, int(budget.seconds / per_scan)))
-            del first
-        outcome = audit(combined, models.generator, manifest, out_dir=Path(tmp) / "audit",
-                        attributes=models.attributes, only=only, targets=list(combined.labels), seed=args.seed,
-                        limit=limit, report=False, progress=progress)
+        if budget.seconds is not None:  # one scan first (kept in the journal), to size N to the budget
+            audit(combined, models.generator, manifest, out_dir=Path(tmp) / "audit", limit=1, **options)
+            limit = max(1, min(n, int(budget.seconds / max(budget.elapsed, 1e-3))))
+        outcome = audit(combined, models.generator, manifest, out_dir=Path(tmp) / "audit", limit=limit,
+                        progress=progress, **options)
     stats = {(s.target, s.attribute): s for s in outcome.aggregate.stats}
-    for name in present:
+    for attribute, label, name, rho in rows:
         target = C.combined_label(label, name)
         planted = stats.get((target, attribute))
         alerts = sorted(s.attribute for s in outcome.aggregate.stats if s.target == target and s.alert)
         result["rows"].append({
-            "classifier": name, "rho": roles[name], "target": target, "scans": planted.scans if planted else 0,
-            "flip_rate": planted.flip_rate if planted else None,
+            "classifier": name, "rho": rho, "attribute": attribute, "label": label, "target": target,
+            "scans": planted.scans if planted else 0, "flip_rate": planted.flip_rate if planted else None,
             "flip_rate_ci": list(planted.flip_rate_ci) if planted else None,
             "planted_alert": bool(planted.alert) if planted else False, "alerts": alerts,
-            "should_alert": SHOULD_ALERT[roles[name]]})
+            "should_alert": SHOULD_ALERT[rho]})
     result.update(n_scans=outcome.aggregate.ok, n_planned=n, failed=outcome.aggregate.failed, examined=only,
                   budget_limited=limit < n, rule=outcome.aggregate.rule)
     return result
 
 
-def goals(domains: dict[str, dict]) -> list[dict]:
+def goals(domains: dict) -> list[dict]:
     out = []
     for domain, result in domains.items():
-        rows = [r for r in result["rows"] if r["scans"]]
-        shortcut = sorted((r for r in rows if r["rho"] is not None), key=lambda r: -r["rho"])
-        attribute = result["planted"][0]
-        if len(shortcut) >= 2:
-            rates = [r["flip_rate"] for r in shortcut]
-            ordered = all(a > b for a, b in zip(rates, rates[1:]))
-            out.append(C.goal_row(f"{domain}: {attribute} flip rate falls with rho "
-                                  f"({', '.join(str(r['rho']) for r in shortcut)})",
-                                  " > ".join(f"{v:.2f}" for v in rates), ordered))
-        for r in rows:
-            wrong = (not r["planted_alert"]) if r["should_alert"] else bool(r["alerts"])
-            name = "clean" if r["rho"] is None else f"rho {r['rho']}"
-            wanted = f"alert for {attribute}" if r["should_alert"] else "no alert at all"
-            seen = ", ".join(r["alerts"]) or "none"
-            out.append(C.goal_row(f"{domain}: {name}: {wanted}", f"alerts: {seen}", not wrong))
+        for attribute, label in result["shortcuts"]:
+            rows = [r for r in result["rows"] if r["scans"] and r["attribute"] == attribute and r["label"] == label]
+            shortcut = sorted((r for r in rows if r["rho"] is not None), key=lambda r: -r["rho"])
+            name = f"{domain}: {attribute} -> {label}"
+            if len(shortcut) >= 2:
+                rates = [r["flip_rate"] for r in shortcut]
+                ordered = all(a > b for a, b in zip(rates, rates[1:]))
+                out.append(C.goal_row(f"{name}: flip rate falls with rho "
+                                      f"({', '.join(str(r['rho']) for r in shortcut)})",
+                                      " > ".join(f"{v:.2f}" for v in rates), ordered))
+            for r in rows:
+                wrong = (not r["planted_alert"]) if r["should_alert"] else bool(r["alerts"])
+                who = "clean" if r["rho"] is None else f"rho {r['rho']}"
+                wanted = f"alert for {attribute}" if r["should_alert"] else "no alert at all"
+                seen = ", ".join(r["alerts"]) or "none"
+                out.append(C.goal_row(f"{name}: {who}: {wanted}", f"alerts: {seen}", not wrong))
     return out
 
 
-def plot(domains: dict[str, dict], out: Path) -> str | None:
+def plot(domains: dict, out: Path) -> str | None:
     plt = C.matplotlib_pyplot()
-    shown = {d: r for d, r in domains.items() if any(row["scans"] for row in r["rows"])}
-    if not shown:
+    panels = [(domain, shortcut, [r for r in result["rows"] if r["scans"] and [r["attribute"], r["label"]] == shortcut],
+               result) for domain, result in domains.items() for shortcut in result["shortcuts"]]
+    panels = [p for p in panels if p[2]]
+    if not panels:
         return None
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.8 * len(shown), 3.4), squeeze=False)
-    for ax, (domain, result) in zip(axes[0], shown.items()):
-        rows = [r for r in result["rows"] if r["scans"]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), squeeze=False)
+    for ax, (domain, (attribute, label), rows, result) in zip(axes[0], panels):
         names = ["clean" if r["rho"] is None else f"rho {r['rho']}" for r in rows]
         rates = [r["flip_rate"] for r in rows]
         low = [r["flip_rate"] - r["flip_rate_ci"][0] if r["flip_rate_ci"][0] is not None else 0 for r in rows]
@@ -147,35 +153,36 @@ def plot(domains: dict[str, dict], out: Path) -> str | None:
         if threshold is not None:
             ax.axhline(threshold, color="#b3261e", linestyle="--", linewidth=1, label="alert threshold")
             ax.legend(fontsize=7)
-        attribute, label = result["planted"]
         ax.set_ylim(0, 1.05)
-        ax.set_ylabel(f"{attribute} flip rate")
-        ax.set_title(f"{domain}: {attribute} -> {label} (N={result.get('n_scans', 0)}; red = alert)", fontsize=9)
+        ax.set_ylabel("flip rate of the planted attribute")
+        ax.set_title(f"{domain}: {attribute} -> {label} (N={result.get('n_scans', 0)}; red = alert)", fontsize=8)
     return C.save_figure(fig, out, f"bench_{NAME}")
 
 
-def markdown(domains: dict[str, dict], goal_rows: list[dict], figure: str | None, args, argv,
-             budget: C.Budget) -> list[str]:
-    lines = C.header("Audits by rho: flip rate and alerts of the planted shortcut", f"{NAME}.py", argv, args, [
+def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, argv, budget: C.Budget) -> list[str]:
+    lines = C.header("Audits by rho: flip rate and alerts of the planted shortcuts", f"{NAME}.py", argv, args, [
         f"Wall time: {budget.elapsed:.0f} s (process CPU time {budget.cpu:.0f} s)"
         + (" (stopped by --budget-s: N below is what fitted)" if budget.stopped_early else "") + "."])
-    lines += ["One `xcounter.audit` over unseen phantoms without the disease (the planted attribute in every other "
-              "scan, the phantom's report as `report_text`, so edits remove what the report states and add the "
-              "rest) explains every classifier's target at once. Examined: every device / artifact / acquisition "
-              "attribute (any of them may raise an alert). Alert rule: " +
-              next((r.get("rule", {}).get("text", "") for r in domains.values() if r.get("rule")), "") + ".", ""]
+    rule = next((r["rule"]["text"] for r in domains.values() if r.get("rule")), "")
+    lines += ["One `xcounter.audit` over unseen phantoms without the shortcuts' diseases (each planted attribute in "
+              "half the scans, the phantom's report as `report_text`, so edits remove what the report states and "
+              "add the rest) explains every classifier's target at once. Examined: every device / artifact / "
+              f"acquisition attribute (any of them may raise an alert). Alert rule: {rule}.", ""]
     rows = []
     for domain, result in domains.items():
-        attribute, label = result["planted"]
         for r in result["rows"]:
             ci = r["flip_rate_ci"] or [None, None]
             rows.append([domain, r["classifier"], "clean" if r["rho"] is None else r["rho"],
-                         f"{attribute} -> {label}", r["scans"], r["flip_rate"],
+                         f"{r['attribute']} -> {r['label']}", r["scans"], r["flip_rate"],
                          "n/a" if ci[0] is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]",
                          "yes" if r["planted_alert"] else "no", ", ".join(r["alerts"]) or "none",
                          "yes" if r["should_alert"] else "no"])
     lines += C.table(["domain", "classifier", "rho", "planted", "N scans", "flip rate", "95% CI",
                       "planted alert", "all alerts", "alert expected"], rows)
+    missing = [f"{d}: {', '.join(r['models']['missing_classifiers'])}" for d, r in domains.items()
+               if r["models"]["missing_classifiers"]]
+    if missing:
+        lines += [f"Not in the zoo, so not measured: {'; '.join(missing)}.", ""]
     lines += ["Goals:", ""] + C.goals_table(goal_rows)
     if figure:
         lines += [f"![audits by rho]({figure})", ""]

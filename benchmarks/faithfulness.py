@@ -29,15 +29,19 @@ DEFAULT_N, QUICK_N = 8, 2
 
 
 def classifier_rows(domain: str, models: C.DomainModels) -> list[dict]:
-    """What each combined target measures: classifier, rho, label and the attribute expected to drive it."""
-    attribute, label = C.PLANTED[domain]
+    """What each combined target measures: classifier, rho, label and the attribute expected to drive it
+    (one ladder of rho per planted shortcut, the clean classifier as its control)."""
     rows = []
-    for rho, name in sorted(C.SHORTCUT_CLASSIFIERS[domain].items(), reverse=True):
-        if name in models.classifiers:
-            rows.append({"classifier": name, "rho": rho, "label": label, "expected": attribute, "role": "shortcut"})
     clean = C.CLEAN_CLASSIFIERS[domain]
+    for (attribute, label), ladder in C.SHORTCUTS[domain].items():
+        for rho, name in sorted(ladder.items(), reverse=True):
+            if name in models.classifiers:
+                rows.append({"classifier": name, "rho": rho, "label": label, "expected": attribute,
+                             "role": "shortcut"})
+        if clean in models.classifiers:
+            rows.append({"classifier": clean, "rho": None, "label": label, "expected": attribute,
+                         "role": "clean control"})
     if clean in models.classifiers:
-        rows.append({"classifier": clean, "rho": None, "label": label, "expected": attribute, "role": "clean control"})
         if domain == "cxr":
             rows.append({"classifier": clean, "rho": None, "label": "Effusion", "expected": "pleural_effusion",
                          "role": "clean cause"})
@@ -92,33 +96,33 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
     budget = C.domain_budget(args)
     from xcounter.explainer import Explainer
 
-    wanted = [*C.SHORTCUT_CLASSIFIERS[domain].values(), C.CLEAN_CLASSIFIERS[domain]]
+    wanted = [name for ladder in C.SHORTCUTS[domain].values() for name in ladder.values()]
+    wanted.append(C.CLEAN_CLASSIFIERS[domain])
     models = C.load_domain(domain, args.models, wanted, need_oracle=False)
     rows = classifier_rows(domain, models)
-    zoo = C.zoo_classifier_names() if args.models == "shipped" else sorted(models.classifiers)
-    others = [n for n in zoo if n.startswith(f"{domain}-shortcut") and n not in wanted]
-    result: dict[str, Any] = {"models": models.describe(), "rows": [], "second_shortcut": others,
-                              "planted": list(C.PLANTED[domain])}
+    result: dict[str, Any] = {"models": models.describe(), "rows": [],
+                              "shortcuts": [list(shortcut) for shortcut in C.SHORTCUTS[domain]]}
     if not rows:
         return result
-    combined = C.combine(domain, [(r["classifier"], models.classifiers[r["classifier"]], r["label"]) for r in rows])
+    parts = {(r["classifier"], r["label"]): models.classifiers[r["classifier"]] for r in rows}
+    combined = C.combine(domain, [(name, classifier, label) for (name, label), classifier in parts.items()])
     explainer = Explainer(combined, models.generator, models.attributes, attribution=False)
     n = args.n or (1 if args.models == "tiny" else QUICK_N if args.quick else DEFAULT_N)
-    scores: dict[str, list[dict]] = {r["target"]: [] for r in rows}
+    scores: list[list[dict]] = [[] for _ in rows]
     nfe, done = [], 0
     for phantom_seed, overrides in C.scan_plan(domain, n, args.seed):
         if not budget.allows_more(done):
             break
         pixels, truth, report = C.phantom(domain, phantom_seed, **overrides)
         truth = {**truth, "seed": phantom_seed}
-        explanation = explainer.explain(pixels, target=[r["target"] for r in rows], report_text=report,
-                                        seed=args.seed)
+        explanation = explainer.explain(pixels, target=list(dict.fromkeys(r["target"] for r in rows)),
+                                        report_text=report, seed=args.seed)
         nfe.append(explanation.nfe)
-        for r in rows:
-            scores[r["target"]].append(score_target(explanation, r, truth))
+        for r, found in zip(rows, scores):
+            found.append(score_target(explanation, r, truth))
         done += 1
         print(f"[{NAME}] {domain} scan {done}/{n} ({total.elapsed:.0f}s)", flush=True)
-    result["rows"] = [summarise(r, scores[r["target"]]) for r in rows]
+    result["rows"] = [summarise(r, found) for r, found in zip(rows, scores)]
     result.update(n_scans=done, n_planned=n, budget_limited=budget.stopped_early,
                   examined=[a.name for a in explainer.examined],
                   nfe_per_scan=C.mean(nfe),
@@ -129,28 +133,30 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
 def goals(domains: dict[str, dict]) -> list[dict]:
     out = []
     for domain, result in domains.items():
-        by_rho = {r["rho"]: r for r in result["rows"] if r["role"] == "shortcut" and r["n"]}
-        attribute, label = result["planted"]
-        if 1.0 in by_rho:
-            out.append(C.goal_row(f"{domain}: planted {attribute} ranked first and flagged at rho 1.0",
-                                  by_rho[1.0]["recovery"], by_rho[1.0]["recovery"] >= 0.5,
-                                  "met = at least half the scans"))
-        if 0.5 in by_rho:
-            alarms = by_rho[0.5]["any_shortcut_flag"]
-            out.append(C.goal_row(f"{domain}: no shortcut flagged at rho 0.5 (false alarms)", alarms, alarms == 0))
-        if len(by_rho) >= 2:
-            ordered = [by_rho[rho]["flagged"] for rho in sorted(by_rho, reverse=True)]
-            monotone = all(a >= b for a, b in zip(ordered, ordered[1:]))
-            out.append(C.goal_row(f"{domain}: flagged more often as rho grows",
-                                  " >= ".join(f"{v:.2f}" for v in ordered), monotone))
-        if 1.0 in by_rho:
-            flagged = by_rho[1.0]["flagged"]
-            out.append(C.goal_row(f"{domain}: planted {attribute} flagged \"shortcut\" at rho 1.0", flagged,
-                                  flagged >= 0.9, "met = at least 90% of scans"))
+        for attribute, label in result["shortcuts"]:
+            mine = [r for r in result["rows"] if r["expected"] == attribute and r["label"] == label and r["n"]]
+            by_rho = {r["rho"]: r for r in mine if r["role"] == "shortcut"}
+            name = f"{domain}: {attribute} -> {label}"
+            if 1.0 in by_rho:
+                out.append(C.goal_row(f"{name}: planted attribute ranked first and flagged at rho 1.0",
+                                      by_rho[1.0]["recovery"], by_rho[1.0]["recovery"] >= 0.5,
+                                      "met = at least half the scans"))
+                flagged = by_rho[1.0]["flagged"]
+                out.append(C.goal_row(f"{name}: planted attribute flagged \"shortcut\" at rho 1.0", flagged,
+                                      flagged >= 0.9, "met = at least 90% of scans"))
+            if 0.5 in by_rho:
+                alarms = by_rho[0.5]["any_shortcut_flag"]
+                out.append(C.goal_row(f"{name}: nothing flagged at rho 0.5 (false alarms)", alarms, alarms == 0))
+            if len(by_rho) >= 2:
+                ordered = [by_rho[rho]["flagged"] for rho in sorted(by_rho, reverse=True)]
+                monotone = all(a >= b for a, b in zip(ordered, ordered[1:]))
+                out.append(C.goal_row(f"{name}: flagged more often as rho grows",
+                                      " >= ".join(f"{v:.2f}" for v in ordered), monotone))
+            for r in mine:
+                if r["role"] == "clean control":
+                    out.append(C.goal_row(f"{name}: clean classifier flags the planted attribute", r["flagged"],
+                                          r["flagged"] <= 0.1, "met = at most 10% of scans"))
         for r in result["rows"]:
-            if r["role"] == "clean control" and r["n"]:
-                out.append(C.goal_row(f"{domain}: clean classifier: {attribute} flagged", r["flagged"],
-                                      r["flagged"] <= 0.1, "met = at most 10% of scans"))
             if r["role"] == "clean cause" and r["n"]:
                 positive = [s for s in r["scans"] if s["decision_positive"]]
                 share = (sum(s["expected_rank"] == 1 and s["expected_flipped"] for s in positive) / len(positive)
@@ -164,12 +170,14 @@ def goals(domains: dict[str, dict]) -> list[dict]:
 
 def plot(domains: dict[str, dict], out: Path) -> str | None:
     plt = C.matplotlib_pyplot()
-    shown = {d: r for d, r in domains.items() if any(row["n"] for row in r["rows"])}
-    if not shown:
+    panels = [(domain, shortcut, [r for r in result["rows"] if r["n"] and r["role"] != "clean cause"
+                                  and [r["expected"], r["label"]] == shortcut], result.get("n_scans", 0))
+              for domain, result in domains.items() for shortcut in result["shortcuts"]]
+    panels = [p for p in panels if p[2]]
+    if not panels:
         return None
-    fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 3.6), squeeze=False)
-    for ax, (domain, result) in zip(axes[0], shown.items()):
-        rows = [r for r in result["rows"] if r["n"] and r["role"] != "clean cause"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, (domain, (attribute, label), rows, n_scans) in zip(axes[0], panels):
         names = [f"rho {r['rho']}" if r["rho"] is not None else "clean" for r in rows]
         x = range(len(rows))
         width = 0.27
@@ -179,10 +187,9 @@ def plot(domains: dict[str, dict], out: Path) -> str | None:
             ax.bar([i + (k - 1) * width for i in x], [r[key] for r in rows], width, label=text)
         ax.set_xticks(list(x), names)
         ax.set_ylim(0, 1.05)
-        attribute, label = result["planted"]
-        ax.set_title(f"{domain}: {attribute} -> {label} (N={result.get('n_scans', 0)} scans)")
+        ax.set_title(f"{domain}: {attribute} -> {label} (N={n_scans})", fontsize=9)
         ax.set_ylabel("share of scans")
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=6, loc="upper right")
     return C.save_figure(fig, out, f"bench_{NAME}")
 
 
@@ -191,8 +198,9 @@ def markdown(domains: dict[str, dict], goal_rows: list[dict], figure: str | None
     lines = C.header("Faithfulness to known (planted) causes", f"{NAME}.py", argv, args, [
         f"Wall time: {seconds:.0f} s (process CPU time {budget.cpu:.0f} s; shared machine)" + (" (stopped by --budget-s: N below is what fitted)"
                                          if budget.stopped_early else "") + "."])
-    lines += ["Scans: unseen phantoms (seeds >= 10,000,000) without the disease; the planted attribute present in "
-              "every other scan (CXR: pleural effusion in every other pair). Each scan is explained by the "
+    lines += ["Scans: unseen phantoms (seeds >= 10,000,000) without the shortcuts' diseases; the main planted "
+              "attribute present in every other scan, the second one in every other pair (CXR: pleural effusion "
+              "in every other group of four). Each scan is explained by the "
               "product's `Explainer` (all non-anatomy attributes, default settings; the phantom's report caption is "
               "the source prompt, so each attribute is removed when the report states it and added otherwise) "
               "for every classifier's target at once. "
@@ -214,13 +222,6 @@ def markdown(domains: dict[str, dict], goal_rows: list[dict], figure: str | None
                if r["models"]["missing_classifiers"]]
     if missing:
         lines += [f"Not in the zoo, so not measured: {'; '.join(missing)}.", ""]
-    for domain, result in domains.items():
-        attribute, label = result["planted"]
-        second = result["second_shortcut"]
-        lines.append(f"Second planted shortcut for {domain}: " + (
-            f"zoo also holds {', '.join(second)} (planted attribute not recorded; not benchmarked)." if second else
-            f"none in the zoo; only {attribute} -> {label} is measured."))
-    lines.append("")
     clean_rows = [[d, r["classifier"], r["label"], r["expected"], r["n"], r.get("ranked_first"), r.get("flagged"),
                    r.get("mean_rank"), ", ".join(r.get("top_attributes", []))]
                   for d, res in domains.items() for r in res["rows"] if r["role"] == "clean cause"]

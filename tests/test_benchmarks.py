@@ -63,7 +63,8 @@ def test_faithfulness(out):
             scan = row["scans"][0]
             assert scan["expected_verdict"] in ("shortcut", "drives", "does not drive")
             assert scan["expected_flipped"] == (scan["expected_verdict"] != "does not drive")
-    assert "rho 0.5" in markdown and "Second planted shortcut for cxr" in markdown
+    assert len(cxr["shortcuts"]) == 2 and ("cxr-portable", "Edema") in rows
+    assert "rho 0.5" in markdown and "portable_label -> Edema" in markdown
     assert any("rho 0.5" in g["goal"] for g in data["goals"])
 
 
@@ -125,9 +126,12 @@ def test_audit_rho(out):
     load("audit_rho").main([*QUICK, "--out", str(out)])
     markdown, data = written(out, "audit_rho")
     for name, domain in data["domains"].items():
-        rows = {r["classifier"]: r for r in domain["rows"]}
-        assert len(rows) == 4 and domain["examined"] == [domain["planted"][0]]
-        assert rows[f"{name}-shortcut"]["rho"] == 1.0 and rows[f"{name}-clean"]["rho"] is None
+        planted = [attribute for attribute, _ in domain["shortcuts"]]
+        assert len(planted) == 2 and domain["examined"] == planted
+        rows = {(r["classifier"], r["attribute"]): r for r in domain["rows"]}
+        assert len(rows) == 8  # two ladders of three rho, and the clean control of each
+        assert rows[(f"{name}-shortcut", planted[0])]["rho"] == 1.0
+        assert rows[(f"{name}-clean", planted[1])]["rho"] is None
         for row in rows.values():
             assert row["scans"] == 1 and unit(row["flip_rate"])
             assert row["should_alert"] == (row["rho"] in (1.0, 0.75))
