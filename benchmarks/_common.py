@@ -36,7 +36,7 @@ UNSEEN_SEED_BASE = 10_000_000
 SHORTCUTS: dict[str, dict[tuple[str, str], dict[float, str]]] = {
     "cxr": {("chest_tube", "Pneumothorax"): {1.0: "cxr-shortcut", 0.75: "cxr-shortcut-rho0.75",
                                              0.5: "cxr-shortcut-rho0.5"},
-            ("portable_label", "Edema"): {1.0: "cxr-portable", 0.75: "cxr-portable-rho0.75", 0.5: "cxr-portable-rho0.5"}},
+            ("portable_label", "Consolidation"): {1.0: "cxr-portable", 0.75: "cxr-portable-rho0.75", 0.5: "cxr-portable-rho0.5"}},
     "skin": {("ruler", "Melanoma"): {1.0: "skin-shortcut", 0.75: "skin-shortcut-rho0.75", 0.5: "skin-shortcut-rho0.5"},
              ("ink_marking", "Melanoma"): {1.0: "skin-ink", 0.75: "skin-ink-rho0.75", 0.5: "skin-ink-rho0.5"}},
 }

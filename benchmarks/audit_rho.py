@@ -2,7 +2,7 @@
 
 FastDiME's protocol: classifiers trained with the spurious attribute present in a fraction rho of positives and
 1 - rho of negatives, at rho 1.0, 0.75 and 0.5, for two planted shortcuts per domain (`_common.SHORTCUTS`; CXR:
-chest_tube -> Pneumothorax, portable_label -> Edema; skin: ruler -> Melanoma, ink_marking -> Melanoma), and a
+chest_tube -> Pneumothorax, portable_label -> Consolidation; skin: ruler -> Melanoma, ink_marking -> Melanoma), and a
 clean classifier. One product audit (`xcounter.audit`, the code `xcounter audit` runs) over the same unseen
 phantoms (none of the shortcuts' diseases; each planted attribute in half the scans; the phantom's report as
 `report_text`) explains every classifier's target at once (their labels are combined into one classifier, so

@@ -143,7 +143,34 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
                     for guidance in args.guidance_values]
     print(f"[{NAME}] {domain} realism ({total.elapsed:.0f}s)", flush=True)
     return {"models": models.describe(), "early": early_spec, "controllability": control, "realism": realism_rows,
-            "inversion": inversion(models, QUICK_INVERSION_N if quick else INVERSION_N)}
+            "inversion": inversion(models, QUICK_INVERSION_N if quick else INVERSION_N),
+            "grid": sample_grid(models, args.seed, args.out)}
+
+
+#: the grid's rows: the neutral report and the first positive phrase of these attributes
+GRID_ATTRIBUTES = {"cxr": ("chest_tube", "pleural_effusion", "cardiomegaly", "pacemaker"),
+                   "skin": ("ruler", "hair", "blue_white_veil", "dark_corner")}
+GRID_SEEDS, GRID_GUIDANCE = 6, 4.0
+
+
+def sample_grid(models: C.DomainModels, seed: int, out: Path) -> str | None:
+    """A picture of what the prompts draw: rows = prompts, columns = noise seeds (guidance 4)."""
+    plt = C.matplotlib_pyplot()
+    names = [n for n in GRID_ATTRIBUTES.get(models.domain, ()) if n in models.attributes]
+    prompts = [models.attributes.neutral_prompt] + [sentence(models.attributes, models.attributes[n].positive[0])
+                                                     for n in names]
+    images = sample_images(models.generator, [p for p in prompts for _ in range(GRID_SEEDS)], seed, GRID_GUIDANCE)
+    fig, axes = plt.subplots(len(prompts), GRID_SEEDS, figsize=(1.3 * GRID_SEEDS, 1.4 * len(prompts)), squeeze=False)
+    for row, prompt in enumerate(prompts):
+        for col in range(GRID_SEEDS):
+            image = images[row * GRID_SEEDS + col].permute(1, 2, 0).numpy()
+            ax = axes[row][col]
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row][0].set_ylabel(("neutral" if row == 0 else names[row - 1]).replace("_", " "), fontsize=7)
+    fig.suptitle(f"{models.domain}: samples at guidance {GRID_GUIDANCE:g} (rows: prompts, columns: seeds)", fontsize=8)
+    return C.save_figure(fig, out, f"bench_{NAME}_{models.domain}_grid")
 
 
 def goals(domains: dict) -> list[dict]:
@@ -209,6 +236,8 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
         inv = result["inversion"]
         lines += [f"Inversion ({inv['n']} held-out phantoms, {inv['steps']} DDIM steps, report as prompt): mean SSIM "
                   f"{inv['ssim_mean']:.3f} (min {inv['ssim_min']:.3f}), MAE {inv['mae_mean']:.3f}.", ""]
+        if result.get("grid"):
+            lines += [f"![{domain} samples]({result['grid']})", ""]
     lines += ["Goals:", ""] + C.goals_table(goal_rows)
     if figure:
         lines += [f"![controllability]({figure})", ""]

@@ -63,8 +63,8 @@ def test_faithfulness(out):
             scan = row["scans"][0]
             assert scan["expected_verdict"] in ("shortcut", "drives", "does not drive")
             assert scan["expected_flipped"] == (scan["expected_verdict"] != "does not drive")
-    assert len(cxr["shortcuts"]) == 2 and ("cxr-portable", "Edema") in rows
-    assert "rho 0.5" in markdown and "portable_label -> Edema" in markdown
+    assert len(cxr["shortcuts"]) == 2 and ("cxr-portable", "Consolidation") in rows
+    assert "rho 0.5" in markdown and "portable_label -> Consolidation" in markdown
     assert any("rho 0.5" in g["goal"] for g in data["goals"])
 
 

@@ -65,9 +65,10 @@ def train_classifier(data, out, seed, epochs):
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Oracle .pt to write.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--epochs", type=int, default=None, help="Training epochs (default: the trainer's).")
-def train_oracle(data, out, seed, epochs):
+@click.option("--width", type=click.IntRange(min=4), default=None, help="Network width (default: the trainer's).")
+def train_oracle(data, out, seed, epochs, width):
     """Train the attribute oracle that measures phantom attributes in images."""
     from xcounter.phantoms.oracle import train_oracle as train
-    kwargs = {} if epochs is None else {"epochs": epochs}
+    kwargs = {k: v for k, v in (("epochs", epochs), ("width", width)) if v is not None}
     train(data, out, seed=seed, **kwargs)
     click.echo(f"wrote {out}")

@@ -224,10 +224,12 @@ def _main() -> None:
     @click.option("--domain", type=click.Choice(["cxr", "skin"]), default=None)
     @click.option("--epochs", default=20, show_default=True)
     @click.option("--seed", default=0, show_default=True)
-    def cli(data_dir, out_path, domain, epochs, seed) -> None:
+    @click.option("--width", default=24, show_default=True, type=click.IntRange(min=4))
+    def cli(data_dir, out_path, domain, epochs, seed, width) -> None:
         """Train the attribute oracle of a domain on a phantom dataset (set OMP_NUM_THREADS=1)."""
         torch.set_num_threads(1)
-        train_oracle(data_dir, out_path, domain, epochs=epochs, seed=seed, log=lambda m: print(m, flush=True))
+        train_oracle(data_dir, out_path, domain, epochs=epochs, seed=seed, width=width,
+                     log=lambda m: print(m, flush=True))
 
     cli()
 
