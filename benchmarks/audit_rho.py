@@ -85,7 +85,8 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
         manifest = write_manifest(domain, Path(tmp) / "scans", n, args.seed)
         budget = C.domain_budget(args)
         options = dict(attributes=models.attributes, only=only, targets=list(combined.labels), seed=args.seed,
-                       report=False)
+                       report=False, explainer_options={} if args.flip_margin is None else
+                       {"flip_margin": args.flip_margin})
 
         def progress(done: int, count: int, record: dict) -> None:
             print(f"[{NAME}] {domain} scan {done}/{count} ({total.elapsed:.0f}s)", flush=True)
@@ -190,7 +191,10 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
+    parser = C.parser(__doc__.splitlines()[0])
+    parser.add_argument("--flip-margin", type=float, default=None,
+                        help="the audit's flip margin in logits (default: the explainer's)")
+    args = parser.parse_args(argv)
     C.setup(args)
     budget = C.Budget(args.budget_s)
     domains = C.run_per_domain(args, budget, run_domain)

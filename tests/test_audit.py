@@ -271,6 +271,12 @@ def test_scan_lists_manifest_and_cli_errors(tmp_path, capsys):
     assert cli_main(["audit", "--classifier", "x.pt", "--images", str(tmp_path / "nope"),
                      "--generator", "g", "--out", str(tmp_path / "o")]) == 2
     assert "Error:" in capsys.readouterr().err
+    common = ["audit", "--classifier", "x.pt", "--images", str(folder), "--generator", "g", "--out", str(tmp_path / "o")]
+    assert cli_main([*common, "--signs", "sideways"]) == 2
+    assert "--signs" in capsys.readouterr().err
+    assert cli_main([*common, "--flip-margin", "-1"]) == 2
+    assert "--flip-margin" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
 def test_public_api_is_callable():

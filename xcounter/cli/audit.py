@@ -58,12 +58,15 @@ def _default_generator(classifier_spec: str, trust_pickle: bool) -> str:
 @click.option("--signs", default="auto", show_default=True,
               help="Edits per attribute: auto (remove what the report or the classifier says is there, add the "
                    "rest; both when unknown), or add, remove or add,remove.")
+@click.option("--flip-margin", type=click.FloatRange(min=0), default=None,
+              help="Logits past the threshold an edit must reach to count as a flip (default 1).")
 @click.option("--oracle", help="Attribute oracle (cxr, skin or a file) for CFRT.")
 @click.option("--trust-pickle", is_flag=True, help="Allow pickled classifier files (runs code from the file).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Shortcut alert threshold (default 0.2).")
 @click.option("--quiet", "-q", is_flag=True, help="No per-scan progress lines.")
 def command(classifier, images, manifest, dataset, generator, targets, attributes, only, out_dir, limit, seed, steps,
-            resume, retry_failed, workers, ray_address, signs, oracle, trust_pickle, threshold, quiet) -> None:
+            resume, retry_failed, workers, ray_address, signs, flip_margin, oracle, trust_pickle, threshold,
+            quiet) -> None:
     """Audit a classifier over many scans; write explanations.jsonl and audit_report.html/.json to --out.
 
     Killed or interrupted audits continue where they stopped when run again with the same --out.
@@ -83,7 +86,7 @@ def command(classifier, images, manifest, dataset, generator, targets, attribute
                    out_dir=out_dir, targets=_split(targets) or None, attributes=attributes, only=_split(only) or None,
                    seed=seed, executor=make_executor(workers, ray_address), resume=resume, retry_failed=retry_failed,
                    limit=limit, steps=steps, oracle=oracle, trust_pickle=trust_pickle,
-                   explainer_options=_signs(signs),
+                   explainer_options={**_signs(signs), **({} if flip_margin is None else {"flip_margin": flip_margin})},
                    threshold=ALERT_THRESHOLD if threshold is None else threshold, progress=progress)
     counts = result.metadata["counts"]
     click.echo(f"Audited {counts['scans']} scans ({counts['ok']} ok, {counts['failed']} failed, "
