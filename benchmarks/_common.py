@@ -403,6 +403,22 @@ def run_per_domain(args, budget: "Budget", run: Callable[..., dict]) -> dict[str
     return results
 
 
+def run_domain_benchmark(name: str, argv: Sequence[str] | None, parser: argparse.ArgumentParser, *,
+                         run_domain: Callable[..., dict], goals: Callable[[dict], list[dict]],
+                         plot: Callable[[dict, Path], str | None], markdown: Callable[..., list[str]]) -> dict:
+    """The usual benchmark: `run_domain` per domain, then its goals, a plot, and one markdown section with its
+    JSON record (`markdown(domains, goal_rows, figure, args, argv, budget)`)."""
+    args = parser.parse_args(argv)
+    setup(args)
+    budget = Budget(args.budget_s)
+    domains = run_per_domain(args, budget, run_domain)
+    goal_rows = goals(domains)
+    figure = plot(domains, args.out)
+    data = run_record(name, args, argv, budget, domains=domains, goals=goal_rows, figure=figure)
+    write_section(args.out, name, markdown(domains, goal_rows, figure, args, argv, budget), data)
+    return data
+
+
 def run_record(name: str, args, argv: Sequence[str] | None, budget: "Budget", **fields: Any) -> dict:
     """The JSON record every benchmark writes: what ran, with which seed, how long, then its own fields."""
     return {"name": name, "command": command_of(f"{name}.py", argv), "seed": args.seed, "models": args.models,

@@ -194,15 +194,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = C.parser(__doc__.splitlines()[0])
     parser.add_argument("--flip-margin", type=float, default=None,
                         help="the audit's flip margin in logits (default: the explainer's)")
-    args = parser.parse_args(argv)
-    C.setup(args)
-    budget = C.Budget(args.budget_s)
-    domains = C.run_per_domain(args, budget, run_domain)
-    goal_rows = goals(domains)
-    figure = plot(domains, args.out)
-    data = C.run_record(NAME, args, argv, budget, domains=domains, goals=goal_rows, figure=figure)
-    C.write_section(args.out, NAME, markdown(domains, goal_rows, figure, args, argv, budget), data)
-    return data
+    return C.run_domain_benchmark(NAME, argv, parser, run_domain=run_domain, goals=goals, plot=plot,
+                                  markdown=markdown)
 
 
 if __name__ == "__main__":

@@ -193,8 +193,9 @@ def plot(domains: dict[str, dict], out: Path) -> str | None:
     return C.save_figure(fig, out, f"bench_{NAME}")
 
 
-def markdown(domains: dict[str, dict], goal_rows: list[dict], figure: str | None, args, argv, seconds: float,
+def markdown(domains: dict[str, dict], goal_rows: list[dict], figure: str | None, args, argv,
              budget: C.Budget) -> list[str]:
+    seconds = budget.elapsed
     lines = C.header("Faithfulness to known (planted) causes", f"{NAME}.py", argv, args, [
         f"Wall time: {seconds:.0f} s (process CPU time {budget.cpu:.0f} s; shared machine)" + (" (stopped by --budget-s: N below is what fitted)"
                                          if budget.stopped_early else "") + "."])
@@ -236,16 +237,8 @@ def markdown(domains: dict[str, dict], goal_rows: list[dict], figure: str | None
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
-    C.setup(args)
-    budget = C.Budget(args.budget_s)
-    domains = C.run_per_domain(args, budget, run_domain)
-    goal_rows = goals(domains)
-    figure = plot(domains, args.out)
-    data = C.run_record(NAME, args, argv, budget,
-                        domains=domains, goals=goal_rows, figure=figure)
-    C.write_section(args.out, NAME, markdown(domains, goal_rows, figure, args, argv, budget.elapsed, budget), data)
-    return data
+    return C.run_domain_benchmark(NAME, argv, C.parser(__doc__.splitlines()[0]), run_domain=run_domain, goals=goals,
+                                  plot=plot, markdown=markdown)
 
 
 if __name__ == "__main__":

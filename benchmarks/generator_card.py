@@ -129,18 +129,19 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
     diffusers.logging.set_verbosity_error()
 
     models = C.load_domain(domain, args.models, [])
-    early_spec = args.early_by_domain.get(domain)
+    early_spec = dict(item.split("=", 1) for item in args.early if "=" in item).get(domain)
     early = xcounter.load_generator(early_spec) if early_spec and args.models == "shipped" else None
     if args.models == "tiny":
         early = models.generator  # the tiny test model stands in for both checkpoints
     n = args.n or (QUICK_N if args.quick or args.models == "tiny" else DEFAULT_N)
+    guidance_values = [float(g) for g in str(args.guidance).split(",") if g.strip()]
     quick = args.quick or args.models == "tiny"
     control = []
-    for guidance in args.guidance_values:
+    for guidance in guidance_values:
         control += controllability(models, n, args.seed, guidance)
         print(f"[{NAME}] {domain} controllability at guidance {guidance:g} ({total.elapsed:.0f}s)", flush=True)
     realism_rows = [realism(models, early, QUICK_REALISM_N if quick else REALISM_N, args.seed, guidance)
-                    for guidance in args.guidance_values]
+                    for guidance in guidance_values]
     print(f"[{NAME}] {domain} realism ({total.elapsed:.0f}s)", flush=True)
     return {"models": models.describe(), "early": early_spec, "controllability": control, "realism": realism_rows,
             "inversion": inversion(models, QUICK_INVERSION_N if quick else INVERSION_N),
@@ -250,17 +251,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--early", action="append", default=[], metavar="DOMAIN=DIR",
                         help="an early checkpoint of the same training run, for the FID reduction")
     parser.add_argument("--guidance", default="1,4", help="classifier-free guidance scales to sample at")
-    args = parser.parse_args(argv)
-    C.setup(args)
-    args.early_by_domain = dict(item.split("=", 1) for item in args.early if "=" in item)
-    args.guidance_values = [float(g) for g in str(args.guidance).split(",") if g.strip()]
-    budget = C.Budget(args.budget_s)
-    domains = C.run_per_domain(args, budget, run_domain)
-    goal_rows = goals(domains)
-    figure = plot(domains, args.out)
-    data = C.run_record(NAME, args, argv, budget, domains=domains, goals=goal_rows, figure=figure)
-    C.write_section(args.out, NAME, markdown(domains, goal_rows, figure, args, argv, budget), data)
-    return data
+    return C.run_domain_benchmark(NAME, argv, parser, run_domain=run_domain, goals=goals, plot=plot,
+                                  markdown=markdown)
 
 
 if __name__ == "__main__":

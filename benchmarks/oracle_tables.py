@@ -2,7 +2,7 @@
 
 Run from the repository root: python benchmarks/oracle_tables.py
 """
-import json, re
+import json
 from pathlib import Path
 
 COMMANDS = {

@@ -293,16 +293,8 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = C.parser(__doc__.splitlines()[0]).parse_args(argv)
-    C.setup(args)
-    budget = C.Budget(args.budget_s)
-    domains = C.run_per_domain(args, budget, run_domain)
-    goal_rows = goals(domains)
-    figure = plot(domains, args.out)
-    data = C.run_record(NAME, args, argv, budget,
-                        domains=domains, goals=goal_rows, figure=figure)
-    C.write_section(args.out, NAME, markdown(domains, goal_rows, figure, args, argv, budget), data)
-    return data
+    return C.run_domain_benchmark(NAME, argv, C.parser(__doc__.splitlines()[0]), run_domain=run_domain, goals=goals,
+                                  plot=plot, markdown=markdown)
 
 
 if __name__ == "__main__":
