@@ -244,6 +244,11 @@ def combined_label(label: str, classifier_name: str) -> str:
     return f"{label}@{classifier_name}"
 
 
+def _combined_finding(label: str) -> str:
+    """'Effusion@cxr-clean' reports Effusion (what `Classifier.finding` tells the explainer)."""
+    return label.split("@", 1)[0]
+
+
 def combine(domain: str, parts: Sequence[tuple[str, Any, str]]):
     """One `Classifier` whose labels are `label@classifier` for each (classifier name, classifier, label)."""
     from xcounter.classifiers import Classifier, make_profile
@@ -254,8 +259,10 @@ def combine(domain: str, parts: Sequence[tuple[str, Any, str]]):
         pairs.append((classifier, index))
         labels.append(combined_label(label, name))
         thresholds.append(float(classifier.thresholds[index]))
-    return Classifier(CombinedClassifier(pairs), labels, thresholds, make_profile("unit"), name="combined",
-                      domain=domain).eval().requires_grad_(False)
+    combined = Classifier(CombinedClassifier(pairs), labels, thresholds, make_profile("unit"), name="combined",
+                          domain=domain).eval().requires_grad_(False)
+    combined.finding = _combined_finding  # each output reports its classifier's disease label
+    return combined
 
 
 # ----------------------------------------------------------------------------------------- scans

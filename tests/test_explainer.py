@@ -282,3 +282,19 @@ def test_a_target_pathology_is_also_edited_toward_the_other_decision(classifier,
     signs = [c.sign for c in e.result("Effusion", "pleural_effusion").counterfactuals]
     expected = ["add"] if not e.prediction("Effusion").positive else ["add", "remove"]
     assert signs == expected
+
+
+def test_a_renamed_output_is_matched_to_its_finding(classifier, generator, attributes, scan):
+    """A wrapper whose outputs are renamed (e.g. several classifiers combined) says which disease each reports."""
+    report = "PA chest radiograph. No pleural effusion."
+    explainer = Explainer(classifier, generator, attributes, attribution=False)
+    predictions = classifier.predict(torch.from_numpy(scan / 255.0).float()[None, None])[0]
+    effusion = attributes["pleural_effusion"]
+    positive = [dataclasses.replace(p, label="Effusion@model", positive=True) for p in predictions
+                if p.label == "Effusion"]
+    assert explainer.signs_for(effusion, report, True, positive, ["Effusion@model"]) == ("add",)  # unknown name
+    classifier.finding = lambda label: label.split("@")[0]
+    try:
+        assert explainer.signs_for(effusion, report, True, positive, ["Effusion@model"]) == ("add", "remove")
+    finally:
+        del classifier.finding

@@ -116,7 +116,8 @@ class Explainer:
                  attributes: "str | Path | AttributeSet" = "cxr", oracle: Any = None, steps: int | None = None,
                  swap_steps: Sequence[int] | None = None, method: Any = "trajectory", attribution: bool = True, *,
                  alpha: float = DEFAULT_ALPHA, max_nfe: int | None = DEFAULT_MAX_NFE,
-                 tolerance: float = DEFAULT_TOLERANCE, flip_margin: float = DEFAULT_FLIP_MARGIN, disentangle: bool = True, signs: str | Sequence[str] = "auto", examine: Sequence[str] | None = None,
+                 tolerance: float = DEFAULT_TOLERANCE, flip_margin: float = DEFAULT_FLIP_MARGIN,
+                 disentangle: bool = True, signs: str | Sequence[str] = "auto", examine: Sequence[str] | None = None,
                  edit_guidance: float = DEFAULT_EDIT_GUIDANCE):
         self.classifier = classifier
         self.generator = generator
@@ -298,8 +299,9 @@ class Explainer:
         if present is None and attribute.kind == "pathology" and not from_report:
             present = decisions.get(attribute.label)
         wanted = set(SIGNS) if present is None and not from_report else {"remove" if present else "add"}
-        for target in targets:  # "Label@model" (several classifiers combined into one) counts as "Label"
-            if attribute.kind == "pathology" and target.split("@", 1)[0] == attribute.label and target in decisions:
+        for target in targets:
+            if attribute.kind == "pathology" and self.classifier.finding(target) == attribute.label \
+                    and target in decisions:
                 wanted.add("remove" if decisions[target] else "add")
         return tuple(s for s in SIGNS if s in wanted)
 

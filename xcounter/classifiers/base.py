@@ -126,6 +126,11 @@ class Classifier(torch.nn.Module):
         raise XCounterError(f"unknown target '{label}' for classifier '{self.name}'; {hint}"
                             f"offered targets: {', '.join(self.targets)}")
 
+    def finding(self, label: str) -> str:
+        """The disease label an output reports (the label itself; a wrapper that renames outputs says otherwise),
+        used to match a target with the pathology attribute of the same label."""
+        return label
+
     def identity(self) -> dict:
         """What a report needs to say which model decided: file, hash, labels, thresholds, preprocessing."""
         return {"name": self.name, "sha256": self.sha256, "domain": self.domain, "labels": list(self.labels),

@@ -59,7 +59,8 @@ def run_explain(classifier: str, image: str | Path, *, generator: str | None = N
                 attributes: str | None = None, report_text: str | None = None, out: str | Path | None = None,
                 json_path: str | Path | None = None, embed_images: bool = False, seed: int = 0,
                 steps: int | None = None, trust_pickle: bool = False, oracle: str | None = None,
-                alpha: float | None = None, flip_margin: float | None = None, progress: Callable[[str], None] | None = None) -> ExplainRun:
+                alpha: float | None = None, flip_margin: float | None = None,
+                progress: Callable[[str], None] | None = None) -> ExplainRun:
     """Load everything, explain, render the card (and sidecar) atomically. Raises XCounterError on user mistakes."""
     import xcounter
     from xcounter.report import render_html
@@ -139,8 +140,9 @@ def print_run(run: ExplainRun) -> None:
 @click.option("--steps", type=int, help="DDIM steps (default: the generator's).")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a pickled classifier (runs its code).")
 @click.option("--oracle", metavar="NAME|FILE", help="Attribute oracle (cxr, skin or a file) to measure side effects.")
-@click.option("--alpha", type=float, help="Edit scale of the language directions (default 4).")
-@click.option("--flip-margin", type=float,
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True),
+              help="Edit scale of the language directions (default 2).")
+@click.option("--flip-margin", type=click.FloatRange(min=0),
               help="Logits past the threshold an edit must reach to count as a flip (default 1).")
 def command(classifier, image, generator, targets, attributes, report_text, out, json_path, embed_images, seed,
             steps, trust_pickle, oracle, alpha, flip_margin) -> None:
