@@ -143,6 +143,41 @@ def test_base_finetune_changes_the_trained_parts(tmp_path, lora, text_encoder):
         assert (out / "pytorch_lora_weights.safetensors").is_file()
 
 
+def test_decoder_refinement_keeps_the_latent_space_and_resumes_exactly(tmp_path, monkeypatch):
+    """--steps 0 --vae-decoder-steps N: only the decoder changes (the UNet's latents stay valid), and a
+    run killed after a checkpoint resumes to the same weights."""
+    base = tiny_generator_dir(tmp_path, settings={"domain": "cxr", "steps": 7})
+    data = write_imagefolder(tmp_path / "data", split=False)
+
+    def options(name: str) -> FinetuneOptions:
+        return FinetuneOptions(data=str(data), out=str(tmp_path / name), base=str(base), steps=0,
+                               vae_decoder_steps=4, vae_batch_size=4, vae_lr=1e-2, checkpoint_every=2)
+
+    full = finetune(options("full"), progress=False)
+    before, after = weights(base), weights(full)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("vae.decoder.", "vae.post_quant_conv.")) for k in changed)
+    assert json.loads((full / "vae" / "config.json").read_text())["scaling_factor"] == \
+        json.loads((base / "vae" / "config.json").read_text())["scaling_factor"]
+    recipe = (full / "RECIPE.md").read_text()
+    assert "--vae-decoder-steps 4" in recipe and "vae_ssim_after_decoder" in recipe
+
+    real_save = training_loop.save_checkpoint
+
+    def save_then_crash(stage, step, *args, **kwargs):
+        real_save(stage, step, *args, **kwargs)
+        if stage.name == "vae_decoder" and step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training_loop, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(options("split"), progress=False)
+    monkeypatch.setattr(training_loop, "save_checkpoint", real_save)
+    resumed = finetune(options("split"), resume=True, progress=False)
+    a, b = weights(full), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def bad_inputs(tmp_path: Path, tiny_config: Path) -> dict[str, tuple[list[str], str]]:
     good = write_imagefolder(tmp_path / "good")
     no_captions = tmp_path / "empty"
@@ -159,11 +194,15 @@ def bad_inputs(tmp_path: Path, tiny_config: Path) -> dict[str, tuple[list[str], 
         "not sd": (["--data", str(good), "--base", str(not_sd)], "not a diffusers Stable Diffusion"),
         "resolution": (["--data", str(good), "--resolution", "18"] + scratch, "multiple of the VAE factor 4"),
         "steps": (["--data", str(good), "--steps", "0"] + scratch, "--steps must be positive"),
+        "decoder only with lora": (["--data", str(good), "--base", str(tiny_generator_dir(tmp_path)), "--steps", "0",
+                                    "--vae-decoder-steps", "2", "--lora", "4"], "refines the VAE decoder alone"),
     }
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tiny_config, capsys):
-    for name, (args, message) in bad_inputs(tmp_path, tiny_config).items():
+    cases = bad_inputs(tmp_path, tiny_config)
+    capsys.readouterr()  # building the cases' base folder prints progress
+    for name, (args, message) in cases.items():
         out = tmp_path / f"out-{name.replace(' ', '-')}"
         assert main(["finetune", *args, "--out", str(out), "--quiet"]) == 2, name
         err = capsys.readouterr().err.strip()

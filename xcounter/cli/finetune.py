@@ -13,7 +13,8 @@ import click
               help="Architecture JSON (path, or 'phantom-cxr' / 'phantom-skin') for a new small model.")
 @click.option("--train-text-encoder", is_flag=True, help="Also train the text encoder (always on from scratch).")
 @click.option("--lora", type=int, default=None, metavar="RANK", help="Train LoRA adapters of this rank on the UNet.")
-@click.option("--steps", type=int, default=1000, show_default=True, help="UNet optimisation steps.")
+@click.option("--steps", type=int, default=1000, show_default=True,
+              help="UNet optimisation steps (0: only --vae-decoder-steps, with --base).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--lr", type=float, default=3e-4, show_default=True,
               help="3e-4 from scratch; about 1e-5 for a full fine-tune of a real SD model, 1e-4 for LoRA.")
@@ -26,6 +27,9 @@ import click
 @click.option("--vae-lr", type=float, default=1e-3, show_default=True)
 @click.option("--vae-batch-size", type=int, default=8, show_default=True,
               help="From scratch: VAE stage batch (small batches, many steps train it fastest).")
+@click.option("--vae-decoder-steps", type=int, default=0, show_default=True,
+              help="Refine the VAE decoder alone for this many steps (encoder, latent space and UNet kept); "
+                   "with --base and --steps 0 this is all that is trained.")
 @click.option("--caption-dropout", type=float, default=0.1, show_default=True,
               help="Share of empty captions (for classifier-free guidance).")
 @click.option("--vocab-size", type=int, default=None, help="From scratch: BPE vocabulary size.")

@@ -1,5 +1,7 @@
 """Train a text-to-image generator for a domain: fine-tune a Stable Diffusion folder (`base`) or
 build a small one from scratch (`from_scratch` architecture JSON: VAE stage, then UNet stage).
+Either may refine the VAE decoder alone first (`vae_decoder_steps`; `steps=0` with a base does only
+that): the latent space is kept, so the UNet stays valid.
 
 The objective is diffusers' `examples/text_to_image/train_text_to_image.py`: DDPM noise,
 epsilon-prediction MSE, AdamW, optional EMA, optional LoRA (peft, as in `train_text_to_image_lora.py`),
@@ -53,6 +55,7 @@ class FinetuneOptions:
     vae_steps: int = 1000
     vae_lr: float = 1e-3
     vae_batch_size: int = 8
+    vae_decoder_steps: int = 0
     caption_dropout: float = 0.1
     vocab_size: int | None = None
     report_corpus: bool = True
@@ -103,8 +106,14 @@ def validate(options: FinetuneOptions, resume: bool) -> tuple[dict | None, int, 
     """Check every user input before anything is written; return (scratch config, channels, resolution)."""
     if (options.base is None) == (options.from_scratch is None):
         raise XCounterError("give exactly one of --base SD_DIR or --from-scratch CONFIG")
-    if options.steps <= 0:
-        raise XCounterError(f"--steps must be positive, got {options.steps}")
+    if options.vae_decoder_steps < 0:
+        raise XCounterError(f"--vae-decoder-steps must be zero or positive, got {options.vae_decoder_steps}")
+    decoder_only = options.steps == 0 and options.vae_decoder_steps > 0 and options.base is not None
+    if options.steps <= 0 and not decoder_only:
+        raise XCounterError(f"--steps must be positive, got {options.steps} (0 only with --base and "
+                            f"--vae-decoder-steps, to refine the decoder alone)")
+    if decoder_only and (options.lora is not None or options.train_text_encoder or options.ema):
+        raise XCounterError("--steps 0 refines the VAE decoder alone: drop --lora, --train-text-encoder and --ema")
     if options.batch_size <= 0 or options.vae_batch_size <= 0:
         raise XCounterError("--batch-size and --vae-batch-size must be positive")
     if options.lora is not None and options.lora <= 0:
@@ -304,9 +313,11 @@ def cli_arguments(options: FinetuneOptions) -> list[str]:
     """The command-line flags that reproduce `options` (for RECIPE.md)."""
     args = ["--data", options.data, "--out", options.out]
     args += ["--base", options.base] if options.base else ["--from-scratch", options.from_scratch,
-                                                            "--vae-steps", str(options.vae_steps),
-                                                            "--vae-lr", str(options.vae_lr),
-                                                            "--vae-batch-size", str(options.vae_batch_size)]
+                                                            "--vae-steps", str(options.vae_steps)]
+    if options.from_scratch or options.vae_decoder_steps:
+        args += ["--vae-lr", str(options.vae_lr), "--vae-batch-size", str(options.vae_batch_size)]
+    if options.vae_decoder_steps:
+        args += ["--vae-decoder-steps", str(options.vae_decoder_steps)]
     args += ["--steps", str(options.steps), "--batch-size", str(options.batch_size), "--lr", str(options.lr),
              "--seed", str(options.seed), "--caption-dropout", str(options.caption_dropout),
              "--checkpoint-every", str(options.checkpoint_every)]
@@ -387,6 +398,25 @@ def prepare_base(base: Path, data: ImageCaptionSet, accelerator):
     return parts, raw, meta
 
 
+def refine_decoder(parts: dict, raw: torch.Tensor, data: ImageCaptionSet, options: FinetuneOptions,
+                   checkpoints: Path, log_path: Path, accelerator, resume: bool, progress: bool,
+                   summary: dict) -> None:
+    """Optional stage: train the VAE decoder alone on the frozen encoder's latents `raw`.
+
+    The latent space (and `scaling_factor`) is unchanged, so the UNet, trained here or before, still fits.
+    """
+    from xcounter.generators.vae_training import decoder_stage, reconstruction_ssim
+
+    vae = parts["vae"]
+    summary["vae_ssim_before_decoder"] = round(reconstruction_ssim(vae, data, accelerator.device), 4)
+    stage = decoder_stage(vae, data, raw, steps=options.vae_decoder_steps, batch_size=options.vae_batch_size,
+                          lr=options.vae_lr, seed=options.seed, accelerator=accelerator)
+    summary["vae_decoder_final_loss"] = round(run_stage(stage, accelerator, checkpoints, log_path,
+                                                        options.checkpoint_every, resume, progress), 6)
+    parts["vae"] = accelerator.unwrap_model(stage.modules["vae"]).vae
+    summary["vae_ssim_after_decoder"] = round(reconstruction_ssim(parts["vae"], data, accelerator.device), 4)
+
+
 def finetune(options: FinetuneOptions, *, resume: bool = False, progress: bool = True,
              device: str | None = None) -> Path:
     """Run a whole training (both stages when from scratch) and write the output folder.
@@ -416,20 +446,25 @@ def finetune(options: FinetuneOptions, *, resume: bool = False, progress: bool =
     else:
         parts, raw, meta = prepare_base(Path(options.base), data, accelerator)
         train_text_encoder = options.train_text_encoder
+    if options.vae_decoder_steps:
+        refine_decoder(parts, raw, data, options, checkpoints, log_path, accelerator, resume, progress, summary)
     parts["vae"].requires_grad_(False)
-    latents = raw * parts["vae"].config.scaling_factor
-    input_ids = tokenize(parts["tokenizer"], data.captions)
-    empty_ids = tokenize(parts["tokenizer"], [""])[0]
-    stage = unet_stage(parts, latents, input_ids, empty_ids, options, train_text_encoder, accelerator)
-    summary["final_loss"] = round(run_stage(stage, accelerator, checkpoints, log_path,
-                                            options.checkpoint_every, resume, progress), 6)
+    stage = None
+    if options.steps:
+        latents = raw * parts["vae"].config.scaling_factor
+        input_ids = tokenize(parts["tokenizer"], data.captions)
+        empty_ids = tokenize(parts["tokenizer"], [""])[0]
+        stage = unet_stage(parts, latents, input_ids, empty_ids, options, train_text_encoder, accelerator)
+        summary["final_loss"] = round(run_stage(stage, accelerator, checkpoints, log_path,
+                                                options.checkpoint_every, resume, progress), 6)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return out
-    parts["unet"] = accelerator.unwrap_model(stage.modules["unet"])
-    parts["text_encoder"] = accelerator.unwrap_model(stage.modules["text_encoder"])
-    if stage.ema is not None:
-        stage.ema.copy_to(stage.parameters)
+    if stage is not None:
+        parts["unet"] = accelerator.unwrap_model(stage.modules["unet"])
+        parts["text_encoder"] = accelerator.unwrap_model(stage.modules["text_encoder"])
+        if stage.ema is not None:
+            stage.ema.copy_to(stage.parameters)
     lora_layers = None
     if options.lora is not None:
         from peft.utils import get_peft_model_state_dict

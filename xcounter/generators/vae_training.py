@@ -1,10 +1,16 @@
-"""Stage 1 of a from-scratch generator: train a small AutoencoderKL to reconstruct the domain.
+"""Stage 1 of a from-scratch generator: train a small AutoencoderKL to reconstruct the domain; and
+the optional decoder-only refinement of any generator's VAE.
 
 Why: a domain without a base model (the phantoms) needs its own latent space. It only has to
 reconstruct the training images well (SSIM > 0.95 on 64x64 phantoms), so an L1 + MSE loss with a
 tiny KL weight (1e-6, as in latent diffusion's autoencoders) suffices; the latents' scale is then
 fixed by `scaling_factor` = 1 / std, as Stable Diffusion does. The decoder sees the posterior mean
 (a KL-regularised autoencoder), which is what encoding for diffusion and inversion uses.
+
+Decoder refinement (`decoder_stage`) trains the decoder alone on the frozen encoder's latents, as
+Stability AI's ft-MSE VAE did for SD: the latent space and its scaling factor stay exactly as they
+were, so a UNet trained on them stays valid, while reconstructions (and so samples and inversions)
+get sharper, thin structures (ink strokes, lines) included.
 """
 from __future__ import annotations
 
@@ -58,6 +64,47 @@ def vae_stage(vae, data: ImageCaptionSet, *, steps: int, batch_size: int, lr: fl
 
     return Stage(name="vae", modules={"vae": objective}, parameters=list(objective.parameters()),
                  optimizer=optimizer, loss_at=loss_at, steps=steps, lr=lr, warmup=min(50, steps // 10))
+
+
+class DecoderObjective(torch.nn.Module):
+    """Reconstruction loss of the decoder alone on precomputed (frozen-encoder) posterior means."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        recon = self.vae.decode(latents).sample
+        return F.l1_loss(recon, images) + F.mse_loss(recon, images)
+
+
+def decoder_parameters(vae) -> list[torch.nn.Parameter]:
+    """What decoder refinement trains: everything after the latent (post_quant_conv and the decoder)."""
+    return list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
+
+
+def decoder_stage(vae, data: ImageCaptionSet, latents: torch.Tensor, *, steps: int, batch_size: int, lr: float,
+                  seed: int, accelerator) -> Stage:
+    """A Stage refining the decoder of `vae` on `latents` (unscaled posterior means of `data`, in order).
+
+    The encoder is frozen and never run again here, so `latents` stay the latents of the trained model.
+    """
+    vae.requires_grad_(False)
+    parameters = decoder_parameters(vae)
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    objective = DecoderObjective(vae)
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    def loss_at(step: int) -> torch.Tensor:
+        indices = batch_indices(len(data), batch_size, seed, step)[rank::world]
+        images, _ = data.batch(indices)
+        return objective(latents[indices].to(accelerator.device), images.to(accelerator.device))
+
+    return Stage(name="vae_decoder", modules={"vae": objective}, parameters=parameters, optimizer=optimizer,
+                 loss_at=loss_at, steps=steps, lr=lr, warmup=min(50, steps // 10))
 
 
 @torch.no_grad()
