@@ -8,9 +8,7 @@ structures: blue-white veil, dots/globules, diameter) and the diagnosis derives 
 
 Acquisition artifacts (hair, ruler, ink, gel bubbles, dark corners, colour chart) are drawn on
 top and carry no diagnostic information unless a shortcut dataset ties one to the label. Skin
-tone (Fitzpatrick I-VI) and lighting are identity. Lighting scales the image and sets the sensor
-noise (a dim field means a higher camera gain): the scale alone is confounded with skin tone, the
-noise is not, so an oracle can measure both. Every attribute has its own random stream.
+tone (Fitzpatrick I-VI) and lighting are identity. Every attribute has its own random stream.
 """
 from __future__ import annotations
 
@@ -218,10 +216,7 @@ def render(a: dict[str, Any], seed: int, size: int = 128) -> np.ndarray:
     if a["color_patch"]:  # on the dermatoscope's faceplate: inside the field even with dark corners
         image = _colour_chart(image, a["color_patch_corner"], x, y, light)
     image = ndimage.gaussian_filter(image, (0.5 * size / 128, 0.5 * size / 128, 0))
-    # dim light: the camera raises its gain, so the sensor noise grows as the light falls (a cue that
-    # tells lighting from skin tone, which only scales the signal)
-    noise = 0.004 + 0.016 * (1.0 - a["lighting"])   # 0.012 at the mean lighting, as before
-    image = image + noise * stream(seed, "sensor_noise").standard_normal(image.shape).astype(np.float32)
+    image = image + 0.012 * stream(seed, "sensor_noise").standard_normal(image.shape).astype(np.float32)
     return np.clip(image, 0, 1).astype(np.float32)
 
 
