@@ -350,7 +350,8 @@ def check_resume_options(options: FinetuneOptions, folder: Path, resume: bool) -
     path = folder / "options.json"
     # stage lengths may change (a run can be extended, or finished at its last checkpoint); the decoder's
     # too, since nothing downstream depends on it (the UNet learns the encoder's latents)
-    mutable = {"steps", "vae_decoder_steps", "checkpoint_every", "keep_checkpoints"}
+    # (and the folder may have been moved or copied)
+    mutable = {"out", "steps", "vae_decoder_steps", "checkpoint_every", "keep_checkpoints"}
     current = {k: v for k, v in asdict(options).items() if k not in mutable}
     if resume and path.is_file():
         saved = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if k not in mutable}
