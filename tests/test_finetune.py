@@ -143,6 +143,19 @@ def test_base_finetune_changes_the_trained_parts(tmp_path, lora, text_encoder):
         assert (out / "pytorch_lora_weights.safetensors").is_file()
 
 
+def test_base_trains_at_its_own_resolution_unless_told_otherwise(tmp_path):
+    """A 16 px base fine-tuned on 32 px images trains at 16 px (diffusers' scripts default to the model's
+    size too); --resolution overrides."""
+    from xcounter.generators.finetune import validate
+
+    base = tiny_generator_dir(tmp_path)
+    data = write_imagefolder(tmp_path / "data", size=32, split=False)
+    options = FinetuneOptions(data=str(data), out=str(tmp_path / "out"), base=str(base))
+    assert validate(options, resume=False)[2] == 16
+    options.resolution = 32
+    assert validate(options, resume=False)[2] == 32
+
+
 def test_decoder_refinement_keeps_the_latent_space_and_resumes_exactly(tmp_path, monkeypatch):
     """--steps 0 --vae-decoder-steps N: only the decoder changes (the UNet's latents stay valid), and a
     run killed after a checkpoint resumes to the same weights."""

@@ -98,6 +98,16 @@ def check_base(base: str | Path) -> Path:
     return base
 
 
+def base_resolution(base: Path, factor: int) -> int | None:
+    """Native pixel size of a base pipeline: its UNet's latent `sample_size` times the VAE factor."""
+    try:
+        size = json.loads((base / "unet" / "config.json").read_text(encoding="utf-8")).get("sample_size")
+    except (OSError, ValueError):
+        return None
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    return int(size) * factor if isinstance(size, int) and size > 0 else None
+
+
 def vae_factor(block_out_channels) -> int:
     return 2 ** (len(block_out_channels) - 1)
 
@@ -138,7 +148,9 @@ def validate(options: FinetuneOptions, resume: bool) -> tuple[dict | None, int, 
         base = check_base(options.base)
         vae_config = json.loads((base / "vae" / "config.json").read_text(encoding="utf-8"))
         channels, factor = int(vae_config.get("in_channels", 3)), vae_factor(vae_config["block_out_channels"])
-        default_resolution = data_size
+        # the base model's own resolution (SD 1.5: 64 x 8 = 512), as diffusers' training scripts default to:
+        # the data's pixel size would train a 64 px model on 128 px latents it never samples at
+        default_resolution = base_resolution(base, factor) or data_size
     resolution = options.resolution or default_resolution
     if resolution <= 0 or resolution % factor:
         raise XCounterError(f"--resolution {resolution} is not a multiple of the VAE factor {factor}")
