@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,7 +48,7 @@ def oracle_readout(oracle, before: np.ndarray, after: np.ndarray, attribute: str
     with torch.no_grad():
         values = oracle.measure(torch.cat([to_batch(before), to_batch(after)]))
         features = oracle.logits(to_batch(after))[0].numpy()
-    kept = []
+    kept, changed = [], []
     for name, v in values.items():
         if name == attribute:
             continue
@@ -56,9 +57,11 @@ def oracle_readout(oracle, before: np.ndarray, after: np.ndarray, attribute: str
             kept.append(abs(a - b) < CONTINUOUS_TOLERANCE)
         else:
             kept.append((a > 0.5) == (b > 0.5))
+        if not kept[-1]:
+            changed.append(name)
     edited = bool((float(values[attribute][1]) > 0.5) == (sign == "add")) if attribute in values else None
     return {"identity": float(np.mean(kept)) if kept else None, "edited": edited, "features": features,
-            "all_kept": bool(all(kept))}
+            "all_kept": bool(all(kept)), "changed": changed}
 
 
 def record(cf, oracle, attribute: str, sign: str, seconds: float | None, method: str | None = None,
@@ -74,7 +77,7 @@ def record(cf, oracle, attribute: str, sign: str, seconds: float | None, method:
             "l1": l1(image, reference), "ssim": ssim(image, reference), "nfe": int(cf.nfe if nfe is None else nfe),
             "seconds": seconds, "identity": readout["identity"], "edited": readout["edited"],
             "clean_edit": None if readout["edited"] is None else bool(readout["edited"] and readout["all_kept"]),
-            "features": readout["features"].tolist()}
+            "changed": readout["changed"], "features": readout["features"].tolist()}
 
 
 def fixed_strength_records(cf, oracle, attribute: str, sign: str, steps: int) -> list[dict]:
@@ -284,6 +287,12 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
         lines += C.table(["method", "N", "flip rate", "L1 at flip", "SSIM at flip", "identity kept",
                           "attribute edited (oracle)", "edited, all else kept (oracle)", "Fréchet distance",
                           "mean NFE", "mean s"], rows)
+        ours = [r for r in result.get("records", []) if r["method"] == "trajectory"]
+        if ours:
+            counts = Counter(name for r in ours for name in r.get("changed", []))
+            seen = ", ".join(f"{name} {k}" for name, k in counts.most_common()) or "none"
+            lines += [f"Ours: other attributes the oracle saw change, counted over {len(ours)} counterfactuals: "
+                      f"{seen}.", ""]
         if result["models"]["missing_classifiers"]:
             lines += [f"Missing from the zoo: {', '.join(result['models']['missing_classifiers'])}.", ""]
     lines += ["Goals:", ""] + C.goals_table(goal_rows)
