@@ -107,7 +107,11 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
             "scans": planted.scans if planted else 0, "flip_rate": planted.flip_rate if planted else None,
             "flip_rate_ci": list(planted.flip_rate_ci) if planted else None,
             "planted_alert": bool(planted.alert) if planted else False, "alerts": alerts,
-            "should_alert": SHOULD_ALERT[rho]})
+            "should_alert": SHOULD_ALERT[rho],
+            # every examined attribute's rate and interval, so another alert rule can be checked from the JSON
+            "examined_stats": {s.attribute: {"scans": s.scans, "flip_rate": s.flip_rate,
+                                             "flip_rate_ci": list(s.flip_rate_ci), "alert": bool(s.alert)}
+                               for s in outcome.aggregate.stats if s.target == target}})
     result.update(n_scans=outcome.aggregate.ok, n_planned=n, failed=outcome.aggregate.failed, examined=only,
                   budget_limited=limit < n, rule=outcome.aggregate.rule)
     return result
