@@ -89,7 +89,7 @@ def fixed_strength_records(cf, oracle, attribute: str, sign: str, steps: int) ->
         return float(np.log(p / (1 - p)))
 
     out = []
-    before = margin(cf.probabilities[0])
+    before = cf.probabilities[0] > 0.5
     for k in range(1, len(cf.strengths)):
         strength = cf.strengths[k]
         flipped = is_flipped(margin(cf.probabilities[k]), before, DEFAULT_FLIP_MARGIN)

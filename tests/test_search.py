@@ -16,8 +16,7 @@ def test_bisection_finds_monotone_crossing_within_tolerance():
         calls.append(t)
         return 2.0 - 2.0 * t / crossing  # positive before the crossing, negative after
 
-    found = bisect_flip(decision, 0.0, 1.0, reference_margin=decision(0.0), tol=1e-3)
-    calls.pop(0)  # the reference itself
+    found = bisect_flip(decision, 0.0, 1.0, reference_positive=True, tol=1e-3)
     assert found.converged
     assert found.lower <= crossing <= found.t
     assert found.t - crossing <= 1e-3
@@ -27,7 +26,7 @@ def test_bisection_finds_monotone_crossing_within_tolerance():
 
 def test_bisection_needs_a_flipped_upper_end():
     with pytest.raises(ValueError):
-        bisect_flip(lambda t: 1.0, 0.0, 1.0, reference_margin=1.0)
+        bisect_flip(lambda t: 1.0, 0.0, 1.0, reference_positive=True)
 
 
 def _latent_margin(threshold):
@@ -89,30 +88,24 @@ def test_default_explanation_budget_for_six_attributes(steps):
     assert (2 * steps + 6 * 2 * per_sign) / 6 <= 150
 
 
-def test_flip_margin_requires_a_decision_change_of_that_many_logits():
+def test_flip_margin_requires_a_confident_crossing():
     points = torch.linspace(0, 1, 5).reshape(5, 1)
     strengths = [0.0, 0.25, 0.5, 0.75, 1.0]
-    near = lambda latents: 4.0 * (0.1 - latents.reshape(latents.shape[0], -1)[:, 0])  # noqa: E731 - +0.4 at t=0
-    margins = near(points).tolist()
-    plain = minimal_flip(points, strengths, margins, near, tol=1e-3)
-    moved = minimal_flip(points, strengths, margins, near, tol=1e-3, flip_margin=0.8)
-    assert abs(plain.strength - 0.1) <= 1e-3
-    assert abs(moved.strength - 0.2) <= 1e-3  # 4 (0.1 - t) = 0.4 - 0.8 at t = 0.2
-    assert moved.margin <= -0.4
-    # a scan far from its threshold has moved more than the margin by the time it crosses
-    far = lambda latents: 4.0 * (0.3 - latents.reshape(latents.shape[0], -1)[:, 0])  # noqa: E731 - +1.2 at t=0
-    crossing = minimal_flip(points, strengths, far(points).tolist(), far, tol=1e-3, flip_margin=1.0)
-    assert abs(crossing.strength - 0.3) <= 1e-3
-    # a crossing that moved less than the margin is no flip at all
-    shallow_curve = lambda latents: 0.4 - 1.4 * latents.reshape(latents.shape[0], -1)[:, 0]  # noqa: E731
-    shallow = minimal_flip(points[:3], strengths[:3], shallow_curve(points[:3]).tolist(), shallow_curve, flip_margin=1.0)
+    margin_of = lambda latents: 4.0 * (0.3 - latents.reshape(latents.shape[0], -1)[:, 0])  # noqa: E731
+    margins = margin_of(points).tolist()
+    plain = minimal_flip(points, strengths, margins, margin_of, tol=1e-3)
+    confident = minimal_flip(points, strengths, margins, margin_of, tol=1e-3, flip_margin=1.0)
+    assert abs(plain.strength - 0.3) <= 1e-3
+    assert abs(confident.strength - 0.55) <= 1e-3  # 4 (0.3 - t) = -1 at t = 0.55
+    assert confident.margin <= -1.0
+    # a crossing that never gets past the margin is no flip at all
+    shallow = minimal_flip(points[:3], strengths[:3], margins[:3], margin_of, flip_margin=1.0)
     assert not shallow.flipped
 
 
 def test_is_flipped_in_both_directions():
     from xcounter.search import is_flipped
 
-    assert is_flipped(-0.1, 0.3) and not is_flipped(-0.1, 0.3, flip_margin=0.5)
-    assert is_flipped(-0.2, 0.3, flip_margin=0.5) and is_flipped(-0.01, 2.0, flip_margin=1.0)
-    assert is_flipped(0.6, -0.2, flip_margin=0.5) and not is_flipped(0.2, -0.2, flip_margin=0.5)
-    assert not is_flipped(2.0, 0.5, flip_margin=0.0) and not is_flipped(-3.0, -0.5)
+    assert is_flipped(-0.1, True) and not is_flipped(-0.1, True, flip_margin=0.5)
+    assert is_flipped(0.6, False, flip_margin=0.5) and not is_flipped(0.4, False, flip_margin=0.5)
+    assert not is_flipped(2.0, True, flip_margin=0.0)

@@ -102,8 +102,8 @@ class Explainer:
         attribution: also store captum maps (Integrated Gradients, Grad-CAM) per target.
         alpha: edit scale of the language direction (E(src) + sign·α·d_a).
         max_nfe: UNet budget per counterfactual (one attribute and sign).
-        flip_margin: logits an edit must move the decision, across the threshold, to count as a flip (0 =
-            any sign change); keeps scans that sit near their threshold from "flipping" for every attribute.
+        flip_margin: logits past the decision threshold an edit must reach to count as a flip (0 = any
+            sign change); keeps scans that sit near their threshold from "flipping" for every attribute.
         disentangle: orthogonalise the directions against each other and the anatomy directions.
         signs: which edits to try per attribute: "auto" (default) removes what the report states and adds
             what it does not; without a report, pathologies follow the classifier's decision and every

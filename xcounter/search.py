@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 #: default tolerance on the Bézier parameter (≈ strength) of the minimal flip
 DEFAULT_TOLERANCE = 0.02
-#: how far (in logits) an edit must move the decision, across the threshold, to count as a flip. A scan that
+#: how far (in logits) past the threshold an edit must push the decision to count as a flip. A scan that
 #: sits near its threshold would otherwise "flip" for almost any edit, and every attribute would "drive" it.
 DEFAULT_FLIP_MARGIN = 1.0
 
@@ -39,33 +39,27 @@ class Bisection:
     converged: bool
 
 
-def is_flipped(margin: float, reference_margin: float, flip_margin: float = 0.0) -> bool:
-    """Whether a decision with this margin (logit - threshold) is the opposite of the reference decision
-    (margin `reference_margin`, positive when > 0) and the logit moved at least `flip_margin` to get there.
-
-    Why "moved", not "landed past the threshold by": a scan the classifier calls at +0.3 that an edit
-    takes to -0.8 has changed its decision by 1.1 logits; asking it to reach -1 as well hid real but
-    moderate shortcuts, while a scan at +0.1 still needs a full `flip_margin` of change to count.
-    """
-    if reference_margin > 0:
-        return margin < 0 and reference_margin - margin >= flip_margin
-    return margin > 0 and margin - reference_margin >= flip_margin
+def is_flipped(margin: float, reference_positive: bool, flip_margin: float = 0.0) -> bool:
+    """Whether a decision with this margin (logit - threshold) is the opposite of the reference decision,
+    by at least `flip_margin` logits."""
+    return margin < -flip_margin if reference_positive else margin > flip_margin
 
 
-def bisect_flip(decision: Callable[[float], float], lo: float, hi: float, *, reference_margin: float,
+def bisect_flip(decision: Callable[[float], float], lo: float, hi: float, *, reference_positive: bool,
                 tol: float = DEFAULT_TOLERANCE, max_iter: int = 30, margin_hi: float | None = None,
                 flip_margin: float = 0.0) -> Bisection:
     """Bisect [lo, hi] for the decision change, given that `lo` keeps and `hi` flips the reference decision.
 
     `decision(t)` returns the classifier margin (logit - threshold) at parameter t; a decision is
-    flipped when it lies on the other side of the threshold than `reference_margin` and moved at least
-    `flip_margin` (`is_flipped`). Stops when the bracket is narrower than `tol` or after `max_iter` probes.
+    flipped when the margin lies on the other side of the threshold than `reference_positive`, by at
+    least `flip_margin`. Stops when the bracket is
+    narrower than `tol` or after `max_iter` probes.
     """
     evaluations = 0
     if margin_hi is None:
         margin_hi = float(decision(hi))
         evaluations += 1
-    if not is_flipped(margin_hi, reference_margin, flip_margin):
+    if not is_flipped(margin_hi, reference_positive, flip_margin):
         raise ValueError("bisect_flip needs a flipped decision at `hi`")
     for _ in range(max_iter):
         if hi - lo <= tol:
@@ -73,7 +67,7 @@ def bisect_flip(decision: Callable[[float], float], lo: float, hi: float, *, ref
         middle = 0.5 * (lo + hi)
         margin = float(decision(middle))
         evaluations += 1
-        if is_flipped(margin, reference_margin, flip_margin):
+        if is_flipped(margin, reference_positive, flip_margin):
             hi, margin_hi = middle, margin
         else:
             lo = middle
@@ -128,17 +122,15 @@ def minimal_flip(points: torch.Tensor, strengths: Sequence[float], point_margins
 
     `point_margins[k]` is the target margin at control point k (already computed in the candidate
     batch); `margin_of(latents [B, ...]) -> margins [B]` decodes and classifies new probes. A probe counts
-    as flipped when its decision is the opposite of points[0]'s and its margin moved by at least
-    `flip_margin` (see `is_flipped`).
+    as flipped when its margin is past the threshold by at least `flip_margin` (see `is_flipped`).
     The first flipped control point brackets the search with its predecessor; because the Bézier
     curve only passes through its end points, the bracket is checked on the curve and widened
     (to 0 below, to 1 above) when needed. If the curve never flips although a control point does
     (a non-monotone trajectory), that control point itself is the counterfactual.
     """
-    reference_margin = float(point_margins[0])
-
+    reference_positive = float(point_margins[0]) > 0
     def flipped(margin: float) -> bool:
-        return is_flipped(margin, reference_margin, flip_margin)
+        return is_flipped(margin, reference_positive, flip_margin)
 
     flips = [k for k, m in enumerate(point_margins) if flipped(float(m))]
     if not flips:
@@ -163,7 +155,7 @@ def minimal_flip(points: torch.Tensor, strengths: Sequence[float], point_margins
                               float(point_margins[first]), probes)
     if lo > 0 and flipped(decision(lo)):
         lo = 0.0  # B(0) is the reconstruction, never flipped
-    found = bisect_flip(decision, lo, hi, reference_margin=reference_margin, tol=tol, max_iter=max_iter,
+    found = bisect_flip(decision, lo, hi, reference_positive=reference_positive, tol=tol, max_iter=max_iter,
                         margin_hi=margin_hi, flip_margin=flip_margin)
     strength = float(bezier(strength_curve, found.t))
     return FlipResult(True, found.t, strength, bezier(points, found.t).to(points.dtype), found.margin, probes)

@@ -59,10 +59,10 @@ def _default_generator(classifier_spec: str, trust_pickle: bool) -> str:
               help="Edits per attribute: auto (remove what the report or the classifier says is there, add the "
                    "rest; both when unknown), or add, remove or add,remove.")
 @click.option("--flip-margin", type=click.FloatRange(min=0), default=None,
-              help="Logits an edit must move the decision, across the threshold, to count as a flip (default 1).")
+              help="Logits past the threshold an edit must reach to count as a flip (default 1).")
 @click.option("--oracle", help="Attribute oracle (cxr, skin or a file) for CFRT.")
 @click.option("--trust-pickle", is_flag=True, help="Allow pickled classifier files (runs code from the file).")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Shortcut alert: lower bound of the flip-rate interval above this (default 0.2).")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Shortcut alert: lower bound of the flip-rate interval above this (default 0.1).")
 @click.option("--quiet", "-q", is_flag=True, help="No per-scan progress lines.")
 def command(classifier, images, manifest, dataset, generator, targets, attributes, only, out_dir, limit, seed, steps,
             resume, retry_failed, workers, ray_address, signs, flip_margin, oracle, trust_pickle, threshold,

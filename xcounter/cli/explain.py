@@ -143,7 +143,7 @@ def print_run(run: ExplainRun) -> None:
 @click.option("--alpha", type=click.FloatRange(min=0, min_open=True),
               help="Edit scale of the language directions (default 2).")
 @click.option("--flip-margin", type=click.FloatRange(min=0),
-              help="Logits an edit must move the decision, across the threshold, to count as a flip (default 1).")
+              help="Logits past the threshold an edit must reach to count as a flip (default 1).")
 def command(classifier, image, generator, targets, attributes, report_text, out, json_path, embed_images, seed,
             steps, trust_pickle, oracle, alpha, flip_margin) -> None:
     """Explain a classifier's decision on one scan with counterfactual attribute edits."""

@@ -31,7 +31,7 @@ class EditContext:
     prefix: list[torch.Tensor] | None = None  # shared denoising prefix from z_T with the source prompt
     directions: dict[str, torch.Tensor] = field(default_factory=dict)  # attribute -> [77, D] direction
     max_nfe: int | None = None  # budget per counterfactual
-    flip_margin: float = 0.0  # logits a decision must move, across the threshold, to count as flipped
+    flip_margin: float = 0.0  # logits past the threshold a decision must move to count as flipped
 
 
 @runtime_checkable

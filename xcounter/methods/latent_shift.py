@@ -135,11 +135,10 @@ def refine_flip(strengths: list[float], images: torch.Tensor, margins: torch.Ten
 
     `evaluate(strength) -> (image [1,C,H,W], margin)` costs whatever the method costs (the point of
     comparing methods); `midpoint(low, high)` picks the next strength or None to stop (default: mean).
-    A flip must change the decision with a logit change of at least `flip_margin`, the same rule as
-    ours (`is_flipped`).
+    A flip must pass the threshold by `flip_margin` logits, the same rule as ours (`is_flipped`).
     """
-    reference = float(margins[0])
-    flips = [k for k in range(1, len(strengths)) if is_flipped(float(margins[k]), reference, flip_margin)]
+    positive = bool(margins[0] > 0)
+    flips = [k for k in range(1, len(strengths)) if is_flipped(float(margins[k]), positive, flip_margin)]
     if not flips:
         return FlipSearch(None, images[-1:], False)
     high_index = flips[0]
@@ -150,7 +149,7 @@ def refine_flip(strengths: list[float], images: torch.Tensor, margins: torch.Ten
         if middle is None:
             break
         image, margin = evaluate(middle)
-        if is_flipped(margin, reference, flip_margin):
+        if is_flipped(margin, positive, flip_margin):
             high, best = middle, image
         else:
             low = middle
