@@ -207,6 +207,8 @@ def bad_inputs(tmp_path: Path, tiny_config: Path) -> dict[str, tuple[list[str], 
         "not sd": (["--data", str(good), "--base", str(not_sd)], "not a diffusers Stable Diffusion"),
         "resolution": (["--data", str(good), "--resolution", "18"] + scratch, "multiple of the VAE factor 4"),
         "steps": (["--data", str(good), "--steps", "0"] + scratch, "--steps must be positive"),
+        "negative decoder steps": (["--data", str(good), "--vae-decoder-steps", "-1"] + scratch,
+                                   "--vae-decoder-steps must be zero or positive"),
         "decoder only with lora": (["--data", str(good), "--base", str(tiny_generator_dir(tmp_path)), "--steps", "0",
                                     "--vae-decoder-steps", "2", "--lora", "4"], "refines the VAE decoder alone"),
     }

@@ -24,9 +24,10 @@ import click
 @click.option("--checkpoint-every", type=int, default=200, show_default=True)
 @click.option("--ema", is_flag=True, help="Keep an exponential moving average of the weights and save it.")
 @click.option("--vae-steps", type=int, default=1000, show_default=True, help="From scratch: VAE stage steps.")
-@click.option("--vae-lr", type=float, default=1e-3, show_default=True)
+@click.option("--vae-lr", type=float, default=1e-3, show_default=True,
+              help="VAE stage (from scratch) and decoder refinement learning rate.")
 @click.option("--vae-batch-size", type=int, default=8, show_default=True,
-              help="From scratch: VAE stage batch (small batches, many steps train it fastest).")
+              help="VAE stage and decoder refinement batch (small batches, many steps train it fastest).")
 @click.option("--vae-decoder-steps", type=int, default=0, show_default=True,
               help="Refine the VAE decoder alone for this many steps (encoder, latent space and UNet kept); "
                    "with --base and --steps 0 this is all that is trained.")

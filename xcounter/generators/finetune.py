@@ -360,9 +360,8 @@ def logged_seconds(log_path: Path) -> float:
 def check_resume_options(options: FinetuneOptions, folder: Path, resume: bool) -> None:
     """A resumed run must use the options it started with (the step count may grow)."""
     path = folder / "options.json"
-    # stage lengths may change (a run can be extended, or finished at its last checkpoint); the decoder's
-    # too, since nothing downstream depends on it (the UNet learns the encoder's latents)
-    # (and the folder may have been moved or copied)
+    # stage lengths may change (a run can be extended, or finished at its last checkpoint), the decoder's
+    # too since nothing downstream depends on it, and the run folder may have been moved or copied
     mutable = {"out", "steps", "vae_decoder_steps", "checkpoint_every", "keep_checkpoints"}
     current = {k: v for k, v in asdict(options).items() if k not in mutable}
     if resume and path.is_file():

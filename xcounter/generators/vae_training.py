@@ -10,7 +10,7 @@ fixed by `scaling_factor` = 1 / std, as Stable Diffusion does. The decoder sees 
 Decoder refinement (`decoder_stage`) trains the decoder alone on the frozen encoder's latents, as
 Stability AI's ft-MSE VAE did for SD: the latent space and its scaling factor stay exactly as they
 were, so a UNet trained on them stays valid, while reconstructions (and so samples and inversions)
-get sharper, thin structures (ink strokes, lines) included.
+get sharper. It cannot bring back what the encoder drops (on phantom-skin: thin ink strokes).
 """
 from __future__ import annotations
 
