@@ -268,6 +268,8 @@ def unet_stage(parts: dict, latents: torch.Tensor, input_ids: torch.Tensor, empt
         text_encoder = accelerator.prepare(text_encoder)
     else:
         text_encoder.to(device)
+    if ema is not None:  # built on the CPU parameters: follow them to the device
+        ema.to(device)
     modules = {"unet": unet, "text_encoder": text_encoder}
     prediction = noise_scheduler.config.prediction_type
 

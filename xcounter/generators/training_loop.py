@@ -80,6 +80,7 @@ def load_checkpoint(stage: Stage, folder: Path, accelerator) -> tuple[int, float
     stage.optimizer.load_state_dict(state["optimizer"])
     if stage.ema is not None and state["ema"] is not None:
         stage.ema.load_state_dict(state["ema"])
+        stage.ema.to(stage.parameters[0].device)  # the checkpoint was read onto the CPU
     _restore_rng(state["rng"])
     return int(state["step"]), float(state["elapsed"])
 

@@ -153,10 +153,15 @@ def evaluate_oracle(oracle: Oracle, split: PhantomSplit, *, degrade_seed: int | 
 
 def train_oracle(data_dir: str | Path, out_path: str | Path, domain: str | None = None, *, epochs: int = 20,
                  seed: int = 0, size: int = MODEL_SIZE, batch_size: int = 64, lr: float = 3e-3,
-                 width: int = 24, limit: int | None = None, log: Callable[[str], None] = print) -> dict:
+                 width: int = 24, limit: int | None = None, device: str | None = None,
+                 log: Callable[[str], None] = print) -> dict:
     """Train the oracle on `data_dir/{train,val,test}`; keep the best val epoch; save TorchScript to
-    `out_path` and the per-attribute test table (clean and degraded) to `<out>.metrics.json`."""
+    `out_path` and the per-attribute test table (clean and degraded) to `<out>.metrics.json`.
+
+    `device` (default: CUDA when present) only places the network: batches, their degradation and the
+    shuffling stay on the CPU generator, so the data a run sees depends on the seed alone."""
     started = time.time()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     train, val, test = (load_split(data_dir, s, size=size, limit=limit) for s in ("train", "val", "test"))
     domain = domain or train.domain
     if domain != train.domain:
@@ -171,7 +176,8 @@ def train_oracle(data_dir: str | Path, out_path: str | Path, domain: str | None 
               "width": width, "seed": seed, "epochs": epochs, "data": str(data_dir)}
 
     torch.manual_seed(seed)
-    net = OracleNet(channels, len(names), width=width)
+    net = OracleNet(channels, len(names), width=width).to(device)
+    y_train, y_val = y_train.to(device), y_val.to(device)
     gen = torch.Generator().manual_seed(seed)
     steps = math.ceil(len(train) / batch_size)
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -183,8 +189,8 @@ def train_oracle(data_dir: str | Path, out_path: str | Path, domain: str | None 
         total = 0.0
         for i in range(steps):
             index = order[i * batch_size:(i + 1) * batch_size]
-            images = degrade(train.batch(index), gen)
-            loss = F.binary_cross_entropy_with_logits(net(images), y_train[index])
+            images = degrade(train.batch(index), gen).to(device)
+            loss = F.binary_cross_entropy_with_logits(net(images), y_train[index.to(device)])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -192,7 +198,7 @@ def train_oracle(data_dir: str | Path, out_path: str | Path, domain: str | None 
             total += float(loss.detach()) * len(index)
         net.eval()
         with torch.no_grad():
-            val_logits = torch.cat([net(val.batch(torch.arange(i, min(i + 256, len(val)))))
+            val_logits = torch.cat([net(val.batch(torch.arange(i, min(i + 256, len(val)))).to(device))
                                     for i in range(0, len(val), 256)])
         val_loss = float(F.binary_cross_entropy_with_logits(val_logits, y_val))
         history.append({"epoch": epoch + 1, "train_loss": total / len(train), "val_loss": val_loss})
@@ -201,7 +207,7 @@ def train_oracle(data_dir: str | Path, out_path: str | Path, domain: str | None 
         if val_loss < best:
             best, best_state = val_loss, {k: v.detach().clone() for k, v in net.state_dict().items()}
     net.load_state_dict(best_state)
-    oracle = Oracle(net.eval(), config)
+    oracle = Oracle(net.to("cpu").eval(), config)
     clean = evaluate_oracle(oracle, test)
     degraded = evaluate_oracle(oracle, test, degrade_seed=seed + 1)
     for name in names:
@@ -225,10 +231,11 @@ def _main() -> None:
     @click.option("--epochs", default=20, show_default=True)
     @click.option("--seed", default=0, show_default=True)
     @click.option("--width", default=24, show_default=True, type=click.IntRange(min=4))
-    def cli(data_dir, out_path, domain, epochs, seed, width) -> None:
+    @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    def cli(data_dir, out_path, domain, epochs, seed, width, device) -> None:
         """Train the attribute oracle of a domain on a phantom dataset (set OMP_NUM_THREADS=1)."""
         torch.set_num_threads(1)
-        train_oracle(data_dir, out_path, domain, epochs=epochs, seed=seed, width=width,
+        train_oracle(data_dir, out_path, domain, epochs=epochs, seed=seed, width=width, device=device,
                      log=lambda m: print(m, flush=True))
 
     cli()
