@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from xcounter.attributes import load_attributes
-from xcounter.disentangle.trajectories import DEFAULT_EDIT_GUIDANCE, evaluations_per_step
+from xcounter.disentangle.trajectories import DEFAULT_ALPHA, DEFAULT_EDIT_GUIDANCE, evaluations_per_step
 from xcounter.errors import XCounterError
 from xcounter.explainer import NFE_PER_ATTRIBUTE_BUDGET, Explainer, default_targets, source_prompt
 from xcounter.explanation import Explanation, Prediction
@@ -298,3 +298,47 @@ def test_a_renamed_output_is_matched_to_its_finding(classifier, generator, attri
         assert explainer.signs_for(effusion, report, True, positive, ["Effusion@model"]) == ("add", "remove")
     finally:
         del classifier.finding
+
+
+def test_restated_swaps_the_sentence_that_states_the_opposite():
+    cxr = load_attributes("cxr")
+    text = "PA chest radiograph. Moderate right pleural effusion. Enlarged cardiac silhouette. Right-sided chest tube."
+    assert cxr["pleural_effusion"].restated(text, "remove") == \
+        "PA chest radiograph. No pleural effusion. Enlarged cardiac silhouette. Right-sided chest tube."
+    assert cxr["chest_tube"].restated(text, "remove").endswith("Enlarged cardiac silhouette. No chest tube.")
+    assert cxr["pleural_effusion"].restated(text, "add") is None  # already stated: nothing to swap
+    assert cxr["pacemaker"].restated(text, "add") is None  # not mentioned: the direction alone adds it
+    assert cxr["pleural_effusion"].restated("Chest x-ray. No pleural effusion.", "add") == \
+        "Chest x-ray. Right pleural effusion."
+
+
+def test_a_stated_finding_is_removed_from_the_restated_prompt(classifier, generator, attributes, scan):
+    """With a report that names the effusion, the removal edits from the report with that sentence swapped;
+    the trajectory differs from the direction-only edit, and the random control never restates."""
+    from xcounter.methods import EditContext, get_method
+    from xcounter.search import build_trajectory
+
+    report = "PA chest radiograph. Right pleural effusion. Right-sided chest tube."
+    inversion = generator.invert(torch.from_numpy(scan / 255.0).float()[None, None], report, STEPS)
+    source = generator.embed([report])[0].detach()
+    context = EditContext(classifier=classifier, generator=generator, attributes=attributes, inversion=inversion,
+                          source_embedding=source, target="Effusion", target_index=classifier.target_index("Effusion"),
+                          steps=STEPS, prompt=report)
+    effusion = attributes["pleural_effusion"]
+    restated = get_method("trajectory", swap_steps=[2, 0]).trajectory(context, effusion, "remove")
+    plain = get_method("trajectory", swap_steps=[2, 0], restate=False).trajectory(context, effusion, "remove")
+    assert not torch.allclose(restated.points[1:], plain.points[1:])
+    assert torch.equal(restated.points[0], plain.points[0])  # the unedited reconstruction is shared
+    prefix = generator.denoise_prefix(inversion.z_T, source, STEPS)
+    direction = context.directions.get("pleural_effusion")
+    if direction is None:
+        from xcounter.disentangle.directions import LanguageDirections
+        direction = LanguageDirections(generator, attributes, names=["pleural_effusion"],
+                                       disentangle=False).fit().directions_["pleural_effusion"]
+    base = generator.embed([effusion.restated(report, "remove")])[0]
+    direct = build_trajectory(generator, inversion.z_T, prefix, source, direction, attribute="pleural_effusion",
+                              sign="remove", alpha=DEFAULT_ALPHA, swap_steps=[2, 0], edit_guidance=DEFAULT_EDIT_GUIDANCE,
+                              edit_base=base)
+    assert torch.allclose(restated.points, direct.points, atol=1e-5)
+    control = get_method("random", swap_steps=[2, 0])
+    assert control.search.restate is False

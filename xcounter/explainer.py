@@ -110,6 +110,9 @@ class Explainer:
             other attribute is tried both ways. Or a list of "add" / "remove" for every attribute.
         edit_guidance: w after the swap step (eps_src + w (eps_edit - eps_src)); 1 = the paper's plain swap.
         examine: names of the attributes to examine (default: every non-anatomy attribute).
+        restate: when the source prompt states the opposite of an edit ("Right pleural effusion." for a
+            removal), edit from the prompt with that sentence swapped for the attribute's opposite phrase
+            (the paper's prompt swap) rather than from the prompt itself; False = direction only.
     """
 
     def __init__(self, classifier: "Classifier", generator: "SDGenerator",
@@ -118,7 +121,7 @@ class Explainer:
                  alpha: float = DEFAULT_ALPHA, max_nfe: int | None = DEFAULT_MAX_NFE,
                  tolerance: float = DEFAULT_TOLERANCE, flip_margin: float = DEFAULT_FLIP_MARGIN,
                  disentangle: bool = True, signs: str | Sequence[str] = "auto", examine: Sequence[str] | None = None,
-                 edit_guidance: float = DEFAULT_EDIT_GUIDANCE):
+                 edit_guidance: float = DEFAULT_EDIT_GUIDANCE, restate: bool = True):
         self.classifier = classifier
         self.generator = generator
         self.attributes = load_attributes(attributes)
@@ -144,6 +147,7 @@ class Explainer:
         if not (math.isfinite(edit_guidance) and edit_guidance >= 1):
             raise XCounterError(f"edit_guidance must be a number >= 1, got {edit_guidance}")
         self.edit_guidance = float(edit_guidance)
+        self.restate = bool(restate)
         if isinstance(signs, str) and signs == "auto":
             self.signs: str | tuple[str, ...] = "auto"
         else:
@@ -176,7 +180,7 @@ class Explainer:
                 raise XCounterError("method must be a name or an object with a `generate` method")
             return method
         options = dict(alpha=self.alpha, swap_steps=self.swap_steps, tolerance=self.tolerance, max_nfe=self.max_nfe,
-                       oracle=self.oracle, edit_guidance=self.edit_guidance)
+                       oracle=self.oracle, edit_guidance=self.edit_guidance, restate=self.restate)
         if method == "trajectory":
             return TrajectoryMethod(**options)
         if method == "random":  # the control shares every trajectory setting but the direction
@@ -249,7 +253,7 @@ class Explainer:
             classifier=classifier, generator=generator, attributes=self.attributes, inversion=inversion,
             source_embedding=source_embedding, target=t, target_index=classifier.target_index(t), seed=seed,
             steps=steps, prefix=prefix, directions=directions.directions_, max_nfe=self.max_nfe,
-            flip_margin=self.flip_margin) for t in targets}
+            flip_margin=self.flip_margin, prompt=prompt) for t in targets}
         warnings_list = self._reconstruction_warnings(inversion, predictions, targets)
 
         from_report = report_text is not None and bool(report_text.strip())
@@ -313,7 +317,7 @@ class Explainer:
                 "max_nfe": self.max_nfe, "tolerance": self.tolerance, "flip_margin": self.flip_margin,
                 "disentangle": self.disentangle,
                 "signs": self.signs if isinstance(self.signs, str) else list(self.signs),
-                "edit_guidance": self.edit_guidance, "attributes": self.attributes.domain,
+                "edit_guidance": self.edit_guidance, "restate": self.restate, "attributes": self.attributes.domain,
                 "oracle": self.oracle is not None}
 
     def _reconstruction_warnings(self, inversion, predictions: list[Prediction], targets: list[str]) -> list[str]:

@@ -88,11 +88,16 @@ class Trajectory:
 
 def build_trajectory(generator: "SDGenerator", z_T: torch.Tensor, prefix: list[torch.Tensor],
                      source: torch.Tensor, direction: torch.Tensor, *, attribute: str, sign: str, alpha: float,
-                     swap_steps: Sequence[int], edit_guidance: float = 1.0) -> Trajectory:
-    """Evaluate all candidate swap steps in one batch off the shared prefix, then decode every point."""
+                     swap_steps: Sequence[int], edit_guidance: float = 1.0,
+                     edit_base: torch.Tensor | None = None) -> Trajectory:
+    """Evaluate all candidate swap steps in one batch off the shared prefix, then decode every point.
+
+    The prefix is denoised with `source`; after the swap the UNet sees `edit_base` (default: `source`;
+    the embedding of a restated prompt when the report names the attribute) + sign·α·direction.
+    """
     steps = len(prefix) - 1
     swap_steps = sorted({int(s) for s in swap_steps if 0 <= int(s) < steps}, reverse=True)
-    edited = edited_embedding(source, direction, sign, alpha)
+    edited = edited_embedding(source if edit_base is None else edit_base.to(source), direction, sign, alpha)
     before = generator.nfe
     with torch.no_grad():
         edited_points = swap_step_points(generator, z_T, source, edited, swap_steps, prefix=prefix, steps=steps,

@@ -44,6 +44,36 @@ class Attribute:
                 stated = True
         return stated
 
+    def restated(self, text: str, sign: str) -> str | None:
+        """`text` with what it says of this attribute turned the way of `sign` ("add" | "remove"), or
+        None when it says nothing against the edit.
+
+        Why: the edit is E(prompt) + sign·α·d, an average direction; when the report itself names the
+        finding ("Moderate right pleural effusion."), its tokens keep asking for it and removal stalls.
+        Swapping the sentence for the attribute's first opposite phrase is the paper's prompt swap;
+        the direction then adds the same push as for an unstated attribute.
+        """
+        stated = self.stated_in(text)
+        if stated is None or stated == (sign == "add"):
+            return None
+        phrase = (self.negative if sign == "remove" else self.positive)[:1]
+        if not phrase:
+            return None
+        replacement = phrase[0][:1].upper() + phrase[0][1:]
+        kept, replaced = [], False
+        for sentence in text.replace("\n", " ").split("."):
+            words = " ".join(sentence.split())
+            lower = words.lower()
+            mentions = any(q.lower() in lower for q in self.positive)
+            negated = any(q.lower() in lower for q in self.negative) or (mentions and lower.startswith("no "))
+            if (sign == "remove" and mentions and not negated) or (sign == "add" and negated):
+                if not replaced:
+                    kept.append(replacement)
+                    replaced = True
+            elif words:
+                kept.append(words)
+        return ". ".join(kept) + "." if replaced else None
+
 
 @dataclass(frozen=True)
 class AttributeSet:

@@ -32,6 +32,7 @@ class EditContext:
     directions: dict[str, torch.Tensor] = field(default_factory=dict)  # attribute -> [77, D] direction
     max_nfe: int | None = None  # budget per counterfactual
     flip_margin: float = 0.0  # logits past the threshold a decision must move to count as flipped
+    prompt: str | None = None  # the source prompt's text (lets an edit restate what the report says)
 
 
 @runtime_checkable

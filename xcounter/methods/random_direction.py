@@ -57,7 +57,8 @@ class RandomDirection:
     def __init__(self, **trajectory_options) -> None:
         from xcounter.methods.trajectory import TrajectoryMethod
 
-        self.search = TrajectoryMethod(**trajectory_options)
+        # the control edits by its direction alone: restating the report would be the real attribute edit
+        self.search = TrajectoryMethod(**{**trajectory_options, "restate": False})
         self._scan: tuple[int, int] | None = None
 
     def reset(self) -> None:

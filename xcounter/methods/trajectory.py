@@ -64,8 +64,9 @@ class TrajectoryMethod:
     def __init__(self, alpha: float = DEFAULT_ALPHA, strengths: Sequence[float] = DEFAULT_STRENGTHS,
                  swap_steps: Sequence[int] | None = None, tolerance: float = DEFAULT_TOLERANCE,
                  max_nfe: int | None = DEFAULT_MAX_NFE, oracle=None,
-                 edit_guidance: float = DEFAULT_EDIT_GUIDANCE):
+                 edit_guidance: float = DEFAULT_EDIT_GUIDANCE, restate: bool = True):
         self.alpha = alpha
+        self.restate = bool(restate)
         self.edit_guidance = float(edit_guidance)
         self.strengths = tuple(strengths)
         self.swap_steps = None if swap_steps is None else [int(s) for s in swap_steps]
@@ -89,7 +90,7 @@ class TrajectoryMethod:
         """The attribute's swap-step trajectory for this scan (cached: independent of the target)."""
         if sign not in SIGNS:
             raise XCounterError(f"sign must be one of {', '.join(SIGNS)}, got '{sign}'")
-        key = (id(context.inversion), attribute.name, sign, self.alpha, self.edit_guidance)
+        key = (id(context.inversion), attribute.name, sign, self.alpha, self.edit_guidance, self.restate)
         cached = self._cache.get(key)
         if cached is not None and cached[0] is context.inversion:
             return cached[1]
@@ -107,10 +108,12 @@ class TrajectoryMethod:
             direction = LanguageDirections(generator, context.attributes, names=[attribute.name],
                                            disentangle=False).fit().directions_[attribute.name]
         steps = len(prefix) - 1
+        restated = attribute.restated(context.prompt, sign) if self.restate and context.prompt else None
         trajectory = build_trajectory(generator, context.inversion.z_T, prefix, context.source_embedding, direction,
                                       attribute=attribute.name, sign=sign, alpha=self.alpha,
                                       swap_steps=self.candidate_swap_steps(context, steps),
-                                      edit_guidance=self.edit_guidance)
+                                      edit_guidance=self.edit_guidance,
+                                      edit_base=None if restated is None else generator.embed([restated])[0])
         self._cache[key] = (context.inversion, trajectory)
         return trajectory
 
