@@ -5,12 +5,15 @@
 # Stopping at a checkpoint is exact: the learning rate is constant after warm-up, so finishing with
 # `--resume --steps K` (K = last checkpoint) gives the weights of an uninterrupted `--steps K` run.
 #
-# Env knobs (defaults = the shipped run): N_GEN, N_ORACLE, VAE_STEPS, DEADLINE (s), CKPT, ORACLE_EPOCHS,
+# Run once, 2026-11-26, on one H100 (518 s): the skin oracle it trained ships (width 48, chosen by validation
+# loss); the generator, with a wider VAE (block_out_channels [24, 48, 96], layers_per_block 2 in CONFIG), did
+# not beat the release and was not shipped (numbers in xcounter/zoo/phantom-skin/RECIPE.md).
+# Env knobs (defaults = that run): CONFIG (from-scratch config), N_GEN, N_ORACLE, VAE_STEPS, DEADLINE (s), CKPT, ORACLE_EPOCHS,
 # SKIP_INSTALL=1 to use the current environment (CPU dry run), OUT (results folder).
 set -u
 START=$(date +%s)
 OUT=${OUT:-/tmp/skin_gpu_out}; mkdir -p "$OUT"
-N_GEN=${N_GEN:-20000}; N_ORACLE=${N_ORACLE:-24000}; VAE_STEPS=${VAE_STEPS:-3000}
+CONFIG=${CONFIG:-phantom-skin}; N_GEN=${N_GEN:-20000}; N_ORACLE=${N_ORACLE:-24000}; VAE_STEPS=${VAE_STEPS:-3000}
 DEADLINE=${DEADLINE:-470}; CKPT=${CKPT:-500}; ORACLE_EPOCHS=${ORACLE_EPOCHS:-40}
 WORK=${WORK:-runs/skin-gpu}; mkdir -p "$WORK"
 el() { echo $(( $(date +%s) - START )); }
@@ -34,7 +37,7 @@ wait $GEN_DATA || { say "generator data failed"; tail -3 "$WORK/data_gen.log" | 
 say "generator data done: $(tail -1 "$WORK/data_gen.log")"
 
 # 2. generator: VAE then UNet + text encoder until the deadline
-FT=(finetune --data "$WORK/data-gen" --out "$WORK/phantom-skin" --from-scratch phantom-skin
+FT=(finetune --data "$WORK/data-gen" --out "$WORK/phantom-skin" --from-scratch "$CONFIG"
     --vae-steps "$VAE_STEPS" --vae-lr 0.001 --vae-batch-size 32 --batch-size 64 --lr 0.0003 --seed 0
     --caption-dropout 0.1 --checkpoint-every "$CKPT" --ema --quiet)
 setsid bash -c "$(declare -f xc); xc ${FT[*]@Q} --steps 1000000 --keep-checkpoints" > "$WORK/finetune.log" 2>&1 &
