@@ -315,6 +315,7 @@ def test_restated_swaps_the_sentence_that_states_the_opposite():
 def test_a_stated_finding_is_removed_from_the_restated_prompt(classifier, generator, attributes, scan):
     """With a report that names the effusion, the removal edits from the report with that sentence swapped;
     the trajectory differs from the direction-only edit, and the random control never restates."""
+    from xcounter.disentangle.prompt_edit import spliced_embedding
     from xcounter.methods import EditContext, get_method
     from xcounter.search import build_trajectory
 
@@ -335,10 +336,29 @@ def test_a_stated_finding_is_removed_from_the_restated_prompt(classifier, genera
         from xcounter.disentangle.directions import LanguageDirections
         direction = LanguageDirections(generator, attributes, names=["pleural_effusion"],
                                        disentangle=False).fit().directions_["pleural_effusion"]
-    base = generator.embed([effusion.restated(report, "remove")])[0]
+    base = spliced_embedding(generator, report, effusion.restated(report, "remove"), source)
     direct = build_trajectory(generator, inversion.z_T, prefix, source, direction, attribute="pleural_effusion",
                               sign="remove", alpha=DEFAULT_ALPHA, swap_steps=[2, 0], edit_guidance=DEFAULT_EDIT_GUIDANCE,
                               edit_base=base)
     assert torch.allclose(restated.points, direct.points, atol=1e-5)
     control = get_method("random", swap_steps=[2, 0])
     assert control.search.restate is False
+
+
+def test_spliced_embedding_changes_only_the_restated_sentence(generator):
+    """The edited prompt's states up to the end of the changed sentence, the source's for the rest."""
+    from xcounter.disentangle.prompt_edit import spliced_embedding
+
+    source_text = "Chest x-ray. Right pleural effusion. Right-sided chest tube."
+    edited_text = "Chest x-ray. No pleural effusion. Right-sided chest tube."
+    source, edited = generator.embed([source_text])[0], generator.embed([edited_text])[0]
+    spliced = spliced_embedding(generator, source_text, edited_text, source)
+    ids_source = generator.tokenizer(source_text).input_ids
+    ids_edited = generator.tokenizer(edited_text).input_ids
+    tail = len(generator.tokenizer(" Right-sided chest tube.").input_ids) - 1  # its words and the end token
+    head = len(ids_edited) - tail
+    assert spliced.shape == source.shape
+    assert torch.equal(spliced[:head], edited[:head])  # "no pleural effusion ." read in its new context
+    assert torch.equal(spliced[head:head + tail], source[len(ids_source) - tail:len(ids_source)])
+    assert not torch.equal(spliced[head:head + tail], edited[head:head + tail])  # the causal encoder's drift
+    assert torch.equal(spliced_embedding(generator, source_text, source_text, source), source)

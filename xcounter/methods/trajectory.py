@@ -19,6 +19,7 @@ from xcounter.errors import XCounterError
 from xcounter.explanation import Counterfactual
 from xcounter.methods.base import SIGNS, EditContext
 from xcounter.metrics import cfrt, direction_cosine_along, l1, ssim
+from xcounter.disentangle.prompt_edit import spliced_embedding
 from xcounter.search import DEFAULT_TOLERANCE, Trajectory, build_trajectory, minimal_flip
 
 if TYPE_CHECKING:
@@ -113,7 +114,8 @@ class TrajectoryMethod:
                                       attribute=attribute.name, sign=sign, alpha=self.alpha,
                                       swap_steps=self.candidate_swap_steps(context, steps),
                                       edit_guidance=self.edit_guidance,
-                                      edit_base=None if restated is None else generator.embed([restated])[0])
+                                      edit_base=None if restated is None else spliced_embedding(
+                                          generator, context.prompt, restated, context.source_embedding))
         self._cache[key] = (context.inversion, trajectory)
         return trajectory
 
