@@ -87,7 +87,7 @@ def make_context(models: C.DomainModels, pixels: np.ndarray, report: str, seed: 
         source = generator.embed([report])[0]
     return EditContext(classifier=None, generator=generator, attributes=models.attributes, inversion=inversion,
                        source_embedding=source, target="", target_index=-1, seed=seed, steps=generator.steps,
-                       prefix=inversion.prefix, directions=directions)
+                       prefix=inversion.prefix, directions=directions, prompt=report)
 
 
 def oracle_accuracy(domain: str, kind: str) -> dict[str, float]:

@@ -117,7 +117,8 @@ def contexts_for_scan(models: C.DomainModels, pixels: np.ndarray, report: str, s
             classifier=classifier, generator=generator, attributes=models.attributes, inversion=inversion,
             source_embedding=source, target=label, target_index=classifier.target_index(label), seed=seed,
             steps=generator.steps, prefix=inversion.prefix, directions=directions, max_nfe=DEFAULT_MAX_NFE,
-            flip_margin=DEFAULT_FLIP_MARGIN)  # every method must pass the product's flip rule
+            flip_margin=DEFAULT_FLIP_MARGIN,  # every method must pass the product's flip rule
+            prompt=report)  # as the explainer does: edits against the report restate it
     return inversion, contexts
 
 

@@ -362,3 +362,19 @@ def test_spliced_embedding_changes_only_the_restated_sentence(generator):
     assert torch.equal(spliced[head:head + tail], source[len(ids_source) - tail:len(ids_source)])
     assert not torch.equal(spliced[head:head + tail], edited[head:head + tail])  # the causal encoder's drift
     assert torch.equal(spliced_embedding(generator, source_text, source_text, source), source)
+
+
+def test_acquisition_statements_are_not_restated(classifier, generator, attributes, scan):
+    """"Portable technique." describes the whole film: its removal is the direction alone."""
+    from xcounter.methods import EditContext, get_method
+
+    report = "Chest x-ray. Portable technique. Right pleural effusion."
+    portable = load_attributes("cxr")["portable_label"]
+    assert portable.kind == "acquisition" and portable.restated(report, "remove") is not None
+    inversion = generator.invert(torch.from_numpy(scan / 255.0).float()[None, None], report, STEPS)
+    context = EditContext(classifier=classifier, generator=generator, attributes=attributes, inversion=inversion,
+                          source_embedding=generator.embed([report])[0].detach(), target="Effusion",
+                          target_index=classifier.target_index("Effusion"), steps=STEPS, prompt=report)
+    restating = get_method("trajectory", swap_steps=[2, 0]).trajectory(context, portable, "remove")
+    plain = get_method("trajectory", swap_steps=[2, 0], restate=False).trajectory(context, portable, "remove")
+    assert torch.equal(restating.points, plain.points)
