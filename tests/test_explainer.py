@@ -369,10 +369,11 @@ def test_acquisition_statements_are_not_restated(classifier, generator, attribut
     from xcounter.methods import EditContext, get_method
 
     report = "Chest x-ray. Portable technique. Right pleural effusion."
-    portable = load_attributes("cxr")["portable_label"]
+    cxr = load_attributes("cxr")
+    portable = cxr["portable_label"]
     assert portable.kind == "acquisition" and portable.restated(report, "remove") is not None
     inversion = generator.invert(torch.from_numpy(scan / 255.0).float()[None, None], report, STEPS)
-    context = EditContext(classifier=classifier, generator=generator, attributes=attributes, inversion=inversion,
+    context = EditContext(classifier=classifier, generator=generator, attributes=cxr, inversion=inversion,
                           source_embedding=generator.embed([report])[0].detach(), target="Effusion",
                           target_index=classifier.target_index("Effusion"), steps=STEPS, prompt=report)
     restating = get_method("trajectory", swap_steps=[2, 0]).trajectory(context, portable, "remove")
