@@ -214,3 +214,14 @@ def test_text_summary_ranks_and_flattens_untrusted_text():
     assert "\x1b" not in summary and any("evil?line?[31m" in line for line in lines)
     ranked = [line for line in lines if re.match(r"\s+\d+\. ", line)]
     assert len(ranked) == 3 and "flips when removed at strength 0.60" in ranked[0]
+
+
+def test_text_summary_names_what_else_the_edit_changed():
+    """With an oracle, a flip that also moved another attribute says so beside the verdict."""
+    explanation = sample_explanation()
+    flipped = next(r for r in explanation.results if r.flipped)
+    flipped.best.oracle_change = {"nodule_size": -0.93, "pacemaker": 0.01, flipped.attribute: -1.0}
+    line = next(l for l in text_summary(explanation).splitlines() if f" {flipped.attribute} " in l)
+    assert line.endswith("; also changed: nodule_size -0.93")
+    flipped.best.oracle_change = {"pacemaker": 0.01}
+    assert "also changed" not in text_summary(explanation)

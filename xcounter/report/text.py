@@ -5,6 +5,9 @@ from xcounter.explanation import Explanation
 from xcounter.report.html import poor_reconstruction, reconstruction_already_warned
 
 VERDICT_WORDS = {"shortcut": "SHORTCUT ALERT", "drives": "drives", "does not drive": "does not drive"}
+#: an oracle reading that moved this much under the edit is named beside it: the flip may come from that
+#: change rather than from the attribute (a binary attribute read on the other side of 0.5, or about)
+ENTANGLED_CHANGE = 0.5
 
 
 def _flat(text: str) -> str:
@@ -34,6 +37,7 @@ def text_summary(explanation: Explanation) -> str:
                 how = f"flips when {'removed' if result.sign == 'remove' else 'added'} at strength {result.minimal_strength:.2f}"
                 if best is not None:
                     how += f" (p {best.probability_before:.2f} -> {best.probability_after:.2f})"
+                    how += _also_changed(best.oracle_change, result.attribute)
             elif best is not None:
                 how = f"no flip (largest change {best.delta_probability:+.2f})"
             else:
@@ -45,3 +49,12 @@ def text_summary(explanation: Explanation) -> str:
     for text in ([warning] if warning else []) + list(explanation.warnings):
         lines.append(f"Warning: {_flat(text)}")
     return "\n".join(lines)
+
+
+def _also_changed(oracle_change: dict[str, float] | None, attribute: str, shown: int = 3) -> str:
+    """"; also changed: chest_tube -0.93" for the largest other oracle changes (when an oracle was given)."""
+    others = sorted(((k, v) for k, v in (oracle_change or {}).items()
+                     if k != attribute and abs(v) >= ENTANGLED_CHANGE), key=lambda kv: -abs(kv[1]))
+    if not others:
+        return ""
+    return "; also changed: " + ", ".join(f"{_flat(k)} {v:+.2f}" for k, v in others[:shown])
