@@ -112,7 +112,8 @@ class Explainer:
         examine: names of the attributes to examine (default: every non-anatomy attribute).
         restate: when the source prompt states the opposite of an edit ("Right pleural effusion." for a
             removal), edit from the prompt with that sentence swapped for the attribute's opposite phrase
-            (the paper's prompt swap) rather than from the prompt itself; False = direction only.
+            (the paper's prompt swap) rather than from the prompt itself; False = direction only. Acquisition
+            statements are never restated (see `xcounter.methods.trajectory.RESTATED_KINDS`).
     """
 
     def __init__(self, classifier: "Classifier", generator: "SDGenerator",

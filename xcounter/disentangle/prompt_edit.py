@@ -27,8 +27,9 @@ def spliced_embedding(generator: "SDGenerator", source_text: str, edited_text: s
 
     Falls back to the plain edited embedding when either text does not fit the encoder's length.
     """
-    source = generator.embed([source_text])[0] if source is None else source
-    edited = generator.embed([edited_text])[0].to(source)
+    with torch.no_grad():  # an edit target, never differentiated
+        source = generator.embed([source_text])[0] if source is None else source.detach()
+        edited = generator.embed([edited_text])[0].to(source)
     ids_source, ids_edited = _ids(generator, source_text), _ids(generator, edited_text)
     length = source.shape[0]
     if max(len(ids_source), len(ids_edited)) > length:

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
+from xcounter.disentangle.prompt_edit import spliced_embedding
 from xcounter.disentangle.trajectories import (DEFAULT_ALPHA, DEFAULT_EDIT_GUIDANCE, DEFAULT_STRENGTHS, SIGN_VALUE,
                                                select_swap_steps)
 from xcounter.errors import XCounterError
 from xcounter.explanation import Counterfactual
 from xcounter.methods.base import SIGNS, EditContext
 from xcounter.metrics import cfrt, direction_cosine_along, l1, ssim
-from xcounter.disentangle.prompt_edit import spliced_embedding
 from xcounter.search import DEFAULT_TOLERANCE, Trajectory, build_trajectory, minimal_flip
 
 if TYPE_CHECKING:
