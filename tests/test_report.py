@@ -225,3 +225,16 @@ def test_text_summary_names_what_else_the_edit_changed():
     assert line.endswith("; also changed: nodule_size -0.93")
     flipped.best.oracle_change = {"pacemaker": 0.01}
     assert "also changed" not in text_summary(explanation)
+
+
+def test_ranking_puts_the_smallest_image_change_first():
+    """Among flips, the counterfactual that changed the image least (L1) ranks first, whatever its strength."""
+    explanation = sample_explanation()
+    flips = [r for r in explanation.results if r.flipped]
+    assert len(flips) >= 2
+    a, b = flips[0], flips[1]
+    a.best.l1, b.best.l1 = 0.05, 0.01
+    a.minimal_strength, b.minimal_strength = 0.1, 0.9
+    order = [r.attribute for r in explanation.ranking if r.flipped and r.target == a.target]
+    assert order.index(b.attribute) < order.index(a.attribute)
+    assert all(r.flipped for r in explanation.ranking[:len(flips)])

@@ -119,10 +119,20 @@ class Explanation:
 
     @property
     def ranking(self) -> list[AttributeResult]:
-        """Attribute results, smallest flipping edit first; non-flipping ones last."""
+        """Attribute results, smallest flipping edit first; non-flipping ones last.
+
+        "Smallest" is the counterfactual's mean absolute pixel change from the reconstruction (L1, the
+        proximity of the counterfactual literature), then the edit strength. Why not strength first: a
+        strength is a point on one attribute's own trajectory and says little about how much of the image
+        another attribute's edit changed (on 17 effusion phantoms the clean classifier's pleural_effusion
+        ranked first on 13 by L1, 10 by strength; chest_tube for the tube-shortcut classifier 16 vs 15).
+        """
         def key(result: AttributeResult):
-            strength = result.minimal_strength if result.flipped and result.minimal_strength is not None else 2.0
-            return (not result.flipped, strength, result.target, result.attribute)
+            flipped = result.flipped and result.minimal_strength is not None
+            best = result.best if flipped else None
+            l1 = best.l1 if best is not None and best.l1 is not None else float("inf")
+            strength = result.minimal_strength if flipped else 2.0
+            return (not result.flipped, l1, strength, result.target, result.attribute)
         return sorted(self.results, key=key)
 
     def ranking_for(self, target: str) -> list[AttributeResult]:
