@@ -213,7 +213,8 @@ def test_text_summary_ranks_and_flattens_untrusted_text():
     assert "SHORTCUT ALERT" in summary and "does not drive" in summary and "drives" in summary
     assert "\x1b" not in summary and any("evil?line?[31m" in line for line in lines)
     ranked = [line for line in lines if re.match(r"\s+\d+\. ", line)]
-    assert len(ranked) == 3 and "flips when removed at strength 0.60" in ranked[0]
+    assert len(ranked) == 3 and "flips when" in ranked[0] and "at strength 0.60" in ranked[0]
+    assert "no flip" in ranked[2]  # flips first (ordered by their image change), the rest after
 
 
 def test_text_summary_names_what_else_the_edit_changed():
