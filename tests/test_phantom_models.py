@@ -129,3 +129,12 @@ def test_shipped_shortcut_classifier_follows_the_chest_tube():
     on = clean.margins(phantoms("cxr", FRESH, pleural_effusion=True))[:, effusion]
     off = clean.margins(phantoms("cxr", FRESH, pleural_effusion=False))[:, effusion]
     assert bool((on > off).all()) and float((on > 0).float().mean()) >= 0.75
+
+
+def test_oracle_device_is_checked_before_any_work(tiny_cxr, tmp_path, monkeypatch):
+    with pytest.raises(XCounterError, match="auto, cpu or cuda"):
+        train_oracle(tiny_cxr, tmp_path / "o.pt", epochs=1, device="gpu", log=lambda m: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(XCounterError, match="no CUDA GPU"):
+        train_oracle(tiny_cxr, tmp_path / "o.pt", epochs=1, device="cuda", log=lambda m: None)
+    assert not (tmp_path / "o.pt").exists()

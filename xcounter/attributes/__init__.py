@@ -30,19 +30,26 @@ class Attribute:
     def is_spurious(self) -> bool:
         return self.kind in SPURIOUS_KINDS
 
+    def _sentences(self, text: str) -> list[tuple[str, bool | None]]:
+        """Each sentence of `text` (whitespace collapsed) with what it says of this attribute: True, False
+        (a negative phrase, or "no" before a positive one) or None (not mentioned)."""
+        out = []
+        for sentence in text.replace("\n", " ").split("."):
+            words = " ".join(sentence.split())
+            lower = words.lower()
+            mentions = any(p.lower() in lower for p in self.positive)
+            if any(n.lower() in lower for n in self.negative) or (mentions and lower.startswith("no ")):
+                out.append((words, False))
+            else:
+                out.append((words, True if mentions else None))
+        return out
+
     def stated_in(self, text: str) -> bool | None:
         """What a report says of this attribute: True (a positive phrase), False (a negative phrase, or a
         sentence opening with "no"), None (not mentioned). Negations are checked first, so "No pleural
         effusion" is absence although it contains "pleural effusion"."""
-        stated = None
-        for sentence in text.lower().replace("\n", " ").split("."):
-            sentence = " ".join(sentence.split())
-            mentions = any(p.lower() in sentence for p in self.positive)
-            if any(n.lower() in sentence for n in self.negative) or (mentions and sentence.startswith("no ")):
-                return False
-            if mentions:
-                stated = True
-        return stated
+        says = [said for _, said in self._sentences(text) if said is not None]
+        return False if False in says else (True if says else None)
 
     def restated(self, text: str, sign: str) -> str | None:
         """`text` with what it says of this attribute turned the way of `sign` ("add" | "remove"), or
@@ -59,16 +66,12 @@ class Attribute:
         phrase = (self.negative if sign == "remove" else self.positive)[:1]
         if not phrase:
             return None
-        replacement = phrase[0][:1].upper() + phrase[0][1:]
+        against = sign != "add"  # what a sentence must say to be swapped: present for a removal
         kept, replaced = [], False
-        for sentence in text.replace("\n", " ").split("."):
-            words = " ".join(sentence.split())
-            lower = words.lower()
-            mentions = any(q.lower() in lower for q in self.positive)
-            negated = any(q.lower() in lower for q in self.negative) or (mentions and lower.startswith("no "))
-            if (sign == "remove" and mentions and not negated) or (sign == "add" and negated):
+        for words, said in self._sentences(text):
+            if said is against:
                 if not replaced:
-                    kept.append(replacement)
+                    kept.append(phrase[0][:1].upper() + phrase[0][1:])
                     replaced = True
             elif words:
                 kept.append(words)

@@ -66,7 +66,8 @@ def train_classifier(data, out, seed, epochs):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--epochs", type=int, default=None, help="Training epochs (default: the trainer's).")
 @click.option("--width", type=click.IntRange(min=4), default=None, help="Network width (default: the trainer's).")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="Where to train (default auto: CUDA when present).")
 def train_oracle(data, out, seed, epochs, width, device):
     """Train the attribute oracle that measures phantom attributes in images."""
     from xcounter.phantoms.oracle import train_oracle as train

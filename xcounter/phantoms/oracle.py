@@ -161,7 +161,13 @@ def train_oracle(data_dir: str | Path, out_path: str | Path, domain: str | None 
     `device` (default: CUDA when present) only places the network: batches, their degradation and the
     shuffling stay on the CPU generator, so the data a run sees depends on the seed alone."""
     started = time.time()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise XCounterError(f"device must be auto, cpu or cuda, got '{device}'")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise XCounterError("device 'cuda' asked for, but torch sees no CUDA GPU here; use --device cpu")
+    device = torch.device(device)
     train, val, test = (load_split(data_dir, s, size=size, limit=limit) for s in ("train", "val", "test"))
     domain = domain or train.domain
     if domain != train.domain:
@@ -231,7 +237,8 @@ def _main() -> None:
     @click.option("--epochs", default=20, show_default=True)
     @click.option("--seed", default=0, show_default=True)
     @click.option("--width", default=24, show_default=True, type=click.IntRange(min=4))
-    @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                  help="auto = CUDA when present")
     def cli(data_dir, out_path, domain, epochs, seed, width, device) -> None:
         """Train the attribute oracle of a domain on a phantom dataset (set OMP_NUM_THREADS=1)."""
         torch.set_num_threads(1)
