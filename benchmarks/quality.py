@@ -7,6 +7,9 @@ strength), and a random text direction of the same norm through our search (the 
 Per method: flip rate; proximity (L1, SSIM) at the flip; identity preservation (share of the other
 attributes the oracle reads as unchanged); whether the oracle sees the intended attribute change; and
 realism (Fréchet distance on oracle features against real unseen phantoms of the intended class).
+Two reference rows: ours with removals not confined to their DiffEdit region (the ablation of
+`localise`), and the true counterfactual (the renderer's own toggle of the attribute, everything else
+kept), which shows how far the oracle-based scores can go.
 
     python benchmarks/quality.py
     python benchmarks/quality.py --quick --models tiny
@@ -29,6 +32,8 @@ import _common as C  # noqa: E402
 NAME = "quality"
 DEFAULT_N, QUICK_N = 6, 2
 METHODS = ("trajectory", "latent_shift", "sdedit", "random")
+UNCONFINED = "ours, removals unconfined"
+TRUE_TOGGLE = "true counterfactual (renderer toggle)"
 #: (classifier, target label, edited attribute) per domain: the planted shortcut and, for CXR, a real cause
 TASKS = {"cxr": [("cxr-shortcut", "Pneumothorax", "chest_tube"), ("cxr-clean", "Effusion", "pleural_effusion")],
          "skin": [("skin-shortcut", "Melanoma", "ruler")]}
@@ -122,6 +127,26 @@ def contexts_for_scan(models: C.DomainModels, pixels: np.ndarray, report: str, s
     return inversion, contexts
 
 
+def true_toggle_record(models: C.DomainModels, context, phantom_seed: int, overrides: dict, attribute: str,
+                       sign: str) -> dict:
+    """The renderer's own counterfactual: the same phantom with only `attribute` toggled (no generator)."""
+    from xcounter.search import is_flipped
+
+    before = C.phantom_tensor(models.domain, phantom_seed, models.generator, **overrides)
+    after = C.phantom_tensor(models.domain, phantom_seed, models.generator, **{**overrides, attribute: sign == "add"})
+    with torch.no_grad():
+        margins = context.classifier.margins(torch.cat([before, after]))[:, context.target_index].float()
+    flipped = is_flipped(float(margins[1]), float(margins[0]) > 0, context.flip_margin)
+    images = [b[0].permute(1, 2, 0).numpy() for b in (before, after)]
+    readout = oracle_readout(models.oracle, images[0], images[1], attribute, sign)
+    from xcounter.metrics import l1, ssim
+    return {"method": TRUE_TOGGLE, "flipped": bool(flipped), "strength": None, "l1": l1(images[1], images[0]),
+            "ssim": ssim(images[1], images[0]), "nfe": 0, "seconds": None, "identity": readout["identity"],
+            "edited": readout["edited"], "clean_edit": None if readout["edited"] is None else
+            bool(readout["edited"] and readout["all_kept"]), "changed": readout["changed"],
+            "features": readout["features"].tolist()}
+
+
 def reference_features(models: C.DomainModels, attribute: str, present: bool, base_seed: int, count: int,
                        constraints: dict) -> list[list[float]]:
     """Oracle features of real unseen phantoms with the attribute in the intended state."""
@@ -162,6 +187,7 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
         pixels, truth, report = C.phantom(domain, phantom_seed, **overrides)
         inversion, contexts = contexts_for_scan(models, pixels, report, args.seed, directions, tasks)
         methods = {"trajectory": get_method("trajectory", max_nfe=DEFAULT_MAX_NFE),
+                   UNCONFINED: get_method("trajectory", max_nfe=DEFAULT_MAX_NFE, localise=False),
                    "random": get_method("random", max_nfe=DEFAULT_MAX_NFE),
                    "latent_shift": get_method("latent_shift"), "sdedit": get_method("sdedit")}
         for name, label, attribute in tasks:
@@ -180,6 +206,12 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
                     records.append({**task, **record(cf, models.oracle, attribute, sign, None,
                                                      method="no edit (reconstruction)", image=cf.film[0],
                                                      flipped=False, nfe=0)})
+                    if sign == "remove":  # additions are never confined: the ablation is the same edit
+                        started = time.perf_counter()
+                        unconfined = methods[UNCONFINED].generate(context, models.attributes[attribute], sign)
+                        records.append({**task, **record(unconfined, models.oracle, attribute, sign,
+                                                         time.perf_counter() - started, method=UNCONFINED)})
+            records.append({**task, **true_toggle_record(models, context, phantom_seed, overrides, attribute, sign)})
             intended = sign == "add"
             base = C.UNSEEN_SEED_BASE + REFERENCE_SEED_OFFSET + 100 * len(reference) + 1000 * args.seed
             reference += reference_features(models, attribute, intended, base, REFERENCE_PER_TASK, constraints)
@@ -277,7 +309,11 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
               f"intended attribute state ({REFERENCE_PER_TASK} per edit; few samples, so it is a coarse, biased "
               "estimate: compare rows, not with published FIDs; 'real phantoms (second draw)' is the noise floor). "
               "`sdedit@s` rows are SDEdit at one fixed strength s (the images of its sweep); NFE = UNet "
-              "sample-evaluations per counterfactual (ours and the random control after the shared inversion).", ""]
+              "sample-evaluations per counterfactual (ours and the random control after the shared inversion). "
+              f"*{UNCONFINED}*: the same removals with no DiffEdit region (the `localise` ablation; additions are "
+              f"never confined, so they are not repeated). *{TRUE_TOGGLE}*: the phantom redrawn with only the "
+              "attribute toggled, no generator involved; its 'all else kept' is how far the oracle lets this "
+              "score go.", ""]
     for domain, result in domains.items():
         tasks = "; ".join(f"{c}: {a} -> {t}" for c, t, a in result["tasks"]) or "none (classifiers missing)"
         lines += [f"**{domain}** ({result.get('n_scans', 0)} scans; edits: {tasks}; reference set "

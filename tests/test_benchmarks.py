@@ -75,6 +75,10 @@ def test_quality(out):
         methods = [r["method"] for r in domain["summary"]]
         assert methods[:4] == ["trajectory", "latent_shift", "sdedit", "random"]
         assert any(m.startswith("sdedit@") for m in methods) and "real phantoms (second draw)" in methods
+        truth = next(r for r in domain["records"] if r["method"] == "true counterfactual (renderer toggle)")
+        assert truth["nfe"] == 0 and truth["l1"] > 0  # the renderer redrew the attribute, no generator
+        for r in domain["records"]:
+            assert r["method"] != "ours, removals unconfined" or r["sign"] == "remove"
         for row in domain["summary"]:
             assert all(unit(row[k]) for k in ("flip_rate", "identity", "edited"))
             assert row["fid"] is None or row["fid"] >= 0

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from xcounter.attributes import load_attributes
+from xcounter.disentangle.edit_region import probe_steps
 from xcounter.disentangle.trajectories import DEFAULT_ALPHA, DEFAULT_EDIT_GUIDANCE, evaluations_per_step
 from xcounter.errors import XCounterError
 from xcounter.explainer import NFE_PER_ATTRIBUTE_BUDGET, Explainer, default_targets, source_prompt
@@ -95,8 +96,12 @@ def test_explanation_fields_are_filled(explanation, classifier, attributes):
 def test_nfe_is_recorded_and_under_budget(explanation):
     # post-swap steps off the shared prefix, two UNet evaluations each under edit guidance
     per_sign = EDITED_STEP_COST * sum(STEPS - s for s in (3, 2, 1, 0))
+    # a removal first reads its DiffEdit region: 2 evaluations per probe step
+    region_probes = 2 * len(probe_steps(STEPS))
     first_target = [r for r in explanation.results if r.target == explanation.targets[0]]
-    assert all(c.nfe == per_sign for r in first_target for c in r.counterfactuals)
+    assert all(c.nfe == per_sign + (region_probes if c.sign == "remove" else 0)
+               for r in first_target for c in r.counterfactuals)
+    assert all((c.region is not None) == (c.sign == "remove") for r in first_target for c in r.counterfactuals)
     # inversion + source prefix once, each attribute and sign once (shared by every target)
     assert explanation.nfe == 2 * STEPS + sum(c.nfe for r in first_target for c in r.counterfactuals)
     assert explanation.nfe / 3 <= NFE_PER_ATTRIBUTE_BUDGET
@@ -238,8 +243,9 @@ def test_trajectory_method_alone_with_another_source_prompt(classifier, generato
     method = get_method("trajectory", swap_steps=[2, 0])
     before = generator.nfe
     counterfactual = method.generate(context, attributes["pacemaker"], "remove")
-    assert counterfactual.nfe == EDITED_STEP_COST * ((STEPS - 2) + STEPS)
-    assert generator.nfe - before == STEPS + counterfactual.nfe  # a fresh source prefix, then the candidates
+    assert counterfactual.nfe == EDITED_STEP_COST * ((STEPS - 2) + STEPS) + 2 * len(probe_steps(STEPS))
+    # a fresh source prefix, then the removal's region probes and the candidates
+    assert generator.nfe - before == STEPS + counterfactual.nfe
     assert counterfactual.method == "trajectory" and counterfactual.sign == "remove"
     again = method.generate(context, attributes["pacemaker"], "remove")  # cached: no UNet call
     assert generator.nfe - before == STEPS + counterfactual.nfe
@@ -339,7 +345,7 @@ def test_a_stated_finding_is_removed_from_the_restated_prompt(classifier, genera
     base = spliced_embedding(generator, report, effusion.restated(report, "remove"), source)
     direct = build_trajectory(generator, inversion.z_T, prefix, source, direction, attribute="pleural_effusion",
                               sign="remove", alpha=DEFAULT_ALPHA, swap_steps=[2, 0], edit_guidance=DEFAULT_EDIT_GUIDANCE,
-                              edit_base=base)
+                              edit_base=base, localise=True)  # removals are confined to their region
     assert torch.allclose(restated.points, direct.points, atol=1e-5)
     control = get_method("random", swap_steps=[2, 0])
     assert control.search.restate is False

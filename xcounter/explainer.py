@@ -24,7 +24,8 @@ from xcounter.errors import XCounterError
 from xcounter.explanation import AttributeResult, Explanation, Prediction
 from xcounter.methods import get_method
 from xcounter.methods.base import SIGNS, EditContext
-from xcounter.methods.trajectory import DEFAULT_MAX_NFE, TrajectoryMethod, to_hwc
+from xcounter.methods.trajectory import (DEFAULT_MAX_NFE, LOCALISED_SIGNS, TrajectoryMethod, localised_signs,
+                                         to_hwc)
 from xcounter.search import DEFAULT_FLIP_MARGIN, DEFAULT_TOLERANCE
 
 if TYPE_CHECKING:
@@ -114,6 +115,10 @@ class Explainer:
             removal), edit from the prompt with that sentence swapped for the attribute's opposite phrase
             (the paper's prompt swap) rather than from the prompt itself; False = direction only. Acquisition
             statements are never restated (see `xcounter.methods.trajectory.RESTATED_KINDS`).
+        localise: signs ("add", "remove") whose edits are confined to where the source and edited prompts
+            disagree about the noise (DiffEdit's mask read on the inversion path,
+            `xcounter.disentangle.edit_region`); outside it the counterfactual is the reconstruction. Costs 6 UNet
+            evaluations per edit. Default: removals (`LOCALISED_SIGNS`); True = both, False or () = none.
     """
 
     def __init__(self, classifier: "Classifier", generator: "SDGenerator",
@@ -122,7 +127,8 @@ class Explainer:
                  alpha: float = DEFAULT_ALPHA, max_nfe: int | None = DEFAULT_MAX_NFE,
                  tolerance: float = DEFAULT_TOLERANCE, flip_margin: float = DEFAULT_FLIP_MARGIN,
                  disentangle: bool = True, signs: str | Sequence[str] = "auto", examine: Sequence[str] | None = None,
-                 edit_guidance: float = DEFAULT_EDIT_GUIDANCE, restate: bool = True):
+                 edit_guidance: float = DEFAULT_EDIT_GUIDANCE, restate: bool = True,
+                 localise: Sequence[str] | bool = LOCALISED_SIGNS):
         self.classifier = classifier
         self.generator = generator
         self.attributes = load_attributes(attributes)
@@ -149,6 +155,7 @@ class Explainer:
             raise XCounterError(f"edit_guidance must be a number >= 1, got {edit_guidance}")
         self.edit_guidance = float(edit_guidance)
         self.restate = bool(restate)
+        self.localise = localised_signs(localise)
         if isinstance(signs, str) and signs == "auto":
             self.signs: str | tuple[str, ...] = "auto"
         else:
@@ -181,7 +188,8 @@ class Explainer:
                 raise XCounterError("method must be a name or an object with a `generate` method")
             return method
         options = dict(alpha=self.alpha, swap_steps=self.swap_steps, tolerance=self.tolerance, max_nfe=self.max_nfe,
-                       oracle=self.oracle, edit_guidance=self.edit_guidance, restate=self.restate)
+                       oracle=self.oracle, edit_guidance=self.edit_guidance, restate=self.restate,
+                       localise=self.localise)
         if method == "trajectory":
             return TrajectoryMethod(**options)
         if method == "random":  # the control shares every trajectory setting but the direction
@@ -318,7 +326,8 @@ class Explainer:
                 "max_nfe": self.max_nfe, "tolerance": self.tolerance, "flip_margin": self.flip_margin,
                 "disentangle": self.disentangle,
                 "signs": self.signs if isinstance(self.signs, str) else list(self.signs),
-                "edit_guidance": self.edit_guidance, "restate": self.restate, "attributes": self.attributes.domain,
+                "edit_guidance": self.edit_guidance, "restate": self.restate, "localise": list(self.localise),
+                "attributes": self.attributes.domain,
                 "oracle": self.oracle is not None}
 
     def _reconstruction_warnings(self, inversion, predictions: list[Prediction], targets: list[str]) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 VERDICTS = ("shortcut", "drives", "does not drive")
 
 
@@ -63,6 +63,9 @@ class Counterfactual:
     cfrt: float | None = None
     direction_cosine: list[float] = field(default_factory=list)  # along the trajectory
     nfe: int = 0
+    #: H x W in {0, 1}: where the edit was allowed to act (DiffEdit region; outside it the counterfactual is
+    #: the reconstruction). None = the edit acted on the whole image.
+    region: np.ndarray | None = None
 
     @property
     def delta_probability(self) -> float:
@@ -184,6 +187,7 @@ def _result_from_dict(data: dict) -> AttributeResult:
         c = dict(c)
         c["image"] = decode_array(c.get("image"))
         c["difference"] = decode_array(c.get("difference"))
+        c["region"] = decode_array(c.get("region"))
         c["film"] = [decode_array(f) for f in c.get("film", [])]
         c.pop("delta_probability", None)
         counterfactuals.append(Counterfactual(**c))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
+from xcounter.disentangle.edit_region import edit_region
 from xcounter.disentangle.trajectories import (bezier, edited_embedding, point_parameters, strength_of,
                                                swap_step_points)
 
@@ -84,29 +85,33 @@ class Trajectory:
     points: torch.Tensor  # [K+1, 4, h, w] latents z_0
     images: torch.Tensor  # [K+1, C, H, W] decoded points in [0, 1]
     nfe: int  # UNet sample-evaluations spent computing the points
+    region: torch.Tensor | None = None  # [1, 1, h, w] latent region the edit was confined to (None: everywhere)
 
 
 def build_trajectory(generator: "SDGenerator", z_T: torch.Tensor, prefix: list[torch.Tensor],
                      source: torch.Tensor, direction: torch.Tensor, *, attribute: str, sign: str, alpha: float,
                      swap_steps: Sequence[int], edit_guidance: float = 1.0,
-                     edit_base: torch.Tensor | None = None) -> Trajectory:
+                     edit_base: torch.Tensor | None = None, localise: bool = False) -> Trajectory:
     """Evaluate all candidate swap steps in one batch off the shared prefix, then decode every point.
 
     The prefix is denoised with `source`; after the swap the UNet sees `edit_base` (default: `source`;
     the embedding of a restated prompt when the report names the attribute) + sign·α·direction.
+    `localise` confines the edit to where the two embeddings disagree (`edit_region`, DiffEdit's mask);
+    the region and its probes' NFE are part of the trajectory.
     """
     steps = len(prefix) - 1
     swap_steps = sorted({int(s) for s in swap_steps if 0 <= int(s) < steps}, reverse=True)
     edited = edited_embedding(source if edit_base is None else edit_base.to(source), direction, sign, alpha)
     before = generator.nfe
+    region = edit_region(generator, prefix, source, edited) if localise and swap_steps else None
     with torch.no_grad():
         edited_points = swap_step_points(generator, z_T, source, edited, swap_steps, prefix=prefix, steps=steps,
-                                         edit_guidance=edit_guidance)
+                                         edit_guidance=edit_guidance, region=region)
         points = torch.cat([prefix[-1].to(edited_points), edited_points], dim=0)
         images = generator.decode(points).clamp(0, 1)
     return Trajectory(attribute=attribute, sign=sign, swap_steps=[steps] + swap_steps,
                       strengths=[strength_of(s, steps) for s in [steps] + swap_steps],
-                      points=points, images=images, nfe=generator.nfe - before)
+                      points=points, images=images, nfe=generator.nfe - before, region=region)
 
 
 @dataclass

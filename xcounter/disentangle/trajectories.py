@@ -89,21 +89,24 @@ def edited_embedding(source: torch.Tensor, direction: torch.Tensor, sign: str | 
     return source + value * float(alpha) * direction.to(source)
 
 
-def swap_schedules(source: torch.Tensor, edited: torch.Tensor, swap_steps: Sequence[int]) -> list:
-    """One `SwapSchedule` per swap step (same source and edited embeddings)."""
+def swap_schedules(source: torch.Tensor, edited: torch.Tensor, swap_steps: Sequence[int],
+                   region: torch.Tensor | None = None) -> list:
+    """One `SwapSchedule` per swap step (same source and edited embeddings, same edit region)."""
     from xcounter.generators import SwapSchedule
-    return [SwapSchedule(source=source, edited=edited, swap_step=int(s)) for s in swap_steps]
+    return [SwapSchedule(source=source, edited=edited, swap_step=int(s), region=region) for s in swap_steps]
 
 
 def swap_step_points(generator: "SDGenerator", z_T: torch.Tensor, source: torch.Tensor, edited: torch.Tensor,
                      swap_steps: list[int], prefix: list[torch.Tensor] | None = None,
-                     steps: int | None = None, edit_guidance: float = 1.0) -> torch.Tensor:
-    """z_0 for every swap step λ, computed in one batch branching off the shared source prefix: [K, 4, h, w]."""
+                     steps: int | None = None, edit_guidance: float = 1.0,
+                     region: torch.Tensor | None = None) -> torch.Tensor:
+    """z_0 for every swap step λ, computed in one batch branching off the shared source prefix: [K, 4, h, w].
+    With a `region` the edit acts only there (the full source prefix is then needed)."""
     if steps is None:
         steps = len(prefix) - 1 if prefix is not None else generator.steps
     if not swap_steps:
         return z_T.new_zeros((0, *z_T.shape[1:]))
-    schedules = swap_schedules(source, edited, swap_steps)
+    schedules = swap_schedules(source, edited, swap_steps, region)
     with torch.no_grad():
         if edit_guidance == 1.0:  # plain call: generators without edit guidance keep working
             return generator.sample(z_T, schedules, steps=steps, prefix=prefix)

@@ -29,6 +29,10 @@ class SwapSchedule:
     source: torch.Tensor  # [77, D]
     edited: torch.Tensor  # [77, D]
     swap_step: int  # 0..steps; steps = pure source sample, 0 = edited from the start
+    #: [1, 1, h, w] weights in [0, 1] (latent resolution) where the edit may act; outside it every step is
+    #: blended back to the source path (blended latent diffusion), so the rest of the scan stays the
+    #: reconstruction. None = the edit acts everywhere. Needs the full source prefix.
+    region: torch.Tensor | None = None
 
 
 @dataclass
@@ -209,6 +213,21 @@ class SDGenerator:
             self.nfe += latents[chunk].shape[0]
         return torch.cat(outputs)
 
+    @torch.no_grad()
+    def predict_noise(self, latent: torch.Tensor, step: int, embeddings: torch.Tensor,
+                      steps: int | None = None) -> torch.Tensor:
+        """The UNet's prediction for one latent under several embeddings at denoising step `step` (index into
+        the `steps`-step schedule), with the generator's guidance: [len(embeddings), 4, h, w]."""
+        steps = int(steps or self.steps)
+        if not 0 <= int(step) < steps:
+            raise XCounterError(f"step must be between 0 and {steps - 1}, got {step}")
+        embeddings = embeddings.to(self.device, torch.float32)
+        embeddings = embeddings[None] if embeddings.ndim == 2 else embeddings
+        t = self._timesteps(steps)[int(step)]
+        latents = latent.to(self.device, torch.float32).reshape(1, *self.latent_shape).expand(len(embeddings), -1,
+                                                                                              -1, -1)
+        return self._predict(latents, t, embeddings, self.guidance_scale)
+
     def _timesteps(self, steps: int) -> torch.Tensor:
         self.scheduler.set_timesteps(steps)
         return self.scheduler.timesteps
@@ -276,6 +295,9 @@ class SDGenerator:
         a prompt, with the source prompt in the unconditional role: eps_src + w (eps_edit - eps_src). The
         steps before λ are untouched, so the unedited point stays the exact reconstruction; each step
         after λ costs two UNet evaluations.
+
+        A schedule's `region` confines its edit: after every step the latent outside the region is reset to
+        the source path at that step (`prefix[i + 1]`), which needs the full source prefix.
         """
         steps = int(steps or self.steps)
         scale = self.guidance_scale if guidance_scale is None else float(guidance_scale)
@@ -284,7 +306,8 @@ class SDGenerator:
         for s in schedules:
             if not 0 <= int(s.swap_step) <= steps:
                 raise XCounterError(f"swap_step must be between 0 and {steps}, got {s.swap_step}")
-        group_of, prefixes = self._prefixes(z_T, schedules, steps, scale, prefix)
+        regional = any(s.region is not None for s in schedules)
+        group_of, prefixes = self._prefixes(z_T, schedules, steps, scale, prefix, full=regional)
 
         timesteps = self._timesteps(steps)
         edited = torch.stack([self._embedding(s.edited) for s in schedules])
@@ -305,6 +328,9 @@ class SDGenerator:
                 else:
                     out = self._predict(z, t, edited[active], scale)
                 z = self.scheduler.step(out, t, z, eta=0.0).prev_sample
+                if regional:
+                    z = self._blend_regions(z, [schedules[k] for k in active],
+                                            [prefixes[group_of[k]][i + 1] for k in active])
         for row, k in enumerate(active):
             result[k] = z[row:row + 1]
         for k, s in enumerate(schedules):
@@ -312,8 +338,25 @@ class SDGenerator:
                 result[k] = prefixes[group_of[k]][steps].to(self.device, torch.float32)
         return torch.cat(result)
 
-    def _prefixes(self, z_T, schedules, steps, scale, prefix):
-        """Group schedules by source embedding; one prefix per group, as long as its latest swap step."""
+    def _blend_regions(self, z: torch.Tensor, schedules: list[SwapSchedule], source_path: list[torch.Tensor]
+                       ) -> torch.Tensor:
+        """Each row inside its schedule's region keeps its edited latent, outside it the source path's."""
+        rows = []
+        for row, schedule, kept in zip(z, schedules, source_path):
+            if schedule.region is None:
+                rows.append(row)
+                continue
+            size = tuple(self.latent_shape[1:])
+            if tuple(schedule.region.shape[-2:]) != size or schedule.region.numel() != size[0] * size[1]:
+                raise XCounterError(f"an edit region must be one latent-sized map {size}, "
+                                    f"got shape {tuple(schedule.region.shape)}")
+            weight = schedule.region.to(self.device, torch.float32).reshape(1, *size)
+            rows.append(weight * row + (1 - weight) * kept.to(self.device, torch.float32)[0])
+        return torch.stack(rows)
+
+    def _prefixes(self, z_T, schedules, steps, scale, prefix, full: bool = False):
+        """Group schedules by source embedding; one prefix per group, as long as its latest swap step
+        (`full`: all the way to z_0, for blending regions back to the source path)."""
         sources: list[torch.Tensor] = []
         group_of: list[int] = []
         for s in schedules:
@@ -335,7 +378,7 @@ class SDGenerator:
         prefixes = []
         for g, source in enumerate(sources):
             latest = max(int(s.swap_step) for s, k in zip(schedules, group_of) if k == g)
-            prefixes.append(self.denoise_prefix(z_T, source, steps, scale, stop=latest))
+            prefixes.append(self.denoise_prefix(z_T, source, steps, scale, stop=None if full else latest))
         return group_of, prefixes
 
 

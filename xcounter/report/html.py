@@ -149,10 +149,13 @@ def _counterfactual_view(result: AttributeResult, best: Counterfactual) -> dict:
                                 f"{'removed' if best.sign == 'remove' else 'added'} {where}",
                                 f"Counterfactual ({best.sign} {where})")
     if best.difference is not None:
-        png, scale = plots.difference_png(best.difference)
+        png, scale = plots.difference_png(best.difference, best.region)
+        confined = best.region is not None
         view["difference"] = _figure(png, f"Difference heat map of the {attribute} counterfactual minus the "
-                                          f"reconstruction; red brighter, blue darker, largest change {scale:.3f}",
-                                     "Counterfactual − reconstruction")
+                                          f"reconstruction; red brighter, blue darker, largest change {scale:.3f}"
+                                          + ("; the grey outline bounds where the edit could act" if confined else ""),
+                                     "Counterfactual − reconstruction" + (" (edit confined to the outlined region)"
+                                                                          if confined else ""))
         view["difference_scale"] = f"{scale:.3f}"
     return view
 

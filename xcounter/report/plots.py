@@ -17,6 +17,8 @@ from PIL import Image
 
 #: diverging map for signed changes: red = brighter in the counterfactual, blue = darker
 DIVERGING = "RdBu_r"
+#: outline of the region an edit was confined to, on the white-centred difference map
+REGION_COLOUR = (0.25, 0.25, 0.25)
 #: sequential map for non-negative saliency (Grad-CAM)
 SEQUENTIAL = "inferno"
 #: saliency overlays saturate at this percentile of the non-zero magnitudes
@@ -60,16 +62,27 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return array.mean(axis=-1) if array.ndim == 3 else array
 
 
-def difference_png(difference: np.ndarray) -> tuple[bytes, float]:
+def region_outline(region: np.ndarray) -> np.ndarray:
+    """H x W bool: the inner boundary of a 0/1 region (inside pixels with a 4-neighbour outside)."""
+    inside = np.asarray(region) > 0.5
+    padded = np.pad(inside, 1, mode="edge")
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return inside & ~interior
+
+
+def difference_png(difference: np.ndarray, region: np.ndarray | None = None) -> tuple[bytes, float]:
     """A signed difference image as a symmetric diverging heat map; returns (png, scale).
 
     The colour scale runs from -scale (blue) to +scale (red) with white at zero, where scale is
-    the largest absolute change; an unchanged image (scale 0) renders plain white.
+    the largest absolute change; an unchanged image (scale 0) renders plain white. A `region` (where
+    the edit was allowed to act) is outlined in dark grey.
     """
     signed = np.nan_to_num(_grey(difference), nan=0.0)
     scale = float(np.abs(signed).max()) if signed.size else 0.0
     normalised = 0.5 + 0.5 * (signed / scale if scale > 0 else signed * 0.0)
     rgb = colormaps[DIVERGING](normalised)[..., :3]
+    if region is not None and np.shape(region) == signed.shape:
+        rgb[region_outline(region)] = REGION_COLOUR
     return png_bytes(rgb), scale
 
 

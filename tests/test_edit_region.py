@@ -1,0 +1,114 @@
+"""DiffEdit-style edit regions: the mask rule, region-confined sampling, and the trajectory's NFE accounting."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tiny_generator import tiny_pipeline
+from xcounter.disentangle.edit_region import (DEFAULT_PROBE_STRENGTHS, disagreement_map, edit_region, probe_steps,
+                                              region_from_map)
+from xcounter.errors import XCounterError
+from xcounter.generators import SDGenerator, SwapSchedule
+from xcounter.search import build_trajectory
+
+torch.set_num_threads(1)
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def generator() -> SDGenerator:
+    return SDGenerator(tiny_pipeline(1), steps=STEPS)
+
+
+@pytest.fixture(scope="module")
+def setup(generator):
+    z_T = torch.randn(1, *generator.latent_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        source, edited = generator.embed(["no pleural effusion", "large right pleural effusion"])
+    return z_T, source, edited, generator.denoise_prefix(z_T, source, STEPS)
+
+
+def test_region_from_map_follows_diffedits_threshold_and_grows():
+    disagreement = torch.zeros(8, 8)
+    disagreement[3, 4] = 10.0  # mean 10/64: clamp at 3x mean = 0.47, the hot pixel is far above half of it
+    disagreement[0, 0] = 0.1  # below half the clamp: outside
+    region = region_from_map(disagreement, ratio=3.0, grow=0)
+    assert region.shape == (1, 1, 8, 8) and region.sum() == 1 and region[0, 0, 3, 4] == 1
+    grown = region_from_map(disagreement, ratio=3.0, grow=1)
+    assert grown.sum() == 9 and grown[0, 0, 2:5, 3:6].eq(1).all()
+    assert region_from_map(torch.zeros(8, 8)).sum() == 0  # an edit the denoiser ignores changes nothing
+
+
+def test_probe_steps_stay_inside_the_schedule():
+    assert probe_steps(20) == [5, 10, 15]
+    assert probe_steps(2, (0.0, 0.5, 1.0)) == [0, 1]
+
+
+def test_disagreement_is_zero_for_the_unedited_prompt(generator, setup):
+    _, source, edited, prefix = setup
+    assert disagreement_map(generator, prefix, source, source).abs().max() == 0
+    changed = disagreement_map(generator, prefix, source, edited)
+    assert changed.shape == generator.latent_shape[1:] and changed.max() > 0
+
+
+def test_sampling_outside_the_region_is_the_source_path(generator, setup):
+    z_T, source, edited, prefix = setup
+    region = torch.zeros(1, 1, *generator.latent_shape[1:])
+    region[..., :4, :] = 1  # the edit may act in the top half only
+    free, confined, nowhere = generator.sample(z_T, [SwapSchedule(source, edited, 0),
+                                                     SwapSchedule(source, edited, 0, region=region),
+                                                     SwapSchedule(source, edited, 0, region=torch.zeros_like(region))],
+                                               prefix=prefix)
+    reconstruction = prefix[-1][0]
+    assert torch.allclose(nowhere, reconstruction, atol=1e-6)
+    assert torch.allclose(confined[:, 4:], reconstruction[:, 4:], atol=1e-6)
+    assert not torch.allclose(confined[:, :4], reconstruction[:, :4], atol=1e-4)
+    assert not torch.allclose(free[:, 4:], reconstruction[:, 4:], atol=1e-4)  # unconfined edits act everywhere
+
+
+def test_a_region_of_the_wrong_size_is_refused(generator, setup):
+    z_T, source, edited, prefix = setup
+    with pytest.raises(XCounterError, match="latent-sized"):
+        generator.sample(z_T, [SwapSchedule(source, edited, 0, region=torch.ones(1, 1, 3, 3))], prefix=prefix)
+
+
+def test_localised_trajectory_keeps_the_rest_and_counts_the_probes(generator, setup):
+    z_T, source, edited, prefix = setup
+    direction = edited - source
+    common = dict(attribute="pleural_effusion", sign="add", alpha=1.0, swap_steps=[3, 0], edit_guidance=2.0)
+    plain = build_trajectory(generator, z_T, prefix, source, direction, **common)
+    local = build_trajectory(generator, z_T, prefix, source, direction, localise=True, **common)
+    probes = 2 * len(probe_steps(STEPS, DEFAULT_PROBE_STRENGTHS))
+    assert plain.region is None and local.nfe == plain.nfe + probes
+    region = edit_region(generator, prefix, source, source + direction)
+    assert torch.equal(local.region, region) and 0 < region.mean() < 1
+    outside = region[0].expand_as(local.points[0]) == 0
+    assert torch.allclose(local.points[1:][:, outside], local.points[0][outside].expand(2, -1), atol=1e-6)
+    assert torch.equal(local.points[0], plain.points[0])
+
+
+def test_localise_accepts_signs_and_refuses_others():
+    from xcounter.methods.trajectory import localised_signs
+
+    assert localised_signs(True) == ("add", "remove") and localised_signs(False) == ()
+    assert localised_signs(["remove", "add"]) == ("add", "remove") and localised_signs("remove") == ("remove",)
+    with pytest.raises(XCounterError, match="localise takes signs"):
+        localised_signs(["delete"])
+
+
+def test_the_difference_map_outlines_the_region():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from xcounter.report.plots import REGION_COLOUR, difference_png, region_outline
+
+    region = np.zeros((8, 8), dtype=np.float32)
+    region[2:6, 2:6] = 1
+    outline = region_outline(region)
+    assert outline.sum() == 12 and not outline[3:5, 3:5].any() and outline[2, 2]
+    png, _ = difference_png(np.zeros((8, 8, 1), dtype=np.float32), region)
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert tuple(pixels[2, 2]) == tuple(round(c * 255) for c in REGION_COLOUR)
+    assert tuple(pixels[0, 0]) != tuple(pixels[2, 2])  # unchanged and outside: the map's white
