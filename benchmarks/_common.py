@@ -147,7 +147,7 @@ class DomainModels:
 
 #: the attributes the tiny test models examine (few, so CI stays fast); shipped models examine all
 TINY_ATTRIBUTES = {"cxr": ("pleural_effusion", "chest_tube", "portable_label", "body_width"),
-                   "skin": ("asymmetry", "ruler", "ink_marking", "skin_tone")}
+                   "skin": ("asymmetry", "blue_white_veil", "ruler", "ink_marking", "skin_tone")}
 
 
 def vocabulary(domain: str, kind: str):

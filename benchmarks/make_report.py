@@ -19,9 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
-SECTIONS = ("faithfulness", "audit_rho", "quality", "paper_tables", "speed")
+SECTIONS = ("faithfulness", "real_cause", "audit_rho", "quality", "paper_tables", "speed")
 #: share of `--run --budget-s` each script gets (speed's end-to-end demo runs after its share)
-BUDGET_SHARES = {"faithfulness": 0.32, "audit_rho": 0.16, "quality": 0.24, "paper_tables": 0.16, "speed": 0.12}
+BUDGET_SHARES = {"faithfulness": 0.26, "real_cause": 0.16, "audit_rho": 0.14, "quality": 0.2, "paper_tables": 0.14,
+                 "speed": 0.1}
 TITLE = "# xcounter benchmarks"
 INTRO = """Numbers that tell a user whether to trust xcounter's explanations and what they cost, measured on the
 shipped phantom models (procedural scans whose true attributes are known, never seen in training) with the
@@ -31,6 +32,7 @@ Reproduce everything with:
 
 ```
 python benchmarks/faithfulness.py
+python benchmarks/real_cause.py
 python benchmarks/audit_rho.py
 python benchmarks/quality.py
 python benchmarks/paper_tables.py
@@ -38,7 +40,7 @@ python benchmarks/speed.py
 python benchmarks/make_report.py
 ```
 (`--quick` runs each in a few minutes; `--models tiny` runs the random-weight test models, as the tests do;
-`python benchmarks/make_report.py --run --budget-s SECONDS` runs all five in one process within a time budget.)
+`python benchmarks/make_report.py --run --budget-s SECONDS` runs all six in one process within a time budget.)
 
 How much each planted-shortcut classifier really uses its shortcut is measured without any generator, by
 rendering the same phantom with and without the attribute (toggle checks in `reports/phantoms.md`): the share of

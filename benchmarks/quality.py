@@ -251,6 +251,18 @@ def summarise(records: list[dict], reference: list, reference_second: list) -> l
     return rows
 
 
+def removal_rows(records: list[dict]) -> list[tuple[str, int, float, float, float]]:
+    """(method, N, flip rate, edited, clean edit) over the removal edits, for ours, its ablation and the truth."""
+    rows = []
+    for method in ("trajectory", UNCONFINED, TRUE_TOGGLE):
+        mine = [r for r in records if r["method"] == method and r["sign"] == "remove"]
+        if mine:
+            rows.append((method, len(mine), float(np.mean([r["flipped"] for r in mine])),
+                         float(np.mean([bool(r["edited"]) for r in mine])),
+                         float(np.mean([bool(r["clean_edit"]) for r in mine]))))
+    return rows
+
+
 LABELS = {"trajectory": "ours (trajectory)", "latent_shift": "Latent Shift", "sdedit": "SDEdit (search)",
           "random": "random direction (control)"}
 
@@ -324,6 +336,11 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
         lines += C.table(["method", "N", "flip rate", "L1 at flip", "SSIM at flip", "identity kept",
                           "attribute edited (oracle)", "edited, all else kept (oracle)", "Fréchet distance",
                           "mean NFE", "mean s"], rows)
+        removals = removal_rows(result.get("records", []))
+        if removals:
+            lines += ["Removals only (the edits `localise` confines), flip rate / attribute edited / edited and all else "
+                      "kept: " + "; ".join(f"{LABELS.get(m, m)} {f:.2f} / {e:.2f} / {c:.2f} (N = {n})"
+                                           for m, n, f, e, c in removals) + ".", ""]
         ours = [r for r in result.get("records", []) if r["method"] == "trajectory"]
         if ours:
             counts = Counter(name for r in ours for name in r.get("changed", []))

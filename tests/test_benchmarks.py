@@ -155,3 +155,25 @@ def test_generator_card(out):
         assert all(r["final"] >= 0 and r["floor_real_vs_real"] >= 0 for r in domain["realism"])
         assert -1 <= domain["inversion"]["ssim_mean"] <= 1 and domain["inversion"]["n"] == 2
     assert "Controllability" in markdown and "Inversion" in markdown
+
+
+def test_real_cause(out):
+    load("real_cause").main([*QUICK, "--out", str(out)])
+    markdown, data = written(out, "real_cause")
+    for domain, result in data["domains"].items():
+        assert result["n_scans"] == 1 and 0 <= result["n_positive"] <= 1
+        for scan in result["scans"]:
+            assert scan["rank"] >= 1 and scan["top"] and scan["nfe"] > 0
+        assert result["first_and_flips"] is None or unit(result["first_and_flips"])
+    assert "finding first and flips" in markdown
+
+
+def test_real_cause_scans_are_truly_caused_by_the_finding():
+    """The renderer decides: with the finding the label is positive, without it negative."""
+    from xcounter.phantoms import sample_attributes
+
+    module = load("real_cause")
+    for domain, (_, label, finding) in module.TASKS.items():
+        for seed in module.scan_seeds(domain, 3, 0):
+            assert sample_attributes(domain, seed, **{finding: True})[label] == 1
+            assert sample_attributes(domain, seed, **{finding: False})[label] == 0

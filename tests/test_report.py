@@ -156,6 +156,10 @@ def _assert_round_trip(original: Explanation, restored: Explanation) -> None:
         scale = np.abs(cf_before.difference).max()
         np.testing.assert_allclose(cf_after.difference, cf_before.difference, atol=scale / 127 + 1e-6)
         assert cf_after.difference.shape == cf_before.difference.shape
+        if cf_before.region is None:
+            assert cf_after.region is None
+        else:
+            np.testing.assert_array_equal(cf_after.region, cf_before.region)
     label = original.targets[0]
     np.testing.assert_allclose(restored.attributions[label]["integrated_gradients"],
                                original.attributions[label]["integrated_gradients"], atol=2 / 255 + 1e-3)

@@ -74,6 +74,8 @@ def _array_slots(explanation: Explanation) -> Iterator[tuple[str, list[Any], np.
                 yield f"{stem}-image", base + ["image"], counterfactual.image, False
             if counterfactual.difference is not None:
                 yield f"{stem}-difference", base + ["difference"], counterfactual.difference, True
+            if counterfactual.region is not None:
+                yield f"{stem}-region", base + ["region"], counterfactual.region, False
             for f_index, frame in enumerate(counterfactual.film):
                 if frame is not None:
                     yield f"{stem}-film{f_index}", base + ["film", f_index], frame, False
@@ -89,6 +91,12 @@ def _get(tree: Any, path: list[Any]) -> Any:
     for key in path:
         tree = tree[key]
     return tree
+
+
+def _parent(tree: Any, path: list[Any]) -> Any:
+    """The container holding `path`'s last key (older sidecars lack the newer optional slots)."""
+    parent = _get(tree, path[:-1])
+    return parent if isinstance(parent, dict) else range(len(parent))
 
 
 def sidecar_content(explanation: Explanation, images_dir_name: str | None) -> tuple[dict, dict[str, bytes]]:
@@ -181,9 +189,9 @@ def _reference_paths(tree: dict) -> Iterator[list[Any]]:
     for r_index, result in enumerate(tree.get("results", [])):
         for c_index, counterfactual in enumerate(result.get("counterfactuals", [])):
             base = ["results", r_index, "counterfactuals", c_index]
-            candidates += [base + ["image"], base + ["difference"]]
+            candidates += [base + ["image"], base + ["difference"], base + ["region"]]
             candidates += [base + ["film", f] for f in range(len(counterfactual.get("film", [])))]
     for candidate in candidates:
-        value = _get(tree, candidate)
+        value = _get(tree, candidate) if candidate[-1] in _parent(tree, candidate) else None
         if isinstance(value, dict) and value.get("encoding") in ("png", "float16"):
             yield candidate

@@ -33,7 +33,9 @@ def _counterfactual(rng: np.random.Generator, base: np.ndarray, attribute: str, 
         minimal_strength=minimal, flipped=minimal is not None, probability_before=probability_before,
         probability_after=probabilities[at], image=film[at], difference=(film[at] - base).astype(np.float32),
         film=film, l1=float(np.abs(film[at] - base).mean()), ssim=0.93, oracle_change={"pacemaker": 0.01},
-        cfrt=0.8, direction_cosine=[1.0, 0.97, 0.95], nfe=40)
+        cfrt=0.8, direction_cosine=[1.0, 0.97, 0.95], nfe=40,
+        # removals are confined to a region around what they remove, as the explainer's defaults do
+        region=(np.abs(change[..., 0]) > 0.02).astype(np.float32) if sign == "remove" else None)
 
 
 def sample_explanation(seed: int = 0, size: int = 48, label: str = "Pneumothorax",
