@@ -164,7 +164,10 @@ def test_real_cause(out):
         assert result["n_scans"] == 1 and 0 <= result["n_positive"] <= 1
         for scan in result["scans"]:
             assert scan["rank"] >= 1 and scan["top"] and scan["nfe"] > 0
+            flips = scan["true_margin_after"] < -1 if scan["true_margin_before"] > 0 else scan["true_margin_after"] > 1
+            assert scan["true_flips"] == flips
         assert result["first_and_flips"] is None or unit(result["first_and_flips"])
+        assert result["agreement"] is None or unit(result["agreement"])
     assert "finding first and flips" in markdown
 
 
