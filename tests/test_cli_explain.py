@@ -121,6 +121,20 @@ def test_bad_inputs_fail_in_one_line(models, tmp_path, capsys):
                                      tmp_path)
 
 
+def test_localise_chooses_which_edits_are_confined(models, tmp_path, capsys):
+    """Default: removals carry their DiffEdit region; --localise none: no edit is confined."""
+    for choice, confined in ((None, {"remove"}), ("none", set()), ("both", {"add", "remove"})):
+        sidecar = tmp_path / f"{choice}.json"
+        extra = ["--out", str(tmp_path / f"{choice}.html"), "--json", str(sidecar), "--target", "Effusion"]
+        assert main(_args(models, models["scan"], *extra, *(["--localise", choice] if choice else []))) == 0
+        explanation = read_json_sidecar(sidecar)
+        assert set(explanation.settings["localise"]) == confined
+        counterfactuals = [c for r in explanation.results for c in r.counterfactuals]
+        assert counterfactuals and all((c.region is not None) == (c.sign in confined) for c in counterfactuals)
+    capsys.readouterr()
+    assert "--localise" in _refused(capsys, _args(models, models["scan"], "--localise", "everywhere"), tmp_path)
+
+
 def test_command_line_round_trips_through_the_parser(models):
     from xcounter.cli.explain import command as explain_command
 

@@ -52,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         return 130
+    except click.UsageError as exc:  # one line, like every other user mistake; the help is one flag away
+        command = exc.ctx.command_path if exc.ctx is not None else "xcounter"
+        click.echo(f"Error: {exc.format_message()} (see '{command} --help')", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

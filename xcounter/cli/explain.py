@@ -59,7 +59,7 @@ def run_explain(classifier: str, image: str | Path, *, generator: str | None = N
                 attributes: str | None = None, report_text: str | None = None, out: str | Path | None = None,
                 json_path: str | Path | None = None, embed_images: bool = False, seed: int = 0,
                 steps: int | None = None, trust_pickle: bool = False, oracle: str | None = None,
-                alpha: float | None = None, flip_margin: float | None = None,
+                alpha: float | None = None, flip_margin: float | None = None, localise: str | None = None,
                 progress: Callable[[str], None] | None = None) -> ExplainRun:
     """Load everything, explain, render the card (and sidecar) atomically. Raises XCounterError on user mistakes."""
     import xcounter
@@ -81,6 +81,8 @@ def run_explain(classifier: str, image: str | Path, *, generator: str | None = N
         model.target_index(target)
     sd = xcounter.load_generator(generator or _default_generator(model), steps=steps)
     tuning = {k: v for k, v in (("alpha", alpha), ("flip_margin", flip_margin)) if v is not None}
+    if localise is not None:
+        tuning["localise"] = LOCALISE_CHOICES[localise]
     explainer = xcounter.Explainer(model, sd, attributes or _default_attributes(model, sd), oracle=oracle, steps=steps,
                                    **tuning)
     say(f"Explaining {scan.name} ({scan.width}x{scan.height}) with classifier {model.name} and generator {sd.name} ...")
@@ -122,6 +124,10 @@ def print_run(run: ExplainRun) -> None:
         click.echo(f"JSON:   {run.json}")
 
 
+#: --localise values -> the Explainer's `localise` (which edits act only inside their DiffEdit region)
+LOCALISE_CHOICES = {"remove": ("remove",), "add": ("add",), "both": ("add", "remove"), "none": ()}
+
+
 @click.command("explain")
 @click.option("--classifier", required=True, metavar="FILE|phantom:NAME|xrv:NAME",
               help="Classifier: TorchScript .pt, state dict/safetensors, phantom:NAME or xrv:NAME.")
@@ -144,11 +150,13 @@ def print_run(run: ExplainRun) -> None:
               help="Edit scale of the language directions (default 2).")
 @click.option("--flip-margin", type=click.FloatRange(min=0),
               help="Logits past the threshold an edit must reach to count as a flip (default 1).")
+@click.option("--localise", type=click.Choice(list(LOCALISE_CHOICES)),
+              help="Which edits act only where the prompts disagree (DiffEdit region); default: remove.")
 def command(classifier, image, generator, targets, attributes, report_text, out, json_path, embed_images, seed,
-            steps, trust_pickle, oracle, alpha, flip_margin) -> None:
+            steps, trust_pickle, oracle, alpha, flip_margin, localise) -> None:
     """Explain a classifier's decision on one scan with counterfactual attribute edits."""
     run = run_explain(classifier, image, generator=generator, targets=targets, attributes=attributes,
                       report_text=report_text, out=out, json_path=json_path, embed_images=embed_images, seed=seed,
                       steps=steps, trust_pickle=trust_pickle, oracle=oracle, alpha=alpha, flip_margin=flip_margin,
-                      progress=lambda message: click.echo(message, err=True))
+                      localise=localise, progress=lambda message: click.echo(message, err=True))
     print_run(run)
