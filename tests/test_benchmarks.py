@@ -168,6 +168,9 @@ def test_real_cause(out):
             assert scan["true_flips"] == flips
         assert result["first_and_flips"] is None or unit(result["first_and_flips"])
         assert result["agreement"] is None or unit(result["agreement"])
+        verdicts = result["verdicts"]
+        assert verdicts["n_pairs"] == sum(len(s["renderer"]) for s in result["scans"] if s["positive"])
+        assert all(unit(verdicts[k]) for k in ("agreement", "precision", "recall", "top_is_a_true_flip"))
     assert "finding first and flips" in markdown
 
 
@@ -180,3 +183,14 @@ def test_real_cause_scans_are_truly_caused_by_the_finding():
         for seed in module.scan_seeds(domain, 3, 0):
             assert sample_attributes(domain, seed, **{finding: True})[label] == 1
             assert sample_attributes(domain, seed, **{finding: False})[label] == 0
+
+
+def test_verdict_scores_count_against_the_renderer():
+    module = load("real_cause")
+    scans = [{"top": "a", "renderer": {"a": {"ours": True, "truth": True}, "b": {"ours": True, "truth": False}}},
+             {"top": "nothing flips", "renderer": {"a": {"ours": False, "truth": True}, "b": {"ours": False,
+                                                                                              "truth": False}}}]
+    scores = module.verdict_scores(scans)
+    assert scores["n_pairs"] == 4 and scores["agreement"] == 0.5
+    assert scores["precision"] == 0.5 and scores["recall"] == 0.5
+    assert scores["top_is_a_true_flip"] == 0.5 and scores["true_flips_per_scan"] == 1.0
