@@ -160,7 +160,8 @@ def goals(domains: dict[str, dict]) -> list[dict]:
                                   f"removal flips {r['true_flips']:.0%} of them"))
             if r.get("n_truly"):
                 value = r["first_and_flips_when_truly"]
-                out.append(C.goal_row(f"{domain}: ... on the scans where the true removal flips the decision",
+                out.append(C.goal_row(f"{domain}: clean {r['label']}: {r['finding']} ranked first and flips, on the "
+                                      "scans where the renderer's own removal flips the decision",
                                       value, value >= GOAL, f"met = at least {GOAL:.0%} of {r['n_truly']} scans"))
     return out
 
