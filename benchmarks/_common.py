@@ -346,6 +346,18 @@ def goals_table(goals: Sequence[dict]) -> list[str]:
                   for g in goals])
 
 
+def missing_models(domains: dict[str, dict]) -> list[str]:
+    """The line naming classifiers a section could not measure (none when the zoo had them all)."""
+    missing = [f"{d}: {', '.join(r['models']['missing_classifiers'])}" for d, r in domains.items()
+               if r["models"]["missing_classifiers"]]
+    return [f"Not in the zoo, so not measured: {'; '.join(missing)}.", ""] if missing else []
+
+
+def closing(goal_rows: Sequence[dict], figure: str | None, alt: str) -> list[str]:
+    """A section's last lines: its goals table, then its figure."""
+    return ["Goals:", ""] + goals_table(goal_rows) + ([f"![{alt}]({figure})", ""] if figure else [])
+
+
 def mean(values: Sequence[float]) -> float | None:
     values = [float(v) for v in values if v is not None and np.isfinite(float(v))]
     return float(np.mean(values)) if values else None

@@ -184,14 +184,8 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
                          "yes" if r["should_alert"] else "no"])
     lines += C.table(["domain", "classifier", "rho", "planted", "N scans", "flip rate", "95% CI",
                       "planted alert", "all alerts", "alert expected"], rows)
-    missing = [f"{d}: {', '.join(r['models']['missing_classifiers'])}" for d, r in domains.items()
-               if r["models"]["missing_classifiers"]]
-    if missing:
-        lines += [f"Not in the zoo, so not measured: {'; '.join(missing)}.", ""]
-    lines += ["Goals:", ""] + C.goals_table(goal_rows)
-    if figure:
-        lines += [f"![audits by rho]({figure})", ""]
-    return lines
+    lines += C.missing_models(domains)
+    return lines + C.closing(goal_rows, figure, "audits by rho")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -219,10 +219,7 @@ def markdown(domains: dict[str, dict], goal_rows: list[dict], figure: str | None
     lines += C.table(["domain", "classifier", "rho", "planted", "N scans", "recovery (1st + flagged)",
                       "planted flagged", "mean rank of planted", "mean minimal strength",
                       "anything flagged (false alarm at rho 0.5 / clean)", "most often ranked 1st"], rows)
-    missing = [f"{d}: {', '.join(r['models']['missing_classifiers'])}" for d, r in domains.items()
-               if r["models"]["missing_classifiers"]]
-    if missing:
-        lines += [f"Not in the zoo, so not measured: {'; '.join(missing)}.", ""]
+    lines += C.missing_models(domains)
     clean_rows = [[d, r["classifier"], r["label"], r["expected"], r["n"], r.get("ranked_first"), r.get("flagged"),
                    r.get("mean_rank"), ", ".join(r.get("top_attributes", []))]
                   for d, res in domains.items() for r in res["rows"] if r["role"] == "clean cause"]
@@ -230,10 +227,7 @@ def markdown(domains: dict[str, dict], goal_rows: list[dict], figure: str | None
         lines += ["Clean classifier, a real cause:", ""]
         lines += C.table(["domain", "classifier", "target", "expected first", "N scans", "ranked first",
                           "flagged \"drives\"", "mean rank", "most often ranked 1st"], clean_rows)
-    lines += ["Goals:", ""] + C.goals_table(goal_rows)
-    if figure:
-        lines += [f"![faithfulness]({figure})", ""]
-    return lines
+    return lines + C.closing(goal_rows, figure, "faithfulness")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -239,10 +239,7 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
                   f"{inv['ssim_mean']:.3f} (min {inv['ssim_min']:.3f}), MAE {inv['mae_mean']:.3f}.", ""]
         if result.get("grid"):
             lines += [f"![{domain} samples]({result['grid']})", ""]
-    lines += ["Goals:", ""] + C.goals_table(goal_rows)
-    if figure:
-        lines += [f"![controllability]({figure})", ""]
-    return lines
+    return lines + C.closing(goal_rows, figure, "controllability")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

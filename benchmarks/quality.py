@@ -349,10 +349,7 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
                       f"{seen}.", ""]
         if result["models"]["missing_classifiers"]:
             lines += [f"Missing from the zoo: {', '.join(result['models']['missing_classifiers'])}.", ""]
-    lines += ["Goals:", ""] + C.goals_table(goal_rows)
-    if figure:
-        lines += [f"![quality]({figure})", ""]
-    return lines
+    return lines + C.closing(goal_rows, figure, "quality")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -212,14 +212,8 @@ def markdown(domains: dict[str, dict], goal_rows: list[dict], figure: str | None
               "product's flip margin (1 logit), the rule our counterfactuals must pass too. It measures how much the "
               "classifier really rests on the finding: where the perfect removal does not flip the decision, an "
               "explainer that reports no flip is right.", ""]
-    missing = [f"{d}: {', '.join(r['models']['missing_classifiers'])}" for d, r in domains.items()
-               if r["models"]["missing_classifiers"]]
-    if missing:
-        lines += [f"Not in the zoo, so not measured: {'; '.join(missing)}.", ""]
-    lines += ["Goals:", ""] + C.goals_table(goal_rows)
-    if figure:
-        lines += [f"![real causes]({figure})", ""]
-    return lines
+    lines += C.missing_models(domains)
+    return lines + C.closing(goal_rows, figure, "real causes")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

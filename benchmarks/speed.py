@@ -250,10 +250,7 @@ def markdown(costs: dict, e2e: dict | None, e2e_error: str | None, goal_rows: li
                       e2e["nfe_per_attribute"], "this run"])
     scale += [[name, text, "published, not run here"] for name, text in OTHERS]
     lines += ["UNet passes for scale:", ""] + C.table(["method", "UNet passes", "source"], scale)
-    lines += ["Goals:", ""] + C.goals_table(goal_rows)
-    if figure:
-        lines += [f"![speed]({figure})", ""]
-    return lines
+    return lines + C.closing(goal_rows, figure, "speed")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
