@@ -193,6 +193,19 @@ def test_json_sidecar_embedded(tmp_path):
     _assert_round_trip(original, read_json_sidecar(path))
 
 
+def test_json_sidecar_from_before_edit_regions_still_reads(tmp_path):
+    """Sidecars written before schema 1.1 carry no `region`: they read back with none."""
+    path = write_json_sidecar(sample_explanation(), tmp_path / "old.json", embed_images=True)
+    document = json.loads(path.read_text(encoding="utf-8"))
+    for result in document["explanation"]["results"]:
+        for counterfactual in result["counterfactuals"]:
+            counterfactual.pop("region")
+    path.write_text(json.dumps(document), encoding="utf-8")
+    restored = read_json_sidecar(path)
+    assert all(c.region is None for r in restored.results for c in r.counterfactuals)
+    assert restored.results[0].counterfactuals[0].image is not None
+
+
 def test_json_sidecar_is_atomic(tmp_path, monkeypatch):
     calls = {"n": 0}
     original = json_sidecar.encode_png

@@ -93,12 +93,6 @@ def _get(tree: Any, path: list[Any]) -> Any:
     return tree
 
 
-def _parent(tree: Any, path: list[Any]) -> Any:
-    """The container holding `path`'s last key (older sidecars lack the newer optional slots)."""
-    parent = _get(tree, path[:-1])
-    return parent if isinstance(parent, dict) else range(len(parent))
-
-
 def sidecar_content(explanation: Explanation, images_dir_name: str | None) -> tuple[dict, dict[str, bytes]]:
     """The sidecar document and the PNG files it refers to (empty when images are embedded)."""
     document = explanation.to_dict()
@@ -189,9 +183,11 @@ def _reference_paths(tree: dict) -> Iterator[list[Any]]:
     for r_index, result in enumerate(tree.get("results", [])):
         for c_index, counterfactual in enumerate(result.get("counterfactuals", [])):
             base = ["results", r_index, "counterfactuals", c_index]
-            candidates += [base + ["image"], base + ["difference"], base + ["region"]]
+            candidates += [base + ["image"], base + ["difference"]]
+            if "region" in counterfactual:  # sidecars written before schema 1.1 have no region slot
+                candidates.append(base + ["region"])
             candidates += [base + ["film", f] for f in range(len(counterfactual.get("film", [])))]
     for candidate in candidates:
-        value = _get(tree, candidate) if candidate[-1] in _parent(tree, candidate) else None
+        value = _get(tree, candidate)
         if isinstance(value, dict) and value.get("encoding") in ("png", "float16"):
             yield candidate
