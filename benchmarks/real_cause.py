@@ -6,8 +6,9 @@ The renderer says which scans qualify: the finding is drawn, the true label is p
 with only the finding removed is truly negative (CXR: Effusion = pleural_effusion, every scan; skin: the
 ABCD-like score crosses its threshold when the blue-white veil goes). Every other attribute is left as the
 seed draws it. Each scan is explained by the product's `Explainer` with default settings (every non-anatomy
-attribute examined, the phantom's report caption as the source prompt); the share is taken over the scans
-the classifier calls positive.
+attribute examined, the phantom's report caption as the source prompt) and the domain's attribute oracle, so
+flips the oracle traces to another attribute's flip are "mediated" (`xcounter.mediation`); the share is
+taken over the scans the classifier calls positive. The verdicts are scored with and without that check.
 
     python benchmarks/real_cause.py              # shipped models, 50 scans per domain
     python benchmarks/real_cause.py --quick --models tiny
@@ -83,18 +84,21 @@ def renderer_verdicts(models: C.DomainModels, classifier, explanation, label: st
                                 **{finding: True, r.attribute: r.sign == "add"}) for r in results]
     with torch.no_grad():
         margins = classifier.margins(torch.cat(images))[:, index].float().tolist()
-    return {r.attribute: {"sign": r.sign, "ours": bool(r.flipped),
-                          "truth": is_flipped(m, margins[0] > 0, DEFAULT_FLIP_MARGIN)}
+    return {r.attribute: {"sign": r.sign, "ours": bool(r.drives_decision), "flipped": bool(r.flipped),
+                          "verdict": r.verdict, "truth": is_flipped(m, margins[0] > 0, DEFAULT_FLIP_MARGIN)}
             for r, m in zip(results, margins[1:])}
 
 
-def verdict_scores(scans: list[dict]) -> dict:
-    """Our flip verdicts against the renderer's, over every (scan, binary attribute) and per scan's top."""
+def verdict_scores(scans: list[dict], key: str = "ours", top: str = "top") -> dict:
+    """Our verdicts against the renderer's flips, over every (scan, binary attribute) and per scan's top.
+
+    `key` "ours" scores the verdicts (a flip counts when it is named a cause: "drives" or "shortcut"),
+    "flipped" the raw flips (what the verdicts would be without the oracle's mediation check)."""
     pairs = [v for s in scans for v in s["renderer"].values()]
-    ours, truth = [p["ours"] for p in pairs], [p["truth"] for p in pairs]
+    ours, truth = [p.get(key, p["ours"]) for p in pairs], [p["truth"] for p in pairs]
     hits = sum(o and t for o, t in zip(ours, truth))
-    tops = [s["top"] in {a for a, v in s["renderer"].items() if v["truth"]} or
-            (s["top"] == "nothing flips" and not any(v["truth"] for v in s["renderer"].values())) for s in scans]
+    tops = [s[top] in {a for a, v in s["renderer"].items() if v["truth"]} or
+            (s[top] == "nothing flips" and not any(v["truth"] for v in s["renderer"].values())) for s in scans]
     return {"n_pairs": len(pairs), "agreement": sum(o == t for o, t in zip(ours, truth)) / len(pairs) if pairs else None,
             "precision": hits / sum(ours) if sum(ours) else None, "recall": hits / sum(truth) if sum(truth) else None,
             "top_is_a_true_flip": sum(tops) / len(tops) if tops else None,
@@ -102,14 +106,19 @@ def verdict_scores(scans: list[dict]) -> dict:
 
 
 def score(explanation, label: str, finding: str, phantom_seed: int) -> dict:
+    """The finding's rank and verdict; the top attribute as the verdicts name it (the first named cause) and by
+    raw flips (the first flip, mediated or not)."""
     ranking = explanation.ranking_for(label)
     result = explanation.result(label, finding)
-    top = ranking[0]
+    causes = [r.attribute for r in ranking if r.drives_decision]
+    flips = [r.attribute for r in ranking if r.flipped]
     return {"scan_seed": phantom_seed, "positive": bool(explanation.prediction(label).positive),
             "probability": float(explanation.prediction(label).probability),
-            "rank": [r.attribute for r in ranking].index(finding) + 1, "flipped": bool(result.flipped),
+            "rank": [r.attribute for r in ranking].index(finding) + 1, "flipped": bool(result.drives_decision),
+            "raw_flipped": bool(result.flipped), "mediator": result.mediator,
             "verdict": result.verdict, "strength": result.minimal_strength,
-            "top": top.attribute if top.flipped else "nothing flips", "nfe": int(explanation.nfe)}
+            "top": causes[0] if causes else "nothing flips", "top_raw": flips[0] if flips else "nothing flips",
+            "nfe": int(explanation.nfe)}
 
 
 def run_domain(domain: str, args, total: C.Budget) -> dict:
@@ -117,12 +126,13 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
     from xcounter.explainer import Explainer
 
     name, label, finding = TASKS[domain]
-    models = C.load_domain(domain, args.models, [name], need_oracle=False)
+    models = C.load_domain(domain, args.models, [name], need_oracle=True)
     result: dict[str, Any] = {"models": models.describe(), "classifier": name, "label": label, "finding": finding,
                               "scans": []}
     if name not in models.classifiers:
         return result
-    explainer = Explainer(models.classifiers[name], models.generator, models.attributes, attribution=False)
+    explainer = Explainer(models.classifiers[name], models.generator, models.attributes, attribution=False,
+                          oracle=models.oracle)
     n = args.n or (1 if args.models == "tiny" else QUICK_N if args.quick else DEFAULT_N)
     scores = []
     for phantom_seed in scan_seeds(domain, n, args.seed):
@@ -144,6 +154,7 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
                   true_flips=share(lambda s: s["true_flips"]), n_truly=len(truly),
                   first_and_flips_when_truly=share(lambda s: s["rank"] == 1 and s["flipped"], truly),
                   agreement=share(lambda s: s["flipped"] == s["true_flips"]), verdicts=verdict_scores(positive),
+                  raw_flips=verdict_scores(positive, key="flipped", top="top_raw"),
                   instead=collections.Counter(s["top"] for s in positive if s["rank"] != 1).most_common(),
                   nfe_per_scan=C.mean([s["nfe"] for s in scores]))
     return result
@@ -188,8 +199,10 @@ def markdown(domains: dict[str, dict], goal_rows: list[dict], figure: str | None
         + (" (stopped by --budget-s: N below is what fitted)" if budget.stopped_early else "") + "."])
     lines += ["Unseen phantoms whose true label follows from one finding: it is drawn, the label is truly positive, "
               "and the same phantom without it is truly negative (the renderer decides; every other attribute as "
-              "the seed draws it). Each scan is explained by the product's `Explainer` with default settings and "
-              "the phantom's report caption; shares are over the scans the classifier calls positive.", ""]
+              "the seed draws it). Each scan is explained by the product's `Explainer` with default settings, the "
+              "phantom's report caption and the domain's attribute oracle (flips it traces to another attribute's flip "
+              "are *mediated*, not causes); shares are over the scans the classifier calls positive. *Flips* below "
+              "means the finding is named a cause (verdict drives or shortcut).", ""]
     rows = [[d, r["classifier"], r["label"], r["finding"], r.get("n_scans", 0), r.get("n_positive", 0),
              r.get("first_and_flips"), r.get("first"), r.get("flips"), r.get("true_flips"),
              r.get("first_and_flips_when_truly"), r.get("agreement"),
@@ -199,12 +212,15 @@ def markdown(domains: dict[str, dict], goal_rows: list[dict], figure: str | None
                       "finding first and flips", "finding first", "finding flips", "true removal flips",
                       "first and flips, where the true removal flips", "ours flips = true removal flips",
                       "ranked first instead", "NFE per scan"], rows)
-    rows = [[d, r["classifier"], r["label"], v["n_pairs"], v["true_flips_per_scan"], v["agreement"], v["precision"],
-             v["recall"], v["top_is_a_true_flip"]] for d, r in domains.items() if (v := r.get("verdicts"))]
+    rows = [[d, r["classifier"], r["label"], what, v["n_pairs"], v["true_flips_per_scan"], v["agreement"],
+             v["precision"], v["recall"], v["top_is_a_true_flip"]]
+            for d, r in domains.items()
+            for what, v in (("verdicts (mediation checked)", r.get("verdicts")), ("raw flips", r.get("raw_flips"))) if v]
     if rows:
         lines += ["Every examined binary attribute against the renderer (positive scans): the renderer makes the same "
-                  "edit perfectly (same phantom, same sign), and its flip is compared with our counterfactual's.", ""]
-        lines += C.table(["domain", "classifier", "label", "(scan, attribute) pairs", "true flips per scan",
+                  "edit perfectly (same phantom, same sign), and its flip is compared with our verdict (named a cause) "
+                  "and with our counterfactual's raw flip (what the verdicts are without an oracle).", ""]
+        lines += C.table(["domain", "classifier", "label", "ours", "(scan, attribute) pairs", "true flips per scan",
                           "our flip verdict = the renderer's", "precision of our flips", "recall of true flips",
                           "our top attribute flips under the renderer too"], rows)
     lines += ["*True removal*: the same phantom redrawn by the renderer without the finding, everything else "

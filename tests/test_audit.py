@@ -236,6 +236,30 @@ def test_shortcut_rule_and_order_independence():
     assert aggregate_records(shuffled, seed=0, n_resamples=500).to_dict() == aggregate.to_dict()
 
 
+def test_mediated_flips_are_not_the_attributes_own_and_raise_no_alert(tmp_path):
+    """With an oracle, a pacemaker edit that also erased the effusion is credited to the effusion: on a clean
+    classifier that must not become a shortcut alert, and the report still shows the flips as mediated."""
+    from xcounter.audit.report import write_audit_report
+
+    kinds = {"pacemaker": "device", "pleural_effusion": "pathology"}
+    records = [synthetic_record(f"s{i}.png", {"pacemaker": True, "pleural_effusion": True}, kinds) for i in range(8)]
+    for record in records[:6]:
+        record["explanation"]["results"][0]["verdict"] = "mediated"
+    aggregate = aggregate_records(records, seed=0, n_resamples=300)
+    pacemaker = aggregate.stat(TARGET, "pacemaker")
+    assert (pacemaker.flips, pacemaker.mediated, pacemaker.flip_rate) == (2, 6, 0.25)
+    assert aggregate.stat(TARGET, "pleural_effusion").flips == 8
+    assert not pacemaker.alert
+    for record in records:  # the same flips, no longer mediated: an alert
+        record["explanation"]["results"][0]["verdict"] = "shortcut"
+    assert aggregate_records(records, seed=0, n_resamples=300).stat(TARGET, "pacemaker").alert
+    metadata = {"classifier": {"name": "m", "sha256": "abc"}, "generator": {"name": "g"}, "seed": 0,
+                "targets": [TARGET], "attributes": list(kinds), "settings": {}, "executor": "serial (1 worker)",
+                "versions": {"xcounter": "0"}, "created": "now"}
+    html_path, _ = write_audit_report(tmp_path, aggregate, metadata, lambda: iter(records))
+    assert "(+6 mediated)" in html_path.read_text()
+
+
 def test_report_shows_alerts_with_their_evidence(tmp_path):
     from xcounter.audit.report import write_audit_report
 

@@ -198,6 +198,24 @@ def test_oracle_change_and_cfrt(classifier, generator, attributes, scan):
     assert 0.0 <= add.cfrt <= 1.0
     assert e.result("Effusion", "pleural_effusion").counterfactuals[0].cfrt is None  # not measured by the oracle
     assert e.settings["oracle"] is True
+    assert e.settings["mediation"] is True
+    for result in e.results:  # a mediated verdict always names a flipping cause of the same target
+        if result.verdict == "mediated":
+            assert result.flipped and e.result(result.target, result.mediator).drives_decision
+
+
+def test_mediation_needs_an_oracle_and_can_be_switched_off(classifier, generator, attributes, scan, monkeypatch):
+    import xcounter.explainer as explainer_module
+
+    calls = []
+    monkeypatch.setattr(explainer_module, "apply_mediation", lambda results, **kw: calls.append(len(results)))
+    without = Explainer(classifier, generator, attributes, attribution=False).explain(scan, target="Effusion")
+    switched_off = Explainer(classifier, generator, attributes, oracle=_FakeOracle(), attribution=False,
+                             mediation=False).explain(scan, target="Effusion")
+    assert calls == [] and without.settings["mediation"] is False and switched_off.settings["mediation"] is False
+    with_oracle = Explainer(classifier, generator, attributes, oracle=_FakeOracle(), attribution=False).explain(
+        scan, target="Effusion")
+    assert calls == [len(with_oracle.results)] and with_oracle.settings["mediation"] is True
 
 
 @pytest.mark.parametrize("method", ["latent_shift", "sdedit", "random"])

@@ -23,6 +23,7 @@ from xcounter.disentangle.trajectories import (DEFAULT_ALPHA, DEFAULT_EDIT_GUIDA
 from xcounter.errors import XCounterError
 from xcounter.explanation import AttributeResult, Explanation, Prediction
 from xcounter.methods import get_method
+from xcounter.mediation import apply_mediation
 from xcounter.methods.base import SIGNS, EditContext
 from xcounter.methods.trajectory import (DEFAULT_MAX_NFE, LOCALISED_SIGNS, TrajectoryMethod, localised_signs,
                                          to_hwc)
@@ -119,6 +120,9 @@ class Explainer:
             disagree about the noise (DiffEdit's mask read on the inversion path,
             `xcounter.disentangle.edit_region`); outside it the counterfactual is the reconstruction. Costs 6 UNet
             evaluations per edit. Default: removals (`LOCALISED_SIGNS`); True = both, False or () = none.
+        mediation: with an oracle, a flip whose counterfactual also made another attribute's own flipping
+            edit gets the verdict "mediated" and names that attribute (`xcounter.mediation`); without an
+            oracle there is nothing to read it from and verdicts are unchanged.
     """
 
     def __init__(self, classifier: "Classifier", generator: "SDGenerator",
@@ -128,7 +132,7 @@ class Explainer:
                  tolerance: float = DEFAULT_TOLERANCE, flip_margin: float = DEFAULT_FLIP_MARGIN,
                  disentangle: bool = True, signs: str | Sequence[str] = "auto", examine: Sequence[str] | None = None,
                  edit_guidance: float = DEFAULT_EDIT_GUIDANCE, restate: bool = True,
-                 localise: Sequence[str] | bool = LOCALISED_SIGNS):
+                 localise: Sequence[str] | bool = LOCALISED_SIGNS, mediation: bool = True):
         self.classifier = classifier
         self.generator = generator
         self.attributes = load_attributes(attributes)
@@ -156,6 +160,7 @@ class Explainer:
         self.edit_guidance = float(edit_guidance)
         self.restate = bool(restate)
         self.localise = localised_signs(localise)
+        self.mediation = bool(mediation)
         if isinstance(signs, str) and signs == "auto":
             self.signs: str | tuple[str, ...] = "auto"
         else:
@@ -280,6 +285,8 @@ class Explainer:
             for attribute in self.examined:
                 counterfactuals = [self.method.generate(contexts[t], attribute, s) for s in signs[attribute.name]]
                 results.append(self._result(t, attribute, counterfactuals, gradient_ranking.get(t, {})))
+        if self.oracle is not None and self.mediation:
+            apply_mediation(results, keep=self._own_findings)
 
         nfe = generator.nfe - nfe_start
         if self.examined and nfe / len(self.examined) > NFE_PER_ATTRIBUTE_BUDGET:
@@ -318,6 +325,11 @@ class Explainer:
                 wanted.add("remove" if decisions[target] else "add")
         return tuple(s for s in SIGNS if s in wanted)
 
+    def _own_findings(self, target: str) -> list[str]:
+        """The pathology attributes a target label names (Effusion: pleural_effusion): never demoted as mediated."""
+        finding = self.classifier.finding(target)
+        return [a.name for a in self.examined if a.kind == "pathology" and a.label == finding]
+
     def _settings(self, steps: int) -> dict:
         swap_steps = self.swap_steps if self.swap_steps is not None else select_swap_steps(
             steps, DEFAULT_STRENGTHS, self.max_nfe, self.generator.guidance_scale, self.edit_guidance)
@@ -328,7 +340,7 @@ class Explainer:
                 "signs": self.signs if isinstance(self.signs, str) else list(self.signs),
                 "edit_guidance": self.edit_guidance, "restate": self.restate, "localise": list(self.localise),
                 "attributes": self.attributes.domain,
-                "oracle": self.oracle is not None}
+                "oracle": self.oracle is not None, "mediation": self.oracle is not None and self.mediation}
 
     def _reconstruction_warnings(self, inversion, predictions: list[Prediction], targets: list[str]) -> list[str]:
         found = []

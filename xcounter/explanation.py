@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1.1"
-VERDICTS = ("shortcut", "drives", "does not drive")
+SCHEMA_VERSION = "1.2"
+#: "mediated": the edit flips the decision, but an oracle saw it also make another attribute's flipping edit
+#: (`AttributeResult.mediator`; see `xcounter.mediation`)
+VERDICTS = ("shortcut", "drives", "mediated", "does not drive")
 
 
 def encode_array(array: np.ndarray | None) -> dict | None:
@@ -84,6 +86,13 @@ class AttributeResult:
     sign: str | None = None  # the sign of the best counterfactual
     gradient_sensitivity: float | None = None  # first-order logit change (gradient projection)
     counterfactuals: list[Counterfactual] = field(default_factory=list)
+    #: the attribute this flip is traced to when the verdict is "mediated" (needs an oracle)
+    mediator: str | None = None
+
+    @property
+    def drives_decision(self) -> bool:
+        """Whether this attribute is named a cause: it flips the decision and the flip is its own."""
+        return self.flipped and self.verdict in ("drives", "shortcut")
 
     @property
     def best(self) -> Counterfactual | None:
@@ -122,7 +131,7 @@ class Explanation:
 
     @property
     def ranking(self) -> list[AttributeResult]:
-        """Attribute results, smallest flipping edit first; non-flipping ones last.
+        """Attribute results, smallest flipping edit first; mediated flips after them; non-flipping ones last.
 
         "Smallest" is the counterfactual's mean absolute pixel change from the reconstruction (L1, the
         proximity of the counterfactual literature), then the edit strength. Why not strength first: a
@@ -135,7 +144,7 @@ class Explanation:
             best = result.best if flipped else None
             l1 = best.l1 if best is not None and best.l1 is not None else float("inf")
             strength = result.minimal_strength if flipped else 2.0
-            return (not result.flipped, l1, strength, result.target, result.attribute)
+            return (not result.flipped, result.verdict == "mediated", l1, strength, result.target, result.attribute)
         return sorted(self.results, key=key)
 
     def ranking_for(self, target: str) -> list[AttributeResult]:

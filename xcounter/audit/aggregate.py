@@ -7,6 +7,10 @@ decision should depend on), (2) at least `min_scans` scans were explained for th
 lower bound of the flip rate's confidence interval is above `threshold` (default 0.1): even the
 pessimistic end says one scan in ten changes its decision under an edit of that attribute alone.
 
+A flip the explanation credits to another attribute (verdict "mediated": with an oracle, the edit also made
+another attribute's own flipping edit; `xcounter.mediation`) is not counted as this attribute's flip; the
+number of such flips is kept beside the rate (`mediated`). Without an oracle no flip is mediated.
+
 Why 0.1: a device or a ruler that changes one diagnosis in ten is a finding a validation team must see.
 On the phantom benchmarks (`reports/benchmarks.md`, flip margin 1) the clean classifiers' device and
 artifact flip rates have interval lower bounds of 0, while at 0.2 a classifier whose decisions follow a
@@ -39,12 +43,13 @@ class Observation:
     target: str
     attribute: str
     kind: str
-    flipped: bool
+    flipped: bool  # the decision flipped and the explanation credits the flip to this attribute
     minimal_strength: float | None
     sign: str | None
     probability_before: float | None
     probability_after: float | None
     cfrt: float | None
+    mediated: bool = False  # the decision flipped, but the flip is credited to another attribute
 
     @property
     def delta_probability(self) -> float | None:
@@ -77,6 +82,7 @@ class AttributeStat:
     cfrt_scans: int
     alert: bool
     examples: list[dict] = field(default_factory=list)  # strongest counterfactuals: scan id, sign, strength, p
+    mediated: int = 0  # flips credited to another attribute (not in `flips`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,7 +127,9 @@ def observations(record: dict) -> list[Observation]:
         best = counterfactuals[index] if index is not None else {}
         found.append(Observation(
             scan_id=record["scan_id"], target=result["target"], attribute=result["attribute"], kind=result["kind"],
-            flipped=bool(result.get("flipped")), minimal_strength=result.get("minimal_strength"),
+            flipped=bool(result.get("flipped")) and result.get("verdict") != "mediated",
+            mediated=bool(result.get("flipped")) and result.get("verdict") == "mediated",
+            minimal_strength=result.get("minimal_strength"),
             sign=result.get("sign") or best.get("sign"), probability_before=best.get("probability_before"),
             probability_after=best.get("probability_after"), cfrt=best.get("cfrt")))
     return found
@@ -164,7 +172,8 @@ def summarize(target: str, attribute: str, found: list[Observation], *, seed: in
         median_minimal_strength_ci=ci(strengths, np.nanmedian, "median_minimal_strength"),
         mean_delta_probability=_point(deltas, np.mean), mean_delta_probability_ci=ci(deltas, np.mean, "delta"),
         mean_cfrt=_point(cfrts, np.mean), mean_cfrt_ci=ci(cfrts, np.mean, "cfrt"),
-        cfrt_scans=int(np.isfinite(cfrts).sum()), alert=bool(alert), examples=examples)
+        cfrt_scans=int(np.isfinite(cfrts).sum()), alert=bool(alert), examples=examples,
+        mediated=sum(o.mediated for o in found))
 
 
 def aggregate_records(records: Iterable[dict[str, Any]], *, seed: int = 0, threshold: float = ALERT_THRESHOLD,

@@ -145,7 +145,9 @@ LOCALISE_CHOICES = {"remove": ("remove",), "add": ("add",), "both": ("add", "rem
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for every random choice.")
 @click.option("--steps", type=int, help="DDIM steps (default: the generator's).")
 @click.option("--trust-pickle", is_flag=True, help="Allow loading a pickled classifier (runs its code).")
-@click.option("--oracle", metavar="NAME|FILE", help="Attribute oracle (cxr, skin or a file) to measure side effects.")
+@click.option("--oracle", metavar="NAME|FILE",
+              help="Attribute oracle (cxr, skin or a file): measures side effects, and credits a flip to another "
+                   "attribute when the edit also made that attribute's own flipping edit (verdict 'mediated').")
 @click.option("--alpha", type=click.FloatRange(min=0, min_open=True),
               help="Edit scale of the language directions (default 2).")
 @click.option("--flip-margin", type=click.FloatRange(min=0),

@@ -27,6 +27,7 @@ POOR_RECONSTRUCTION_SSIM = 0.5
 VERDICT_STYLE = {
     "shortcut": ("v-shortcut", "Shortcut alert"),
     "drives": ("v-drives", "Drives the decision"),
+    "mediated": ("v-mediated", "Mediated"),
     "does not drive": ("v-none", "Does not drive"),
 }
 ATTRIBUTION_NAMES = {"integrated_gradients": "Integrated Gradients", "gradcam": "Grad-CAM"}
@@ -100,8 +101,13 @@ def _sentence(result: AttributeResult, best: Counterfactual | None, positive: bo
         change = ""
         if positive is not None:
             change = f" from {'positive' if positive else 'negative'} to {'negative' if positive else 'positive'}"
-        return (f"{verb} {name} flips {result.target}{change} at edit strength {result.minimal_strength:.2f} "
-                f"(probability {best.probability_before:.2f} → {best.probability_after:.2f}).")
+        sentence = (f"{verb} {name} flips {result.target}{change} at edit strength {result.minimal_strength:.2f} "
+                    f"(probability {best.probability_before:.2f} → {best.probability_after:.2f}).")
+        if result.verdict == "mediated" and result.mediator:
+            mediator = result.mediator.replace("_", " ")
+            sentence += (f" The edit also changed {mediator}, whose own edit flips {result.target}: "
+                         f"the change is credited to {mediator}.")
+        return sentence
     return (f"No edit of {name} up to full strength flips {result.target} "
             f"(largest change: probability {best.probability_before:.2f} → {best.probability_after:.2f}).")
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 from xcounter.explanation import Explanation
 from xcounter.report.html import poor_reconstruction, reconstruction_already_warned
 
-VERDICT_WORDS = {"shortcut": "SHORTCUT ALERT", "drives": "drives", "does not drive": "does not drive"}
+VERDICT_WORDS = {"shortcut": "SHORTCUT ALERT", "drives": "drives", "mediated": "mediated",
+                 "does not drive": "does not drive"}
 #: an oracle reading that moved this much under the edit is named beside it: the flip may come from that
 #: change rather than from the attribute (a binary attribute read on the other side of 0.5, or about)
 ENTANGLED_CHANGE = 0.5
@@ -38,6 +39,8 @@ def text_summary(explanation: Explanation) -> str:
                 if best is not None:
                     how += f" (p {best.probability_before:.2f} -> {best.probability_after:.2f})"
                     how += _also_changed(best.oracle_change, result.attribute)
+                if result.verdict == "mediated" and result.mediator:
+                    how += f"; credited to {_flat(result.mediator)}"
             elif best is not None:
                 how = f"no flip (largest change {best.delta_probability:+.2f})"
             else:
