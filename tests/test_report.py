@@ -76,6 +76,17 @@ def test_card_shows_identity_predictions_and_distinct_verdicts(html):
     assert 'alt="Counterfactual scan with pneumothorax added at strength 0.60"' in html
 
 
+def test_card_shows_a_mediated_flip_and_its_credit():
+    explanation = sample_explanation(attribute_names=("chest_tube", "pneumothorax", "pacemaker", "central_line"))
+    explanation.results[3].counterfactuals[0].oracle_change = {f"attribute_{i}": 0.1 * i for i in range(12)}
+    html = render_html(explanation)
+    assert 'class="badge v-mediated"' in html and "Mediated" in html
+    assert "the change is credited to pneumothorax" in html
+    # long fact lines wrap between their items (a nowrap span next to another without a space never breaks)
+    facts = re.findall(r'<p class="facts">(.*?)</p>', html, flags=re.S)
+    assert facts and not any("</span><span>" in line for line in facts)
+
+
 def test_untrusted_text_is_escaped():
     html = render_html(hostile_explanation())
     assert HOSTILE_LABEL not in html and "<script" not in html.lower()
