@@ -47,6 +47,10 @@ rendering the same phantom with and without the attribute (toggle checks in `rep
 decisions that flip is chest_tube 96% / 40% / 11% at rho 1.0 / 0.75 / 0.5, ruler 95% / 57% / 7.5%, ink_marking
 72% / 40% / 7.5%, and portable_label only 43% / 0% / 0% (those networks read the consolidation itself). Read the
 faithfulness and audit rows against these: an explainer should flag what the classifier uses, not what was planted.
+The clean classifiers (retrained 2026-11-26 on 10,000 CXR and 30,000 skin phantoms) ignore every planted attribute
+(toggles flip chest_tube 1%, portable_label 0%, ruler 5%, ink_marking 7.5% of decisions, near-threshold scans) and
+follow their findings (effusion 98%): any flag on a clean classifier is a false alarm, and it comes from a generator
+edit that changed more than its attribute.
 """
 
 
