@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from tiny_generator import tiny_pipeline
-from xcounter.disentangle.edit_region import (DEFAULT_PROBE_STRENGTHS, disagreement_map, edit_region, probe_steps,
-                                              region_from_map)
+from xcounter.disentangle.edit_region import (DEFAULT_PROBE_STRENGTHS, disagreement_map, edit_region, prior_region,
+                                              probe_steps, region_from_map)
 from xcounter.errors import XCounterError
 from xcounter.generators import SDGenerator, SwapSchedule
 from xcounter.search import build_trajectory
@@ -85,6 +85,45 @@ def test_localised_trajectory_keeps_the_rest_and_counts_the_probes(generator, se
     outside = region[0].expand_as(local.points[0]) == 0
     assert torch.allclose(local.points[1:][:, outside], local.points[0][outside].expand(2, -1), atol=1e-6)
     assert torch.equal(local.points[0], plain.points[0])
+
+
+def test_prior_region_is_the_outer_band():
+    assert prior_region("anywhere", (1, 4, 16, 16)) is None
+    band = prior_region("periphery", (1, 4, 16, 16))
+    assert band.shape == (1, 1, 16, 16)
+    assert band[0, 0, 0].all() and band[0, 0, :, -1].all() and band[0, 0, 8, 8] == 0
+    assert band[0, 0, 4:12, 4:12].sum() == 0 and band[0, 0, 3, 8] == 1  # ceil(0.2 * 16) = 4 rows each side
+    with pytest.raises(ValueError, match="unknown where"):
+        prior_region("centre", (16, 16))
+
+
+def test_a_periphery_prior_confines_additions_and_cuts_the_mask(generator, setup):
+    """An addition (no DiffEdit mask) acts only in the outer band; a localised edit acts where both allow."""
+    z_T, source, edited, prefix = setup
+    direction = edited - source
+    common = dict(attribute="portable_label", sign="add", alpha=1.0, swap_steps=[3, 0], edit_guidance=2.0)
+    prior = prior_region("periphery", prefix[-1].shape)
+    added = build_trajectory(generator, z_T, prefix, source, direction, prior=prior, **common)
+    assert torch.equal(added.region, prior)
+    centre = prior[0].expand_as(added.points[0]) == 0
+    assert torch.allclose(added.points[1:][:, centre], added.points[0][centre].expand(2, -1), atol=1e-6)
+    assert not torch.allclose(added.points[-1], added.points[0], atol=1e-4)  # it does edit the band
+    both = build_trajectory(generator, z_T, prefix, source, direction, prior=prior, localise=True, **common)
+    mask = edit_region(generator, prefix, source, source + direction)
+    assert torch.equal(both.region, mask * prior)
+
+
+def test_attribute_files_name_where_an_attribute_can_be(tmp_path):
+    from xcounter.attributes import load_attributes
+
+    assert load_attributes("cxr")["portable_label"].where == "periphery"
+    assert load_attributes("cxr")["chest_tube"].where == "anywhere"
+    assert load_attributes("skin")["ruler"].where == "periphery"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("domain: x\nneutral_prompt: p\ntemplates: ['{phrase}']\nattributes:\n"
+                   "  - {name: tag, kind: artifact, where: middle}\n")
+    with pytest.raises(XCounterError, match="unknown where 'middle'"):
+        load_attributes(bad)
 
 
 def test_localise_accepts_signs_and_refuses_others():

@@ -91,19 +91,24 @@ class Trajectory:
 def build_trajectory(generator: "SDGenerator", z_T: torch.Tensor, prefix: list[torch.Tensor],
                      source: torch.Tensor, direction: torch.Tensor, *, attribute: str, sign: str, alpha: float,
                      swap_steps: Sequence[int], edit_guidance: float = 1.0,
-                     edit_base: torch.Tensor | None = None, localise: bool = False) -> Trajectory:
+                     edit_base: torch.Tensor | None = None, localise: bool = False,
+                     prior: torch.Tensor | None = None) -> Trajectory:
     """Evaluate all candidate swap steps in one batch off the shared prefix, then decode every point.
 
     The prefix is denoised with `source`; after the swap the UNet sees `edit_base` (default: `source`;
     the embedding of a restated prompt when the report names the attribute) + sign·α·direction.
     `localise` confines the edit to where the two embeddings disagree (`edit_region`, DiffEdit's mask);
-    the region and its probes' NFE are part of the trajectory.
+    `prior` ([1, 1, h, w], `prior_region`) to where the attribute can be, intersected with that mask when
+    both are given. The region and its probes' NFE are part of the trajectory.
     """
     steps = len(prefix) - 1
     swap_steps = sorted({int(s) for s in swap_steps if 0 <= int(s) < steps}, reverse=True)
     edited = edited_embedding(source if edit_base is None else edit_base.to(source), direction, sign, alpha)
     before = generator.nfe
     region = edit_region(generator, prefix, source, edited) if localise and swap_steps else None
+    if prior is not None and swap_steps:
+        prior = prior.to(prefix[-1].device)
+        region = prior if region is None else region.to(prior) * prior
     with torch.no_grad():
         edited_points = swap_step_points(generator, z_T, source, edited, swap_steps, prefix=prefix, steps=steps,
                                          edit_guidance=edit_guidance, region=region)

@@ -15,6 +15,9 @@ from xcounter.errors import XCounterError
 KINDS = ("pathology", "anatomy", "device", "artifact", "acquisition")
 #: kinds whose flipping a pathology decision means the classifier uses a shortcut
 SPURIOUS_KINDS = ("device", "artifact", "acquisition")
+#: where in the image an attribute can be (`Attribute.where`): edits of a "periphery" attribute (film
+#: markers, rulers, colour charts) act only in the image's outer band (`edit_region.prior_region`)
+WHERE = ("anywhere", "periphery")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class Attribute:
     label: str | None = None
     negative: tuple[str, ...] = ()
     positive: tuple[str, ...] = ()
+    where: str = "anywhere"  # one of WHERE
 
     @property
     def is_spurious(self) -> bool:
@@ -122,10 +126,13 @@ def _parse(data: dict, source: str) -> AttributeSet:
         for item in data["attributes"]:
             if item["kind"] not in KINDS:
                 raise XCounterError(f"{source}: attribute '{item['name']}' has unknown kind '{item['kind']}'")
+            if item.get("where", "anywhere") not in WHERE:
+                raise XCounterError(f"{source}: attribute '{item['name']}' has unknown where '{item['where']}' "
+                                    f"(one of {', '.join(WHERE)})")
             attributes.append(Attribute(
                 name=str(item["name"]), kind=str(item["kind"]), type=str(item.get("type", "binary")),
                 label=item.get("label"), negative=tuple(item.get("negative", ())),
-                positive=tuple(item.get("positive", ())),
+                positive=tuple(item.get("positive", ())), where=str(item.get("where", "anywhere")),
             ))
         return AttributeSet(
             domain=str(data["domain"]), modality=str(data.get("modality", data["domain"])),

@@ -14,6 +14,7 @@ the mask describes exactly the latents the edit starts from. The thresholding is
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -30,6 +31,31 @@ DEFAULT_PROBE_STRENGTHS = (0.25, 0.5, 0.75)
 DEFAULT_THRESHOLD_RATIO = 3.0
 #: latent pixels the binary region grows by, so the blend seam falls outside what the edit draws
 DEFAULT_GROW = 1
+
+
+#: the outer band a "periphery" attribute may occupy, as a fraction of the image side (film markers and
+#: "PORTABLE" stamps in the phantoms sit in the outer 12%; rulers and colour charts in the outer 15%)
+PERIPHERY_BAND = 0.2
+
+
+def prior_region(where: str, shape: Sequence[int], band: float = PERIPHERY_BAND) -> torch.Tensor | None:
+    """Where an attribute can be, as a latent region [1, 1, h, w] in {0, 1}; None = anywhere.
+
+    Why: an attribute's language direction is entangled with everything else in the report, so the
+    generator's "remove the portable label" also brightened both lung fields and the clean Consolidation
+    classifier flipped. A film marker, a ruler or a colour chart lives at the image's edge: confining its
+    edit there is prior knowledge no mask has to guess, and it holds for additions too (which DiffEdit's
+    mask cannot place).
+    """
+    if where == "anywhere":
+        return None
+    if where != "periphery":
+        raise ValueError(f"unknown where '{where}'")
+    h, w = int(shape[-2]), int(shape[-1])
+    rows, cols = max(1, math.ceil(band * h)), max(1, math.ceil(band * w))
+    region = torch.ones(1, 1, h, w)
+    region[..., rows:h - rows, cols:w - cols] = 0.0
+    return region
 
 
 def probe_steps(steps: int, strengths: Sequence[float] = DEFAULT_PROBE_STRENGTHS) -> list[int]:

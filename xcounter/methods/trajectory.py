@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
+from xcounter.disentangle.edit_region import prior_region
 from xcounter.disentangle.prompt_edit import spliced_embedding
 from xcounter.disentangle.trajectories import (DEFAULT_ALPHA, DEFAULT_EDIT_GUIDANCE, DEFAULT_STRENGTHS, SIGN_VALUE,
                                                select_swap_steps)
@@ -124,8 +125,8 @@ class TrajectoryMethod:
         """The attribute's swap-step trajectory for this scan (cached: independent of the target)."""
         if sign not in SIGNS:
             raise XCounterError(f"sign must be one of {', '.join(SIGNS)}, got '{sign}'")
-        key = (id(context.inversion), attribute.name, sign, self.alpha, self.edit_guidance, self.restate,
-               self.localise)
+        key = (id(context.inversion), attribute.name, attribute.where, sign, self.alpha, self.edit_guidance,
+               self.restate, self.localise)
         cached = self._cache.get(key)
         if cached is not None and cached[0] is context.inversion:
             return cached[1]
@@ -149,6 +150,7 @@ class TrajectoryMethod:
                                       attribute=attribute.name, sign=sign, alpha=self.alpha,
                                       swap_steps=self.candidate_swap_steps(context, steps),
                                       edit_guidance=self.edit_guidance, localise=sign in self.localise,
+                                      prior=prior_region(getattr(attribute, "where", "anywhere"), prefix[-1].shape),
                                       edit_base=None if restated is None else spliced_embedding(
                                           generator, context.prompt, restated, context.source_embedding))
         self._cache[key] = (context.inversion, trajectory)
