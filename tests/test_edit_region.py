@@ -93,6 +93,8 @@ def test_prior_region_is_the_outer_band():
     assert band.shape == (1, 1, 16, 16)
     assert band[0, 0, 0].all() and band[0, 0, :, -1].all() and band[0, 0, 8, 8] == 0
     assert band[0, 0, 4:12, 4:12].sum() == 0 and band[0, 0, 3, 8] == 1  # ceil(0.2 * 16) = 4 rows each side
+    top = prior_region("top", (1, 4, 16, 16))
+    assert top[0, 0, :3].all() and top[0, 0, 3:].sum() == 0  # ceil(0.15 * 16) = 3 rows, the top edge only
     with pytest.raises(ValueError, match="unknown where"):
         prior_region("centre", (16, 16))
 
@@ -116,7 +118,7 @@ def test_a_periphery_prior_confines_additions_and_cuts_the_mask(generator, setup
 def test_attribute_files_name_where_an_attribute_can_be(tmp_path):
     from xcounter.attributes import load_attributes
 
-    assert load_attributes("cxr")["portable_label"].where == "periphery"
+    assert load_attributes("cxr")["portable_label"].where == "top"
     assert load_attributes("cxr")["chest_tube"].where == "anywhere"
     assert load_attributes("skin")["ruler"].where == "periphery"
     bad = tmp_path / "bad.yaml"

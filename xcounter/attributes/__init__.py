@@ -15,9 +15,10 @@ from xcounter.errors import XCounterError
 KINDS = ("pathology", "anatomy", "device", "artifact", "acquisition")
 #: kinds whose flipping a pathology decision means the classifier uses a shortcut
 SPURIOUS_KINDS = ("device", "artifact", "acquisition")
-#: where in the image an attribute can be (`Attribute.where`): edits of a "periphery" attribute (film
-#: markers, rulers, colour charts) act only in the image's outer band (`edit_region.prior_region`)
-WHERE = ("anywhere", "periphery")
+#: where in the image an attribute can be (`Attribute.where`): edits of a "periphery" attribute (rulers,
+#: colour charts) act only in the image's outer band, of a "top" one (film markers) only along its top edge
+#: (`edit_region.prior_region`)
+WHERE = ("anywhere", "periphery", "top")
 
 
 @dataclass(frozen=True)

@@ -33,12 +33,14 @@ DEFAULT_THRESHOLD_RATIO = 3.0
 DEFAULT_GROW = 1
 
 
-#: the outer band a "periphery" attribute may occupy, as a fraction of the image side (film markers and
-#: "PORTABLE" stamps in the phantoms sit in the outer 12%; rulers and colour charts in the outer 15%)
-PERIPHERY_BAND = 0.2
+#: the band, as a fraction of the image side, a "periphery" attribute (every side) or a "top" one (the top
+#: edge only) may occupy. Skin: rulers lie in the outer 15%, colour charts reach 25% in from a corner; CXR:
+#: laterality markers and "PORTABLE" stamps lie in the top 14%, above the lung apices (a band on every side
+#: of a radiograph would take in the lateral lung edges and the bases).
+BANDS = {"periphery": 0.2, "top": 0.15}
 
 
-def prior_region(where: str, shape: Sequence[int], band: float = PERIPHERY_BAND) -> torch.Tensor | None:
+def prior_region(where: str, shape: Sequence[int]) -> torch.Tensor | None:
     """Where an attribute can be, as a latent region [1, 1, h, w] in {0, 1}; None = anywhere.
 
     Why: an attribute's language direction is entangled with everything else in the report, so the
@@ -49,12 +51,16 @@ def prior_region(where: str, shape: Sequence[int], band: float = PERIPHERY_BAND)
     """
     if where == "anywhere":
         return None
-    if where != "periphery":
+    if where not in BANDS:
         raise ValueError(f"unknown where '{where}'")
     h, w = int(shape[-2]), int(shape[-1])
-    rows, cols = max(1, math.ceil(band * h)), max(1, math.ceil(band * w))
-    region = torch.ones(1, 1, h, w)
-    region[..., rows:h - rows, cols:w - cols] = 0.0
+    rows, cols = max(1, math.ceil(BANDS[where] * h)), max(1, math.ceil(BANDS[where] * w))
+    region = torch.zeros(1, 1, h, w)
+    region[..., :rows, :] = 1.0
+    if where == "periphery":
+        region[..., h - rows:, :] = 1.0
+        region[..., :, :cols] = 1.0
+        region[..., :, w - cols:] = 1.0
     return region
 
 
