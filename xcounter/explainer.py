@@ -22,8 +22,8 @@ from xcounter.disentangle.trajectories import (DEFAULT_ALPHA, DEFAULT_EDIT_GUIDA
                                                select_swap_steps)
 from xcounter.errors import XCounterError
 from xcounter.explanation import AttributeResult, Explanation, Prediction
-from xcounter.methods import get_method
 from xcounter.mediation import apply_mediation
+from xcounter.methods import get_method
 from xcounter.methods.base import SIGNS, EditContext
 from xcounter.methods.trajectory import (DEFAULT_MAX_NFE, LOCALISED_SIGNS, TrajectoryMethod, localised_signs,
                                          to_hwc)

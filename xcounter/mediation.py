@@ -17,8 +17,8 @@ exists to stop false alarms on *other* attributes, and crediting a side attribut
 own finding would turn a confirmation into one. On 49 CXR `real_cause` scans with the retrained clean
 classifier the generator's effusion removal read as an added consolidation on 3 scans, whose own edit
 also flipped Effusion (though the renderer's consolidation never does); without `keep` those true causes
-were lost. With it, verdict precision against the renderer's own edits rose from 0.18 to 0.38 (agreement
-0.61 to 0.86) with recall unchanged (0.98); demoting on any side change >= 0.5 instead (measured on the
+were lost. With it, verdict precision against the renderer's own edits rose from 0.22 to 0.42 (agreement
+0.68 to 0.88) with recall unchanged (0.98; `reports/benchmarks.md`, real_cause); demoting on any side change >= 0.5 instead (measured on the
 earlier classifier) lost most true causes (recall 0.93 to 0.33), because true edits move other
 attributes a little too.
 """
