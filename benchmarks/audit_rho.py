@@ -50,13 +50,16 @@ def write_manifest(domain: str, folder: Path, n: int, seed: int) -> Path:
     return manifest
 
 
-def only_attributes(domain: str, models: C.DomainModels, quick: bool) -> list[str]:
-    """Every device/artifact/acquisition attribute (the ones that can raise an alert); quick: the planted ones."""
+def only_attributes(domain: str, models: C.DomainModels, quick: bool, mediation: bool = False) -> list[str]:
+    """Every device/artifact/acquisition attribute (the ones that can raise an alert); quick: the planted ones.
+    With `mediation` the pathologies too: a flip can only be credited to an attribute that was examined."""
     from xcounter.attributes import SPURIOUS_KINDS
 
     if quick:
-        return list(dict.fromkeys(attribute for attribute, _ in C.SHORTCUTS[domain]))
-    return [a.name for a in models.attributes if a.kind in SPURIOUS_KINDS]
+        planted = list(dict.fromkeys(attribute for attribute, _ in C.SHORTCUTS[domain]))
+        return planted + ([a.name for a in models.attributes if a.kind == "pathology"][:1] if mediation else [])
+    kinds = SPURIOUS_KINDS + (("pathology",) if mediation else ())
+    return [a.name for a in models.attributes if a.kind in kinds]
 
 
 def audited_rows(domain: str) -> list[tuple[str, str, str, float | None]]:
@@ -71,7 +74,8 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
     from xcounter.audit import audit
 
     rows = audited_rows(domain)
-    models = C.load_domain(domain, args.models, list(dict.fromkeys(row[2] for row in rows)), need_oracle=False)
+    models = C.load_domain(domain, args.models, list(dict.fromkeys(row[2] for row in rows)),
+                           need_oracle=args.mediation)
     rows = [row for row in rows if row[2] in models.classifiers]
     result: dict[str, Any] = {"models": models.describe(), "rows": [],
                               "shortcuts": [list(shortcut) for shortcut in C.SHORTCUTS[domain]]}
@@ -80,13 +84,13 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
     parts = {(name, label): models.classifiers[name] for _, label, name, _ in rows}
     combined = C.combine(domain, [(name, classifier, label) for (name, label), classifier in parts.items()])
     n = args.n or (1 if args.models == "tiny" else QUICK_N if args.quick else DEFAULT_N)
-    only = only_attributes(domain, models, args.quick)
+    only = only_attributes(domain, models, args.quick, args.mediation)
     with tempfile.TemporaryDirectory(prefix="xcounter-audit-rho-") as tmp:
         manifest = write_manifest(domain, Path(tmp) / "scans", n, args.seed)
         budget = C.domain_budget(args)
         options = dict(attributes=models.attributes, only=only, targets=list(combined.labels), seed=args.seed,
                        report=False, explainer_options={} if args.flip_margin is None else
-                       {"flip_margin": args.flip_margin})
+                       {"flip_margin": args.flip_margin}, oracle=models.oracle if args.mediation else None)
 
         def progress(done: int, count: int, record: dict) -> None:
             print(f"[{NAME}] {domain} scan {done}/{count} ({total.elapsed:.0f}s)", flush=True)
@@ -109,7 +113,7 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
             "planted_alert": bool(planted.alert) if planted else False, "alerts": alerts,
             "should_alert": SHOULD_ALERT[rho],
             # every examined attribute's rate and interval, so another alert rule can be checked from the JSON
-            "examined_stats": {s.attribute: {"scans": s.scans, "flip_rate": s.flip_rate,
+            "examined_stats": {s.attribute: {"scans": s.scans, "flip_rate": s.flip_rate, "mediated": s.mediated,
                                              "flip_rate_ci": list(s.flip_rate_ci), "alert": bool(s.alert)}
                                for s in outcome.aggregate.stats if s.target == target}})
     result.update(n_scans=outcome.aggregate.ok, n_planned=n, failed=outcome.aggregate.failed, examined=only,
@@ -172,7 +176,10 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
     lines += ["One `xcounter.audit` over unseen phantoms without the shortcuts' diseases (each planted attribute in "
               "half the scans, the phantom's report as `report_text`, so edits remove what the report states and "
               "add the rest) explains every classifier's target at once. Examined: every device / artifact / "
-              f"acquisition attribute (any of them may raise an alert). Alert rule: {rule}.", ""]
+              "acquisition attribute (any of them may raise an alert)"
+              + (", and every pathology, with the domain's attribute oracle: flips it traces to another examined "
+                 "attribute's own flip are *mediated* and left out of the flip rate and the alerts"
+                 if getattr(args, "mediation", False) else "") + f". Alert rule: {rule}.", ""]
     rows = []
     for domain, result in domains.items():
         for r in result["rows"]:
@@ -180,10 +187,11 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
             rows.append([domain, r["classifier"], "clean" if r["rho"] is None else r["rho"],
                          f"{r['attribute']} -> {r['label']}", r["scans"], r["flip_rate"],
                          "n/a" if ci[0] is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]",
+                         (r.get("examined_stats", {}).get(r["attribute"], {}).get("mediated", 0)),
                          "yes" if r["planted_alert"] else "no", ", ".join(r["alerts"]) or "none",
                          "yes" if r["should_alert"] else "no"])
     lines += C.table(["domain", "classifier", "rho", "planted", "N scans", "flip rate", "95% CI",
-                      "planted alert", "all alerts", "alert expected"], rows)
+                      "mediated flips (not in the rate)", "planted alert", "all alerts", "alert expected"], rows)
     lines += C.missing_models(domains)
     return lines + C.closing(goal_rows, figure, "audits by rho")
 
@@ -192,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = C.parser(__doc__.splitlines()[0])
     parser.add_argument("--flip-margin", type=float, default=None,
                         help="the audit's flip margin in logits (default: the explainer's)")
+    parser.add_argument("--mediation", action="store_true",
+                        help="audit with the domain's attribute oracle and the pathologies examined too, so flips "
+                             "the oracle traces to another attribute's flip are credited to it (mediated)")
     return C.run_domain_benchmark(NAME, argv, parser, run_domain=run_domain, goals=goals, plot=plot,
                                   markdown=markdown)
 
