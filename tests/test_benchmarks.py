@@ -144,6 +144,18 @@ def test_audit_rho(out):
     assert "alert expected" in markdown
 
 
+def test_audit_rho_with_mediation_examines_a_pathology_and_counts_mediated_flips(out):
+    load("audit_rho").main([*QUICK, "--out", str(out), "--mediation", "--domains", "cxr"])
+    markdown, data = written(out, "audit_rho")
+    domain = data["domains"]["cxr"]
+    planted = [attribute for attribute, _ in domain["shortcuts"]]
+    assert domain["examined"][:2] == planted and len(domain["examined"]) == 3  # + one pathology (quick)
+    for row in domain["rows"]:
+        stats = row["examined_stats"][row["attribute"]]
+        assert stats["mediated"] >= 0 and stats["scans"] == 1
+    assert "mediated flips (not in the rate)" in markdown and "*mediated*" in markdown
+
+
 def test_generator_card(out):
     load("generator_card").main([*QUICK, "--out", str(out)])
     markdown, data = written(out, "generator_card")
