@@ -106,8 +106,9 @@ def verdict_scores(scans: list[dict], key: str = "ours", top: str = "top") -> di
 
 
 def score(explanation, label: str, finding: str, phantom_seed: int) -> dict:
-    """The finding's rank and verdict; the top attribute as the verdicts name it (the first named cause) and by
-    raw flips (the first flip, mediated or not)."""
+    """The finding's rank and verdict; the top attribute as the verdicts name it (the first named cause) and the
+    first flip of the ranking, mediated or not (mediated flips rank after the causes, so the two differ only
+    when every flip is mediated)."""
     ranking = explanation.ranking_for(label)
     result = explanation.result(label, finding)
     causes = [r.attribute for r in ranking if r.drives_decision]
