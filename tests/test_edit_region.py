@@ -124,8 +124,11 @@ def test_attribute_files_name_where_an_attribute_can_be(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("domain: x\nneutral_prompt: p\ntemplates: ['{phrase}']\nattributes:\n"
                    "  - {name: tag, kind: artifact, where: middle}\n")
-    with pytest.raises(XCounterError, match="unknown where 'middle'"):
+    with pytest.raises(XCounterError, match=r"bad\.yaml: attribute 'tag' has unknown where 'middle'"):
         load_attributes(bad)
+    from xcounter.attributes import Attribute
+    with pytest.raises(XCounterError, match="unknown where 'centre'"):  # the Python API is checked too
+        Attribute(name="tag", kind="artifact", where="centre")
 
 
 def test_localise_accepts_signs_and_refuses_others():

@@ -31,6 +31,10 @@ class Attribute:
     positive: tuple[str, ...] = ()
     where: str = "anywhere"  # one of WHERE
 
+    def __post_init__(self) -> None:
+        if self.where not in WHERE:
+            raise XCounterError(f"attribute '{self.name}' has unknown where '{self.where}' (one of {', '.join(WHERE)})")
+
     @property
     def is_spurious(self) -> bool:
         return self.kind in SPURIOUS_KINDS
@@ -127,14 +131,14 @@ def _parse(data: dict, source: str) -> AttributeSet:
         for item in data["attributes"]:
             if item["kind"] not in KINDS:
                 raise XCounterError(f"{source}: attribute '{item['name']}' has unknown kind '{item['kind']}'")
-            if item.get("where", "anywhere") not in WHERE:
-                raise XCounterError(f"{source}: attribute '{item['name']}' has unknown where '{item['where']}' "
-                                    f"(one of {', '.join(WHERE)})")
-            attributes.append(Attribute(
-                name=str(item["name"]), kind=str(item["kind"]), type=str(item.get("type", "binary")),
-                label=item.get("label"), negative=tuple(item.get("negative", ())),
-                positive=tuple(item.get("positive", ())), where=str(item.get("where", "anywhere")),
-            ))
+            try:
+                attributes.append(Attribute(
+                    name=str(item["name"]), kind=str(item["kind"]), type=str(item.get("type", "binary")),
+                    label=item.get("label"), negative=tuple(item.get("negative", ())),
+                    positive=tuple(item.get("positive", ())), where=str(item.get("where", "anywhere")),
+                ))
+            except XCounterError as exc:  # say which file
+                raise XCounterError(f"{source}: {exc}") from None
         return AttributeSet(
             domain=str(data["domain"]), modality=str(data.get("modality", data["domain"])),
             neutral_prompt=str(data["neutral_prompt"]), templates=tuple(data["templates"]),
