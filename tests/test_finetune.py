@@ -209,6 +209,8 @@ def bad_inputs(tmp_path: Path, tiny_config: Path) -> dict[str, tuple[list[str], 
         "steps": (["--data", str(good), "--steps", "0"] + scratch, "--steps must be positive"),
         "negative decoder steps": (["--data", str(good), "--vae-decoder-steps", "-1"] + scratch,
                                    "--vae-decoder-steps must be zero or positive"),
+        "negative detail weight": (["--data", str(good), "--vae-detail-weight", "-1"] + scratch,
+                                   "--vae-detail-weight must be zero or positive"),
         "decoder only with lora": (["--data", str(good), "--base", str(tiny_generator_dir(tmp_path)), "--steps", "0",
                                     "--vae-decoder-steps", "2", "--lora", "4"], "refines the VAE decoder alone"),
     }
@@ -254,3 +256,30 @@ def test_resume_refuses_changed_options(tmp_path):
     check_resume_options(FinetuneOptions(**{**options.__dict__, "steps": 20}), tmp_path, resume=True)
     with pytest.raises(XCounterError, match="lr"):
         check_resume_options(FinetuneOptions(**{**options.__dict__, "lr": 1e-4}), tmp_path, resume=True)
+
+
+def test_resume_reads_options_added_since_as_their_defaults(tmp_path):
+    from xcounter.errors import XCounterError
+    from xcounter.generators.finetune import check_resume_options
+
+    options = FinetuneOptions(data="d", out="o", from_scratch="phantom-cxr", steps=10)
+    saved = {k: v for k, v in options.__dict__.items() if k != "vae_detail_weight"}  # a run from before the option
+    (tmp_path / "options.json").write_text(json.dumps(saved))
+    check_resume_options(options, tmp_path, resume=True)
+    (tmp_path / "options.json").write_text(json.dumps(saved))
+    with pytest.raises(XCounterError, match="vae_detail_weight"):
+        check_resume_options(FinetuneOptions(**{**options.__dict__, "vae_detail_weight": 1.0}), tmp_path, resume=True)
+
+
+def test_detail_term_weighs_a_thin_error_that_the_mean_hides():
+    from xcounter.generators.vae_training import DETAIL_FRACTION, reconstruction_loss
+
+    images = torch.zeros(2, 3, 20, 20)
+    stroke = images.clone()
+    stroke[:, 2, 5, 2:6] = 1.0  # a 4-pixel line, 1% of the image, missing from the reconstruction
+    plain = reconstruction_loss(images, stroke)
+    detailed = reconstruction_loss(images, stroke, detail_weight=1.0)
+    assert plain == pytest.approx(2 * 4 / (3 * 400))  # L1 + MSE over every value
+    worst = int(400 * DETAIL_FRACTION)  # 8 worst pixels per image: the 4 of the line and 4 exact ones
+    assert detailed - plain == pytest.approx(4 / worst)
+    assert detailed > 10 * plain

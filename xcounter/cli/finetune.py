@@ -31,6 +31,9 @@ import click
 @click.option("--vae-decoder-steps", type=int, default=0, show_default=True,
               help="Refine the VAE decoder alone for this many steps (encoder, latent space and UNet kept); "
                    "with --base and --steps 0 this is all that is trained.")
+@click.option("--vae-detail-weight", type=float, default=0.0, show_default=True,
+              help="VAE stages: weight of the worst-2%-pixels error term, so thin rare structures (ink strokes) "
+                   "are not painted over.")
 @click.option("--caption-dropout", type=float, default=0.1, show_default=True,
               help="Share of empty captions (for classifier-free guidance).")
 @click.option("--vocab-size", type=int, default=None, help="From scratch: BPE vocabulary size.")

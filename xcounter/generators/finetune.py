@@ -18,7 +18,7 @@ import os
 import shlex
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -56,6 +56,7 @@ class FinetuneOptions:
     vae_lr: float = 1e-3
     vae_batch_size: int = 8
     vae_decoder_steps: int = 0
+    vae_detail_weight: float = 0.0
     caption_dropout: float = 0.1
     vocab_size: int | None = None
     report_corpus: bool = True
@@ -130,6 +131,8 @@ def validate(options: FinetuneOptions, resume: bool) -> tuple[dict | None, int, 
         raise XCounterError(f"--lora rank must be positive, got {options.lora}")
     if not 0.0 <= options.caption_dropout < 1.0:
         raise XCounterError(f"--caption-dropout must be in [0, 1), got {options.caption_dropout}")
+    if options.vae_detail_weight < 0:
+        raise XCounterError(f"--vae-detail-weight must be zero or positive, got {options.vae_detail_weight}")
     if options.from_scratch is not None and options.vae_steps <= 0:
         raise XCounterError(f"--vae-steps must be positive, got {options.vae_steps}")
     if options.from_scratch is not None and options.lora is not None:
@@ -330,6 +333,8 @@ def cli_arguments(options: FinetuneOptions) -> list[str]:
                                                             "--vae-steps", str(options.vae_steps)]
     if options.from_scratch or options.vae_decoder_steps:
         args += ["--vae-lr", str(options.vae_lr), "--vae-batch-size", str(options.vae_batch_size)]
+        if options.vae_detail_weight:
+            args += ["--vae-detail-weight", str(options.vae_detail_weight)]
     if options.vae_decoder_steps:
         args += ["--vae-decoder-steps", str(options.vae_decoder_steps)]
     args += ["--steps", str(options.steps), "--batch-size", str(options.batch_size), "--lr", str(options.lr),
@@ -368,7 +373,9 @@ def check_resume_options(options: FinetuneOptions, folder: Path, resume: bool) -
     current = {k: v for k, v in asdict(options).items() if k not in mutable}
     if resume and path.is_file():
         saved = {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if k not in mutable}
-        changed = sorted(k for k in current if saved.get(k) != current[k])
+        # an option added after the run started is compared with its default
+        defaults = {f.name: f.default for f in fields(FinetuneOptions)}
+        changed = sorted(k for k in current if saved.get(k, defaults[k]) != current[k])
         if changed:
             raise XCounterError(f"cannot resume with changed options ({', '.join(changed)}); "
                                 f"use the options of the interrupted run")
@@ -387,7 +394,8 @@ def prepare_scratch(config: dict, data: ImageCaptionSet, options: FinetuneOption
                                   options.report_corpus)
     parts = scratch_components(config, tokenizer, options.seed)
     stage = vae_stage(parts["vae"], data, steps=options.vae_steps, batch_size=options.vae_batch_size,
-                      lr=options.vae_lr, seed=options.seed, accelerator=accelerator)
+                      lr=options.vae_lr, seed=options.seed, accelerator=accelerator,
+                      detail_weight=options.vae_detail_weight)
     summary["vae_final_loss"] = round(run_stage(stage, accelerator, checkpoints, log_path,
                                                 options.checkpoint_every, resume, progress), 6)
     vae = accelerator.unwrap_model(stage.modules["vae"]).vae
@@ -426,7 +434,8 @@ def refine_decoder(parts: dict, raw: torch.Tensor, data: ImageCaptionSet, option
     vae = parts["vae"]
     summary["vae_ssim_before_decoder"] = round(reconstruction_ssim(vae, data, accelerator.device), 4)
     stage = decoder_stage(vae, data, raw, steps=options.vae_decoder_steps, batch_size=options.vae_batch_size,
-                          lr=options.vae_lr, seed=options.seed, accelerator=accelerator)
+                          lr=options.vae_lr, seed=options.seed, accelerator=accelerator,
+                          detail_weight=options.vae_detail_weight)
     summary["vae_decoder_final_loss"] = round(run_stage(stage, accelerator, checkpoints, log_path,
                                                         options.checkpoint_every, resume, progress), 6)
     parts["vae"] = accelerator.unwrap_model(stage.modules["vae"]).vae

@@ -11,6 +11,14 @@ Decoder refinement (`decoder_stage`) trains the decoder alone on the frozen enco
 Stability AI's ft-MSE VAE did for SD: the latent space and its scaling factor stay exactly as they
 were, so a UNet trained on them stays valid, while reconstructions (and so samples and inversions)
 get sharper. It cannot bring back what the encoder drops (on phantom-skin: thin ink strokes).
+
+The optional detail term (`detail_weight`) adds the mean error of each image's worst pixels
+(`DETAIL_FRACTION`). Why: a thin, rarely seen structure (a purple ink stroke on a few percent of a
+few images) barely moves a mean over all pixels, so a small autoencoder learns to paint it over with
+skin; a perceptual (LPIPS) or adversarial loss would weigh it, but needs pretrained or extra networks.
+On phantom-skin (4-channel latent, 1,500 steps, batch 8) weight 1/3 took held-out inked reconstructions
+from 0 of 24 read as inked by the oracle to 8 of 24 (SSIM 0.902); weight 1 on the worst 1% to 18 of 24,
+at a cost in SSIM (0.856) that longer training has to win back.
 """
 from __future__ import annotations
 
@@ -22,6 +30,17 @@ from xcounter.generators.data import ImageCaptionSet, batch_indices
 from xcounter.generators.training_loop import Stage
 
 KL_WEIGHT = 1e-6
+DETAIL_FRACTION = 0.02
+
+
+def reconstruction_loss(recon: torch.Tensor, images: torch.Tensor, detail_weight: float = 0.0) -> torch.Tensor:
+    """L1 + MSE, plus `detail_weight` x the mean channel-summed L1 of each image's worst pixels."""
+    loss = F.l1_loss(recon, images) + F.mse_loss(recon, images)
+    if detail_weight > 0:
+        error = (recon - images).abs().sum(dim=1).flatten(1)
+        worst = error.topk(max(1, int(error.shape[1] * DETAIL_FRACTION)), dim=1).values
+        loss = loss + detail_weight * worst.mean()
+    return loss
 
 
 def build_vae(config: dict):
@@ -33,9 +52,10 @@ def build_vae(config: dict):
 class AutoencoderObjective(torch.nn.Module):
     """The VAE and its training loss in one forward, so DDP (multi-GPU) sees every parameter used."""
 
-    def __init__(self, vae):
+    def __init__(self, vae, detail_weight: float = 0.0):
         super().__init__()
         self.vae = vae
+        self.detail_weight = detail_weight
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         posterior = self.vae.encode(images).latent_dist
@@ -43,16 +63,16 @@ class AutoencoderObjective(torch.nn.Module):
         # initial std of ~1 blurs reconstructions for hundreds of steps on small models.
         recon = self.vae.decode(posterior.mean).sample
         kl = posterior.kl().mean() / images[0].numel()
-        return F.l1_loss(recon, images) + F.mse_loss(recon, images) + KL_WEIGHT * kl
+        return reconstruction_loss(recon, images, self.detail_weight) + KL_WEIGHT * kl
 
 
 def vae_stage(vae, data: ImageCaptionSet, *, steps: int, batch_size: int, lr: float, seed: int,
-              accelerator) -> Stage:
+              accelerator, detail_weight: float = 0.0) -> Stage:
     """A Stage whose loss at `step` is reconstruction + KL on that step's deterministic batch.
 
     The trained VAE is `accelerator.unwrap_model(stage.modules["vae"]).vae`.
     """
-    objective = AutoencoderObjective(vae)
+    objective = AutoencoderObjective(vae, detail_weight)
     optimizer = torch.optim.AdamW(objective.parameters(), lr=lr, weight_decay=0.0)
     objective, optimizer = accelerator.prepare(objective, optimizer)
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -69,13 +89,13 @@ def vae_stage(vae, data: ImageCaptionSet, *, steps: int, batch_size: int, lr: fl
 class DecoderObjective(torch.nn.Module):
     """Reconstruction loss of the decoder alone on precomputed (frozen-encoder) posterior means."""
 
-    def __init__(self, vae):
+    def __init__(self, vae, detail_weight: float = 0.0):
         super().__init__()
         self.vae = vae
+        self.detail_weight = detail_weight
 
     def forward(self, latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        recon = self.vae.decode(latents).sample
-        return F.l1_loss(recon, images) + F.mse_loss(recon, images)
+        return reconstruction_loss(self.vae.decode(latents).sample, images, self.detail_weight)
 
 
 def decoder_parameters(vae) -> list[torch.nn.Parameter]:
@@ -84,7 +104,7 @@ def decoder_parameters(vae) -> list[torch.nn.Parameter]:
 
 
 def decoder_stage(vae, data: ImageCaptionSet, latents: torch.Tensor, *, steps: int, batch_size: int, lr: float,
-                  seed: int, accelerator) -> Stage:
+                  seed: int, accelerator, detail_weight: float = 0.0) -> Stage:
     """A Stage refining the decoder of `vae` on `latents` (unscaled posterior means of `data`, in order).
 
     The encoder is frozen and never run again here, so `latents` stay the latents of the trained model.
@@ -93,7 +113,7 @@ def decoder_stage(vae, data: ImageCaptionSet, latents: torch.Tensor, *, steps: i
     parameters = decoder_parameters(vae)
     for parameter in parameters:
         parameter.requires_grad_(True)
-    objective = DecoderObjective(vae)
+    objective = DecoderObjective(vae, detail_weight)
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     objective, optimizer = accelerator.prepare(objective, optimizer)
     rank, world = accelerator.process_index, accelerator.num_processes

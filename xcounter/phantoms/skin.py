@@ -36,9 +36,13 @@ SCORE_WEIGHTS = {"asymmetry": 1.3, "border_irregularity": 0.9, "color_variegatio
 SCORE_THRESHOLD = 2.9
 SCORE_NOISE = 0.45
 
-#: Fitzpatrick I..VI skin colours (linear RGB, roughly as a dermatoscope shows them)
+#: Fitzpatrick I..VI skin colours (linear RGB, roughly as a dermatoscope shows them). Melanin absorbs
+#: blue far more than red, so darker types are also redder: R/B rises 1.26 -> 3.56 and R/G 1.17 -> 1.78
+#: over I..VI. Why it matters: lighting scales every channel alike, so types whose colours were
+#: nearly proportional (V and VI before 2026-11-26: R/B 2.17, 2.20) could not be told from a lighting
+#: change, and the oracle's lighting R^2 on type V-VI skin fell to 0.74.
 _SKIN = np.array([[0.96, 0.82, 0.76], [0.92, 0.74, 0.64], [0.84, 0.62, 0.48],
-                  [0.70, 0.48, 0.34], [0.50, 0.33, 0.23], [0.33, 0.21, 0.15]], np.float32)
+                  [0.70, 0.47, 0.32], [0.50, 0.31, 0.185], [0.32, 0.18, 0.09]], np.float32)
 _EDGES = ("bottom", "left", "top", "right")
 _CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
