@@ -237,3 +237,28 @@ def test_large_batches_are_split_without_changing_results_or_counts(generator, t
     split = small.sample(z_T, schedules)
     assert torch.allclose(whole, split, atol=1e-5)
     assert small.nfe == whole_nfe == 2 + (3 + 2 + 1)
+
+
+def test_ship_script_writes_a_loadable_fp16_copy_without_checkpoints(tmp_path):
+    """scripts/ship_generator.py: how every shipped generator is packed (fp16 keeps the zoo under 40 MB)."""
+    import importlib.util
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    spec = importlib.util.spec_from_file_location("ship_generator", Path(__file__).parents[1] / "scripts" / "ship_generator.py")
+    ship_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship_module)
+    trained = tiny_generator_dir(tmp_path, settings={"steps": 4, "guidance_scale": 1.0})
+    (trained / "checkpoints").mkdir()
+    (trained / "checkpoints" / "unet.pt").write_bytes(b"resume state")
+    shipped = tmp_path / "zoo" / "tiny"
+    shipped.parent.mkdir()
+    assert ship_module.ship(trained, shipped) > 0
+    assert not (shipped / "checkpoints").exists() and not shipped.with_name("tiny.tmp").exists()
+    weights = load_file(shipped / "unet" / "diffusion_pytorch_model.safetensors")
+    original = load_file(trained / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(w.dtype == torch.float16 for w in weights.values() if w.is_floating_point())
+    assert all(torch.allclose(weights[k].float(), original[k], atol=1e-3, rtol=1e-3) for k in original)
+    generator = load_generator(shipped)
+    assert next(generator.unet.parameters()).dtype == torch.float32  # cast back on load

@@ -189,6 +189,19 @@ def test_every_skin_attribute_is_visible_at_64px(name):
     assert np.abs(downsample(on) - downsample(off)).max() > 0.1, f"{name} invisible at 64 px"
 
 
+def test_darker_skin_is_redder_so_lighting_cannot_mimic_a_tone_change():
+    """Lighting scales every channel alike; a tone change must also move the colour's ratios, or the oracle
+    cannot tell the two apart (the dark-tone lighting R^2 of 0.74 before the palette was fixed)."""
+    plain = {name: False for name in ("hair", "ruler", "ink_marking", "gel_bubbles", "dark_corner", "color_patch")}
+    ratios = []
+    for tone in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+        image, _ = make_phantom("skin", SEED, size=SIZE, skin_tone=tone, lighting=0.5, lesion_x=0.0, lesion_y=0.0,
+                                lesion_diameter=0.3, **plain)
+        skin = np.median(image[:16].reshape(-1, 3), axis=0)  # the top rows: skin only
+        ratios.append(np.log(skin[0] / skin[2]))
+    assert np.all(np.diff(ratios) > 0.1), np.round(ratios, 3)
+
+
 @pytest.mark.parametrize("name", ["asymmetry", "border_irregularity", "color_variegation", "blue_white_veil", "dots_globules"])
 def test_lesion_features_stay_near_the_lesion(name):
     off, on, _ = pair("skin", name, lesion_x=0.0, lesion_y=0.0, lesion_diameter=0.3)
