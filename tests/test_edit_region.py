@@ -99,6 +99,13 @@ def test_prior_region_is_the_outer_band():
         prior_region("centre", (16, 16))
 
 
+def test_prior_region_box_covers_every_latent_cell_the_box_touches():
+    trachea = prior_region((0.0, 0.3, 0.38, 0.62), (1, 4, 16, 16))[0, 0]
+    assert trachea[:5, 6:10].all() and trachea.sum() == 5 * 4  # rows 0..ceil(4.8), cols floor(6.08)..ceil(9.92)
+    thin = prior_region((0.5, 0.5001, 0.5, 0.5001), (1, 4, 16, 16))[0, 0]
+    assert thin.sum() == 1 and thin[8, 8] == 1  # a box thinner than a cell still edits the cell it is in
+
+
 def test_a_periphery_prior_confines_additions_and_cuts_the_mask(generator, setup):
     """An addition (no DiffEdit mask) acts only in the outer band; a localised edit acts where both allow."""
     z_T, source, edited, prefix = setup
@@ -129,6 +136,23 @@ def test_attribute_files_name_where_an_attribute_can_be(tmp_path):
     from xcounter.attributes import Attribute
     with pytest.raises(XCounterError, match="unknown where 'centre'"):  # the Python API is checked too
         Attribute(name="tag", kind="artifact", where="centre")
+
+
+def test_attribute_files_can_give_a_box(tmp_path):
+    from xcounter.attributes import Attribute, load_attributes
+
+    assert load_attributes("cxr")["endotracheal_tube"].where == (0.0, 0.3, 0.38, 0.62)
+    boxed = tmp_path / "boxed.yaml"
+    boxed.write_text("domain: x\nneutral_prompt: p\ntemplates: ['{phrase}']\nattributes:\n"
+                     "  - {name: tag, kind: device, where: [0, 0.5, 0.25, 1]}\n")
+    assert load_attributes(boxed)["tag"].where == (0.0, 0.5, 0.25, 1.0)
+    for box in ([0.5, 0.2, 0, 1], [0, 1.5, 0, 1], [0, 1, 0], [0, 1, 0, "x"], [0, 1, True, 1]):
+        with pytest.raises(XCounterError, match="bad where box"):
+            Attribute(name="tag", kind="device", where=box)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(boxed.read_text().replace("[0, 0.5, 0.25, 1]", "[0.9, 0.1, 0, 1]"))
+    with pytest.raises(XCounterError, match=r"bad\.yaml: attribute 'tag' has a bad where box"):
+        load_attributes(bad)
 
 
 def test_localise_accepts_signs_and_refuses_others():

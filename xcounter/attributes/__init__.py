@@ -16,7 +16,8 @@ KINDS = ("pathology", "anatomy", "device", "artifact", "acquisition")
 #: kinds whose flipping a pathology decision means the classifier uses a shortcut
 SPURIOUS_KINDS = ("device", "artifact", "acquisition")
 #: where in the image an attribute can be (`Attribute.where`): edits of a "periphery" attribute (rulers,
-#: colour charts) act only in the image's outer band, of a "top" one (film markers) only along its top edge
+#: colour charts) act only in the image's outer band, of a "top" one (film markers) only along its top edge;
+#: a box [top, bottom, left, right] (fractions of the image's height and width) confines them to that box
 #: (`edit_region.prior_region`)
 WHERE = ("anywhere", "periphery", "top")
 
@@ -29,11 +30,19 @@ class Attribute:
     label: str | None = None
     negative: tuple[str, ...] = ()
     positive: tuple[str, ...] = ()
-    where: str = "anywhere"  # one of WHERE
+    where: str | tuple[float, float, float, float] = "anywhere"  # one of WHERE, or a box
 
     def __post_init__(self) -> None:
-        if self.where not in WHERE:
-            raise XCounterError(f"attribute '{self.name}' has unknown where '{self.where}' (one of {', '.join(WHERE)})")
+        if isinstance(self.where, (list, tuple)):
+            box = tuple(self.where)
+            if len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box) \
+                    or not (0 <= box[0] < box[1] <= 1 and 0 <= box[2] < box[3] <= 1):
+                raise XCounterError(f"attribute '{self.name}' has a bad where box {list(self.where)}: give "
+                                    f"[top, bottom, left, right] as fractions of the image, top < bottom, left < right")
+            object.__setattr__(self, "where", tuple(float(v) for v in box))
+        elif self.where not in WHERE:
+            raise XCounterError(f"attribute '{self.name}' has unknown where '{self.where}' (one of "
+                                f"{', '.join(WHERE)}, or a box [top, bottom, left, right])")
 
     @property
     def is_spurious(self) -> bool:
@@ -125,6 +134,11 @@ class AttributeSet:
         return [t.format(phrase=phrase[:1].upper() + phrase[1:]) for t in self.templates]
 
 
+def _where(value: object) -> object:
+    """A YAML `where`: a name stays a string, a box list becomes a tuple (checked by `Attribute`)."""
+    return tuple(value) if isinstance(value, list) else str(value)
+
+
 def _parse(data: dict, source: str) -> AttributeSet:
     try:
         attributes = []
@@ -135,7 +149,7 @@ def _parse(data: dict, source: str) -> AttributeSet:
                 attributes.append(Attribute(
                     name=str(item["name"]), kind=str(item["kind"]), type=str(item.get("type", "binary")),
                     label=item.get("label"), negative=tuple(item.get("negative", ())),
-                    positive=tuple(item.get("positive", ())), where=str(item.get("where", "anywhere")),
+                    positive=tuple(item.get("positive", ())), where=_where(item.get("where", "anywhere")),
                 ))
             except XCounterError as exc:  # say which file
                 raise XCounterError(f"{source}: {exc}") from None

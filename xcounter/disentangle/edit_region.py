@@ -40,7 +40,7 @@ DEFAULT_GROW = 1
 BANDS = {"periphery": 0.2, "top": 0.15}
 
 
-def prior_region(where: str, shape: Sequence[int]) -> torch.Tensor | None:
+def prior_region(where: str | tuple[float, float, float, float], shape: Sequence[int]) -> torch.Tensor | None:
     """Where an attribute can be, as a latent region [1, 1, h, w] in {0, 1}; None = anywhere.
 
     Why: an attribute's language direction is entangled with everything else in the report, so the
@@ -51,9 +51,15 @@ def prior_region(where: str, shape: Sequence[int]) -> torch.Tensor | None:
     """
     if where == "anywhere":
         return None
+    h, w = int(shape[-2]), int(shape[-1])
+    if isinstance(where, tuple):  # [top, bottom, left, right]: every latent cell the box touches
+        top, bottom, left, right = where
+        region = torch.zeros(1, 1, h, w)
+        region[..., math.floor(top * h):max(math.floor(top * h) + 1, math.ceil(bottom * h)),
+               math.floor(left * w):max(math.floor(left * w) + 1, math.ceil(right * w))] = 1.0
+        return region
     if where not in BANDS:
         raise ValueError(f"unknown where '{where}'")
-    h, w = int(shape[-2]), int(shape[-1])
     rows, cols = max(1, math.ceil(BANDS[where] * h)), max(1, math.ceil(BANDS[where] * w))
     region = torch.zeros(1, 1, h, w)
     region[..., :rows, :] = 1.0
