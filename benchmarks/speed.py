@@ -32,6 +32,8 @@ import _common as C  # noqa: E402
 NAME = "speed"
 DEFAULT_N, QUICK_N = 4, 1
 NFE_PER_ATTRIBUTE_GOAL = 150
+#: the phantom issue's dataset-writer goal: 5000 CXR phantoms in under 2 minutes on 2 cores
+WRITER_N, WRITER_GOAL_S, WRITER_QUICK_N = 5000, 120.0, 200
 #: published per-attempt costs, for scale (their own step counts and resolutions)
 OTHERS = [("DiME (Jeanneret et al. 2022)", "about 1,830 UNet passes per attempt (guided, with inner denoising)"),
           ("ACE (Jeanneret et al. 2023)", "about 250 forward + 250 backward UNet passes per attempt")]
@@ -171,8 +173,31 @@ def end_to_end(kind: str) -> dict:
             else "getrusage(RUSAGE_CHILDREN)", "threads": "OMP_NUM_THREADS=1", "cpu_count": os.cpu_count()}
 
 
-def goals(costs: dict, e2e: dict | None) -> list[dict]:
+def dataset_writer(n: int) -> dict:
+    """Wall time of `xcounter phantoms cxr --n N` (default workers: 2) in a fresh process, files included."""
+    with tempfile.TemporaryDirectory(prefix="xcounter-bench-") as tmp:
+        command = _cli("phantoms", "cxr", "--n", str(n), "--out", str(Path(tmp) / "data"), "--seed", "0")
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"phantoms cxr failed ({done.returncode}): {done.stderr[-2000:]}")
+        written = len(list((Path(tmp) / "data").rglob("*.png")))
+    return {"n": n, "written": written, "seconds": seconds, "per_second": written / seconds,
+            "command": f"xcounter phantoms cxr --n {n} --out DIR --seed 0", "workers": 2, "cpu_count": os.cpu_count()}
+
+
+def goals(costs: dict, e2e: dict | None, writer: dict | None = None) -> list[dict]:
     out = []
+    if writer is not None:
+        goal = f"{WRITER_N} CXR phantoms written in under {WRITER_GOAL_S:.0f} s (2 cores)"
+        if writer["n"] == WRITER_N:
+            out.append(C.goal_row(goal, writer["seconds"], writer["seconds"] < WRITER_GOAL_S and
+                                  writer["written"] == WRITER_N, f"{writer['per_second']:.0f} phantoms per second"))
+        else:
+            out.append(C.goal_row(goal, None, None, f"--quick wrote {writer['n']} ({writer['per_second']:.0f} per "
+                                                    f"second); run without --quick to measure the goal"))
     if e2e is not None:
         value = e2e["nfe_per_attribute"]
         out.append(C.goal_row(f"<= {NFE_PER_ATTRIBUTE_GOAL} NFE per attribute ({e2e['label']})", value,
@@ -207,7 +232,7 @@ def plot(costs: dict, out: Path) -> str | None:
 
 
 def markdown(costs: dict, e2e: dict | None, e2e_error: str | None, goal_rows: list[dict], figure: str | None,
-             args, argv, budget: C.Budget) -> list[str]:
+             args, argv, budget: C.Budget, writer: dict | None = None) -> list[str]:
     lines = C.header("Speed and cost", f"{NAME}.py", argv, args, [
         f"Wall time: {budget.elapsed:.0f} s (process CPU time {budget.cpu:.0f} s; shared machine)" + (" (stopped by --budget-s: N below is what fitted)"
                                                 if budget.stopped_early else "") + "."])
@@ -241,6 +266,11 @@ def markdown(costs: dict, e2e: dict | None, e2e_error: str | None, goal_rows: li
                            e2e["nfe_per_attribute"], e2e["steps"], f"{e2e['threads']} on {e2e['cpu_count']} cores"]])
     else:
         lines += [f"Not measured: {e2e_error}", ""]
+    if writer is not None:
+        lines += ["Phantom dataset writer (fresh process, PNGs and metadata.jsonl written, default 2 workers):", ""]
+        lines += C.table(["command", "phantoms", "wall s", "phantoms per second", "cores"],
+                         [[writer["command"], writer["written"], writer["seconds"], writer["per_second"],
+                           writer["cpu_count"]]])
     scale = [["ours (per attribute and sign, after the shared inversion)",
               C.mean([r["ours"]["nfe"] for res in costs.values() for r in res["runs"]]), "this run"],
              ["SDEdit search (batched)", C.mean([r["sdedit"]["nfe"] for res in costs.values() for r in res["runs"]]),
@@ -256,6 +286,7 @@ def markdown(costs: dict, e2e: dict | None, e2e_error: str | None, goal_rows: li
 def main(argv: Sequence[str] | None = None) -> dict:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--skip-end-to-end", action="store_true", help="do not run the end-to-end command")
+    p.add_argument("--skip-dataset-writer", action="store_true", help="do not time the phantom dataset writer")
     args = p.parse_args(argv)
     C.setup(args)
     budget = C.Budget(args.budget_s)
@@ -268,12 +299,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
             e2e = end_to_end(args.models)
         except Exception as error:  # noqa: BLE001 - reported in the table instead of sinking the benchmark
             e2e_error = f"{type(error).__name__}: {str(error)[:300]}"
-    goal_rows = goals(costs, e2e)
+    writer = None if args.skip_dataset_writer else dataset_writer(WRITER_QUICK_N if args.quick else WRITER_N)
+    goal_rows = goals(costs, e2e, writer)
     figure = plot(costs, args.out)
     data = C.run_record(NAME, args, argv, budget,
                         domains={d: {**r, "summary": summarise_costs(r)} for d, r in costs.items()},
-                        end_to_end=e2e, end_to_end_error=e2e_error, others=OTHERS, goals=goal_rows, figure=figure)
-    C.write_section(args.out, NAME, markdown(costs, e2e, e2e_error, goal_rows, figure, args, argv, budget), data)
+                        end_to_end=e2e, end_to_end_error=e2e_error, dataset_writer=writer, others=OTHERS,
+                        goals=goal_rows, figure=figure)
+    C.write_section(args.out, NAME, markdown(costs, e2e, e2e_error, goal_rows, figure, args, argv, budget, writer),
+                    data)
     return data
 
 

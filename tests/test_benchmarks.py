@@ -117,6 +117,10 @@ def test_speed_and_report(out):
     assert e2e is not None, data["end_to_end_error"]
     assert e2e["seconds"] > 0 and e2e["peak_rss_mb"] > 50 and e2e["nfe"] > 0 and e2e["attributes"] == 12
     assert "DiME" in markdown and "ACE" in markdown and "audit throughput" in markdown
+    writer = data["dataset_writer"]
+    assert writer["n"] == writer["written"] == 200 and writer["per_second"] > 0  # --quick: 200 of the goal's 5000
+    assert "Phantom dataset writer" in markdown
+    assert [g["status"] for g in data["goals"] if "CXR phantoms written" in g["goal"]] == ["not measured"]
 
     report = load("make_report").main(["--out", str(out)])
     text = report.read_text(encoding="utf-8")
