@@ -211,6 +211,8 @@ def bad_inputs(tmp_path: Path, tiny_config: Path) -> dict[str, tuple[list[str], 
                                    "--vae-decoder-steps must be zero or positive"),
         "negative detail weight": (["--data", str(good), "--vae-detail-weight", "-1"] + scratch,
                                    "--vae-detail-weight must be zero or positive"),
+        "detail weight on a frozen VAE": (["--data", str(good), "--base", str(tiny_generator_dir(tmp_path)),
+                                           "--vae-detail-weight", "1"], "use it with --from-scratch or --vae-decoder-steps"),
         "decoder only with lora": (["--data", str(good), "--base", str(tiny_generator_dir(tmp_path)), "--steps", "0",
                                     "--vae-decoder-steps", "2", "--lora", "4"], "refines the VAE decoder alone"),
     }

@@ -133,6 +133,9 @@ def validate(options: FinetuneOptions, resume: bool) -> tuple[dict | None, int, 
         raise XCounterError(f"--caption-dropout must be in [0, 1), got {options.caption_dropout}")
     if options.vae_detail_weight < 0:
         raise XCounterError(f"--vae-detail-weight must be zero or positive, got {options.vae_detail_weight}")
+    if options.vae_detail_weight and options.from_scratch is None and not options.vae_decoder_steps:
+        raise XCounterError("--vae-detail-weight weighs the VAE's training loss: use it with --from-scratch or "
+                            "--vae-decoder-steps (a --base model's VAE is otherwise frozen)")
     if options.from_scratch is not None and options.vae_steps <= 0:
         raise XCounterError(f"--vae-steps must be positive, got {options.vae_steps}")
     if options.from_scratch is not None and options.lora is not None:
