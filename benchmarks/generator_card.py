@@ -150,7 +150,7 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
 
 #: the grid's rows: the neutral report and the first positive phrase of these attributes
 GRID_ATTRIBUTES = {"cxr": ("chest_tube", "pleural_effusion", "cardiomegaly", "pacemaker"),
-                   "skin": ("ruler", "hair", "blue_white_veil", "dark_corner")}
+                   "skin": ("ruler", "hair", "ink_marking", "blue_white_veil", "border_irregularity", "dark_corner")}
 GRID_SEEDS, GRID_GUIDANCE = 6, 4.0
 
 
