@@ -39,12 +39,8 @@ def section(extra_skin=""):
         lines.append("")
     lines += ["**Where the goal is met.** " + ("CXR: every attribute. " if "cxr" not in missed else
               f"CXR: all but {', '.join(missed['cxr'])}. ") +
-              ("Skin: every attribute. " + extra_skin if "skin" not in missed else
-               f"Skin: all but {', '.join(missed['skin'])}. The renderer multiplies every pixel by the lighting "
-               "(0.8-1.2, `xcounter/phantoms/skin.py`) on top of a skin-tone base colour, so a brightly lit darker skin and "
-               "a dimly lit fairer one can look alike; only the colour calibration patch, when present, pins the light. "
-               "Use that head as an indication (the benchmarks' identity checks read it with a tolerance of 0.1). "
-               + extra_skin), ""]
+              ("Skin: every attribute. " if "skin" not in missed else f"Skin: all but {', '.join(missed['skin'])}. ")
+              + extra_skin, ""]
     return lines
 
 text = Path("reports/phantoms.md").read_text()

@@ -142,6 +142,17 @@ def end_to_end_command(kind: str, folder: Path) -> tuple[list[str], str]:
     return _cli(*words), "xcounter explain (tiny models)"
 
 
+def run_fresh(command: list[str], cwd: str, label: str) -> tuple[subprocess.CompletedProcess, float]:
+    """Run `command` in a fresh process with one torch thread; (result, wall seconds). Raises when it fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{label} failed ({done.returncode}): {done.stderr[-2000:]}")
+    return done, seconds
+
+
 def end_to_end(kind: str) -> dict:
     """Wall time, peak RSS and the card's NFE of one end-to-end run in a fresh process."""
     from xcounter.report.json_sidecar import read_json_sidecar
@@ -149,14 +160,8 @@ def end_to_end(kind: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="xcounter-bench-") as tmp:
         folder = Path(tmp)
         command, label = end_to_end_command(kind, folder)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         use_time = TIME_BINARY.is_file()
-        full = [str(TIME_BINARY), "-v", *command] if use_time else command
-        started = time.perf_counter()
-        done = subprocess.run(full, capture_output=True, text=True, env=env, cwd=tmp)
-        seconds = time.perf_counter() - started
-        if done.returncode != 0:
-            raise RuntimeError(f"{label} failed ({done.returncode}): {done.stderr[-2000:]}")
+        done, seconds = run_fresh([str(TIME_BINARY), "-v", *command] if use_time else command, tmp, label)
         peak_mb = None
         match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
         if match:
@@ -177,12 +182,7 @@ def dataset_writer(n: int) -> dict:
     """Wall time of `xcounter phantoms cxr --n N` (default workers: 2) in a fresh process, files included."""
     with tempfile.TemporaryDirectory(prefix="xcounter-bench-") as tmp:
         command = _cli("phantoms", "cxr", "--n", str(n), "--out", str(Path(tmp) / "data"), "--seed", "0")
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        started = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp)
-        seconds = time.perf_counter() - started
-        if done.returncode != 0:
-            raise RuntimeError(f"phantoms cxr failed ({done.returncode}): {done.stderr[-2000:]}")
+        _, seconds = run_fresh(command, tmp, "xcounter phantoms cxr")
         written = len(list((Path(tmp) / "data").rglob("*.png")))
     return {"n": n, "written": written, "seconds": seconds, "per_second": written / seconds,
             "command": f"xcounter phantoms cxr --n {n} --out DIR --seed 0", "workers": 2, "cpu_count": os.cpu_count()}
