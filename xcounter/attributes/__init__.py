@@ -17,9 +17,10 @@ KINDS = ("pathology", "anatomy", "device", "artifact", "acquisition")
 SPURIOUS_KINDS = ("device", "artifact", "acquisition")
 #: where in the image an attribute can be (`Attribute.where`): edits of a "periphery" attribute (rulers,
 #: colour charts) act only in the image's outer band, of a "top" one (film markers) only along its top edge;
-#: a box [top, bottom, left, right] (fractions of the image's height and width) confines them to that box
+#: a box [top, bottom, left, right] (fractions of the image's height and width) confines them to that box;
+#: "off_lesion" ones (skin hair, ink, gel bubbles) act only off the scan's own lesion (`lesion_region`)
 #: (`edit_region.prior_region`)
-WHERE = ("anywhere", "periphery", "top")
+WHERE = ("anywhere", "periphery", "top", "off_lesion")
 
 
 @dataclass(frozen=True)

@@ -150,7 +150,7 @@ class TrajectoryMethod:
                                       attribute=attribute.name, sign=sign, alpha=self.alpha,
                                       swap_steps=self.candidate_swap_steps(context, steps),
                                       edit_guidance=self.edit_guidance, localise=sign in self.localise,
-                                      prior=prior_region(attribute.where, prefix[-1].shape),
+                                      prior=prior_region(attribute.where, prefix[-1].shape, context.inversion.image),
                                       edit_base=None if restated is None else spliced_embedding(
                                           generator, context.prompt, restated, context.source_embedding))
         self._cache[key] = (context.inversion, trajectory)

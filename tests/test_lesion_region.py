@@ -1,0 +1,112 @@
+"""The off-lesion prior: finding the lesion of a dermoscopy scan, and keeping artifact edits off it."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from xcounter.disentangle.edit_region import prior_region
+from xcounter.disentangle.lesion_region import lesion_mask, outside_lesion_region
+
+
+def _skin_with_disc(size: int = 64, radius: float = 0.3, hair: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Light skin with a brown disc at the centre (and a hair strand across everything)."""
+    axis = (np.arange(size) + 0.5) / size * 2 - 1
+    y, x = np.meshgrid(axis, axis, indexing="ij")
+    disc = np.hypot(x - 0.05, y + 0.05) < radius
+    image = np.broadcast_to(np.array([0.85, 0.65, 0.55], np.float32), (size, size, 3)).copy()
+    image[disc] = [0.45, 0.28, 0.2]
+    if hair:
+        image[np.abs(y - 0.6 * x) < 1.5 / size] = [0.08, 0.05, 0.04]
+    return image, disc
+
+
+def test_a_dark_disc_on_skin_is_the_lesion_and_a_hair_across_it_is_not():
+    image, disc = _skin_with_disc(hair=True)
+    found = lesion_mask(image)
+    assert found is not None
+    iou = (found & disc).sum() / (found | disc).sum()
+    assert iou > 0.9  # the hair strand, which crosses the frame, is neither joined to nor cut out of the lesion
+
+
+def test_no_lesion_no_mask():
+    assert lesion_mask(np.full((32, 32, 3), 0.7, np.float32)) is None
+    image, _ = _skin_with_disc()
+    image[:, :] = [0.45, 0.28, 0.2]  # all "lesion": nothing stands out from the skin
+    assert lesion_mask(image) is None
+
+
+def test_lesion_mask_matches_the_renderers_lesion_on_skin_phantoms():
+    """The renderer knows where it drew the lesion; the segmentation must find it on most phantoms, with
+    hair, ink, gel bubbles, rulers, colour charts, dark corners and every skin type in the mix."""
+    from xcounter.phantoms import draw, make_phantom, skin
+
+    ious = []
+    for seed in range(3_000, 3_040):
+        pixels, _ = make_phantom("skin", seed, size=64)
+        x, y = draw.grid(64)
+        truth = skin._lesion(skin.sample_attributes(seed), seed, x, y, 64)[0] > 0.5
+        found = lesion_mask(pixels)
+        ious.append(0.0 if found is None else (found & truth).sum() / (found | truth).sum())
+    ious = np.array(ious)
+    assert np.mean(ious) > 0.75 and np.mean(ious > 0.5) >= 0.85
+
+
+def test_outside_lesion_region_is_latent_sized_and_off_the_lesion():
+    image, disc = _skin_with_disc(radius=0.4)
+    tensor = torch.from_numpy(image).permute(2, 0, 1)[None]
+    region = outside_lesion_region(tensor, (1, 4, 16, 16))
+    assert region.shape == (1, 1, 16, 16)
+    assert region[0, 0, 8, 8] == 0 and region[0, 0, 0, 0] == 1 and region[0, 0, 15, 15] == 1
+    share = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(disc.astype(np.float32))[None, None], 16)
+    assert torch.equal(region, (share < 0.5).float())  # a cell is lesion when most of its pixels are
+    assert torch.equal(outside_lesion_region(image, (16, 16)), region)  # arrays work as well as tensors
+    assert outside_lesion_region(np.full((64, 64, 3), 0.7, np.float32), (16, 16)) is None  # no lesion: anywhere
+
+
+def test_off_lesion_prior_needs_the_scan():
+    with pytest.raises(ValueError, match="off_lesion"):
+        prior_region("off_lesion", (1, 4, 16, 16))
+    image, _ = _skin_with_disc()
+    region = prior_region("off_lesion", (1, 4, 16, 16), torch.from_numpy(image).permute(2, 0, 1)[None])
+    assert region is not None and region[0, 0, 8, 8] == 0
+
+
+def test_skin_artifacts_that_lie_on_or_around_the_lesion_are_kept_off_it():
+    from xcounter.attributes import load_attributes
+
+    skin = load_attributes("skin")
+    assert {a.name for a in skin if a.where == "off_lesion"} == {"hair", "ink_marking", "gel_bubbles"}
+    assert all(a.kind == "artifact" for a in skin if a.where == "off_lesion")
+
+
+def test_an_off_lesion_edit_leaves_the_lesion_as_reconstructed():
+    """Through the trajectory method: the scan's own lesion is found, and its latent cells stay on the source
+    path at every candidate swap step, while the skin around it is edited."""
+    from tiny_classifier import TINY_LABELS, TINY_OP_THRESHS, make_tiny_densenet
+    from tiny_generator import tiny_pipeline
+    from xcounter.attributes import load_attributes
+    from xcounter.classifiers import Classifier, logit, make_profile
+    from xcounter.generators import SDGenerator
+    from xcounter.methods import EditContext, get_method
+
+    generator = SDGenerator(tiny_pipeline(1, seed=0), steps=4, name="tiny-sd")
+    classifier = Classifier(make_tiny_densenet(0), TINY_LABELS, logit(TINY_OP_THRESHS), make_profile("xrv", size=32),
+                            name="tiny-densenet")
+    cxr = load_attributes("cxr")
+    tube = dataclasses.replace(cxr["chest_tube"], where="off_lesion")
+    attributes = dataclasses.replace(cxr, attributes=(tube,))
+    size = generator.resolution
+    image, disc = _skin_with_disc(size=size, radius=0.5)
+    inversion = generator.invert(torch.from_numpy(image.mean(axis=-1))[None, None], "chest radiograph", 4)
+    context = EditContext(classifier=classifier, generator=generator, attributes=attributes, inversion=inversion,
+                          source_embedding=generator.embed(["chest radiograph"])[0], target="Effusion",
+                          target_index=classifier.target_index("Effusion"), steps=4)
+    trajectory = get_method("trajectory", swap_steps=[2, 0]).trajectory(context, tube, "add")
+    expected = outside_lesion_region(inversion.image, trajectory.points.shape)
+    assert torch.equal(trajectory.region, expected) and expected.sum() < expected.numel()
+    lesion = expected[0].expand_as(trajectory.points[0]) == 0
+    assert torch.allclose(trajectory.points[1:][:, lesion], trajectory.points[0][lesion].expand(2, -1), atol=1e-6)
+    assert not torch.allclose(trajectory.points[-1], trajectory.points[0], atol=1e-4)  # the skin is edited

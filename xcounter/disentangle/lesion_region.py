@@ -1,0 +1,82 @@
+"""Where the lesion is in a dermoscopy scan, so an artifact edit can be kept off it.
+
+Why: the skin generator's text directions for artifacts are entangled with the lesion. Asked to add an
+ink marking, it drew a ring hugging the lesion's border and, with it, variegation, a veil and a deformed
+border; the clean Melanoma classifier then "flipped on ink" on most scans, although the renderer's own ink
+toggle flips it on 5%. An artifact (ink, hair, gel bubbles) lies on the skin around the lesion or over it;
+what a clinician needs to know is whether the *artifact* moves the decision, which is asked cleanly only
+when the lesion itself is kept as it is. So these edits may act only outside the lesion.
+
+The lesion is found the way dermoscopy pipelines did before trained segmenters, with no weights to ship:
+a median filter wipes out thin strokes (hair, ink, bubble rims; DullRazor's idea); the lesion is what
+differs in colour (CIELAB distance) from the skin, read as the median of the brighter half of the image
+(neither lesion nor dark corners); components touching the frame are dropped (dark corners, rulers and
+colour charts lie there, a centred lesion does not); the component nearest the centre is kept, holes
+filled (a blue-white veil is inside the lesion). On 80 skin phantoms of every type, with every artifact,
+its IoU with the renderer's lesion is 0.82 on average.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#: the median filter's width, as a fraction of the image side: wider than a hair or an ink stroke, far
+#: narrower than the smallest lesion
+STROKE_FILTER = 0.07
+#: CIELAB distance from the skin above which a pixel is lesion (20 is a clearly visible difference; at 15 the
+#: shading towards dark corners joined the lesion to the frame and no lesion was found on 5 of 80 phantoms)
+COLOUR_DISTANCE = 20.0
+#: a dark component is a lesion only if it covers between these fractions of the image
+MIN_AREA, MAX_AREA = 0.005, 0.85
+#: a latent cell counts as lesion when at least this share of its pixels are lesion (0.25 also froze the
+#: cells an ink arc 1.35 radii out is drawn in: the rho-1.0 ink shortcut was flagged on 0.55 of scans, not 0.65)
+CELL_SHARE = 0.5
+
+
+def lesion_mask(image: np.ndarray) -> np.ndarray | None:
+    """[H, W] bool: the lesion of an H x W x C dermoscopy image in [0, 1]; None when none stands out."""
+    from scipy import ndimage
+    from skimage.color import rgb2lab
+
+    image = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[-1] != 3:  # a grey scan: its lightness only
+        image = np.repeat(image.mean(axis=-1, keepdims=True), 3, axis=2)
+    width = max(3, int(round(STROKE_FILTER * max(image.shape[:2]))) | 1)
+    filtered = ndimage.median_filter(image, size=(width, width, 1))
+    lab = rgb2lab(filtered)
+    pixels = lab.reshape(-1, 3)
+    skin = np.median(pixels[pixels[:, 0] >= np.median(pixels[:, 0])], axis=0)  # the brighter half: no lesion, no corners
+    distance = np.linalg.norm(lab - skin, axis=-1)
+    different = distance > COLOUR_DISTANCE
+    labels, _ = ndimage.label(different)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    labels[np.isin(labels, edge)] = 0  # dark corners, rulers and colour charts touch the frame; a lesion does not
+    if not labels.any():
+        return None
+    h, w = image.shape[:2]
+    rows, cols = np.nonzero(labels)
+    nearest = np.argmin((rows + 0.5 - h / 2) ** 2 + (cols + 0.5 - w / 2) ** 2)
+    mask = ndimage.binary_fill_holes(labels == labels[rows[nearest], cols[nearest]])
+    area = float(mask.mean())
+    return mask if MIN_AREA <= area <= MAX_AREA else None
+
+
+def outside_lesion_region(image: torch.Tensor | np.ndarray, shape: Sequence[int]) -> torch.Tensor | None:
+    """[1, 1, h, w] in {0, 1}: the latent cells off the lesion of `image` ([1, C, H, W] tensor or H x W x C
+    array); None (anywhere) when no lesion is found, so an edit is never silently emptied."""
+    if isinstance(image, torch.Tensor):
+        array = image.detach().float().cpu()
+        array = (array[0] if array.dim() == 4 else array).permute(1, 2, 0).numpy()
+    else:
+        array = np.asarray(image, dtype=np.float32)
+    mask = lesion_mask(array)
+    if mask is None:
+        return None
+    share = F.adaptive_avg_pool2d(torch.from_numpy(mask.astype(np.float32))[None, None],
+                                  (int(shape[-2]), int(shape[-1])))
+    return (share < CELL_SHARE).float()
