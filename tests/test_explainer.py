@@ -388,8 +388,9 @@ def test_spliced_embedding_changes_only_the_restated_sentence(generator):
     assert torch.equal(spliced_embedding(generator, source_text, source_text, source), source)
 
 
-def test_acquisition_statements_are_not_restated(classifier, generator, attributes, scan):
-    """"Portable technique." describes the whole film: its removal is the direction alone."""
+def test_acquisition_statements_are_restated_only_where_confined(classifier, generator, attributes, scan):
+    """"Portable technique." describes the whole film: unconfined, its removal is the direction alone; confined
+    to the top band (the shipped vocabulary), the sentence is swapped as for any finding."""
     from xcounter.methods import EditContext, get_method
 
     report = "Chest x-ray. Portable technique. Right pleural effusion."
@@ -400,6 +401,11 @@ def test_acquisition_statements_are_not_restated(classifier, generator, attribut
     context = EditContext(classifier=classifier, generator=generator, attributes=cxr, inversion=inversion,
                           source_embedding=generator.embed([report])[0].detach(), target="Effusion",
                           target_index=classifier.target_index("Effusion"), steps=STEPS, prompt=report)
+    assert portable.where == "top"
     restating = get_method("trajectory", swap_steps=[2, 0]).trajectory(context, portable, "remove")
     plain = get_method("trajectory", swap_steps=[2, 0], restate=False).trajectory(context, portable, "remove")
-    assert torch.equal(restating.points, plain.points)
+    assert not torch.equal(restating.points, plain.points)
+    anywhere = dataclasses.replace(portable, where="anywhere")
+    unconfined = get_method("trajectory", swap_steps=[2, 0]).trajectory(context, anywhere, "remove")
+    unconfined_plain = get_method("trajectory", swap_steps=[2, 0], restate=False).trajectory(context, anywhere, "remove")
+    assert torch.equal(unconfined.points, unconfined_plain.points)

@@ -115,7 +115,8 @@ class Explainer:
         restate: when the source prompt states the opposite of an edit ("Right pleural effusion." for a
             removal), edit from the prompt with that sentence swapped for the attribute's opposite phrase
             (the paper's prompt swap) rather than from the prompt itself; False = direction only. Acquisition
-            statements are never restated (see `xcounter.methods.trajectory.RESTATED_KINDS`).
+            statements are restated only when their edit is confined by `where` (see
+            `xcounter.methods.trajectory.restates`).
         localise: signs ("add", "remove") whose edits are confined to where the source and edited prompts
             disagree about the noise (DiffEdit's mask read on the inversion path,
             `xcounter.disentangle.edit_region`); outside it the counterfactual is the reconstruction. Costs 6 UNet

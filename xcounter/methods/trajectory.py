@@ -31,15 +31,23 @@ FILM_FRAMES = 6
 #: default UNet budget per counterfactual (one attribute, one sign): keeps an explanation under
 #: 150 NFE per attribute for 20-50 DDIM steps
 DEFAULT_MAX_NFE = 70
-#: kinds whose report sentence an edit restates. Not acquisition: "Portable technique." describes the whole
-#: film, and restating it re-rendered the whole film (on 10 phantoms, removing it that way added consolidation
-#: on 7 and flipped the clean classifier's Consolidation on 5; the direction alone: 1)
+#: kinds whose report sentence an edit restates. Not acquisition unless its edit is confined (`where`):
+#: "Portable technique." describes the whole film, and restating it re-rendered the whole film (on 10 phantoms,
+#: removing it that way added consolidation on 7 and flipped the clean classifier's Consolidation on 5; the
+#: direction alone: 1). Confined to the top band, restating is what removes the stamp: the rho-1.0 portable
+#: classifier's four unflipped removals (direction alone: the oracle saw the stamp stay) all flipped with the
+#: stamp gone, and the clean classifier flipped on none of 8 (see `restates`)
 RESTATED_KINDS = ("pathology", "device", "artifact")
 #: signs whose edits are confined to their DiffEdit region by default. Removals only: what is removed has a
 #: place in the scan for the mask to find, an addition does not (DiffEdit's known limit). On 10 phantoms per
 #: domain, confining removals raised "intended change, all else kept" for CXR from 0.27 to 0.36 at the same
 #: flip rate bar one; confining additions left CXR unchanged and cut the skin ruler's flips from 5/5 to 3/5
 LOCALISED_SIGNS = ("remove",)
+
+
+def restates(attribute: "Attribute") -> bool:
+    """Whether an edit of `attribute` swaps its report sentence (`RESTATED_KINDS`, or any confined attribute)."""
+    return attribute.kind in RESTATED_KINDS or attribute.where != "anywhere"
 
 
 def to_hwc(image: torch.Tensor) -> np.ndarray:
@@ -88,7 +96,7 @@ class TrajectoryMethod:
         tolerance: bisection tolerance on the Bézier parameter (≈ strength).
         max_nfe: UNet budget per counterfactual (`context.max_nfe` wins when set).
         oracle: an attribute oracle (`measure(images) -> {attr: Tensor[B]}`) for `oracle_change` and CFRT.
-        restate: edit from the report with the attribute's sentence swapped (see `RESTATED_KINDS`).
+        restate: edit from the report with the attribute's sentence swapped (see `restates`).
         localise: signs whose edits act only inside their DiffEdit region (`edit_region`); True = both.
     """
 
@@ -145,7 +153,7 @@ class TrajectoryMethod:
                                            disentangle=False).fit().directions_[attribute.name]
         steps = len(prefix) - 1
         restated = attribute.restated(context.prompt, sign) \
-            if self.restate and context.prompt and attribute.kind in RESTATED_KINDS else None
+            if self.restate and context.prompt and restates(attribute) else None
         trajectory = build_trajectory(generator, context.inversion.z_T, prefix, context.source_embedding, direction,
                                       attribute=attribute.name, sign=sign, alpha=self.alpha,
                                       swap_steps=self.candidate_swap_steps(context, steps),
