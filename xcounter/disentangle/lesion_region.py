@@ -10,7 +10,8 @@ when the lesion itself is kept as it is. So these edits may act only outside the
 The lesion is found the way dermoscopy pipelines did before trained segmenters, with no weights to ship:
 a median filter wipes out thin strokes (hair, ink, bubble rims; DullRazor's idea); the lesion is what
 differs in colour (CIELAB distance) from the skin, read as the median of the brighter half of the image
-(neither lesion nor dark corners); components touching the frame are dropped (dark corners, rulers and
+(neither lesion nor dark corners); an opening cuts the thin bridges hair and ink make to the frame; components
+touching the frame are dropped (dark corners, rulers and
 colour charts lie there, a centred lesion does not); the component nearest the centre is kept, holes
 filled (a blue-white veil is inside the lesion). On 80 skin phantoms of every type, with every artifact,
 its IoU with the renderer's lesion is 0.82 on average.
@@ -36,6 +37,12 @@ MIN_AREA, MAX_AREA = 0.005, 0.85
 CELL_SHARE = 0.5
 
 
+def _disk(radius: int) -> np.ndarray:
+    """A binary disk structuring element of this radius (pixels)."""
+    span = np.arange(-radius, radius + 1)
+    return span[:, None] ** 2 + span[None, :] ** 2 <= radius ** 2
+
+
 def lesion_mask(image: np.ndarray) -> np.ndarray | None:
     """[H, W] bool: the lesion of an H x W x C dermoscopy image in [0, 1]; None when none stands out."""
     from scipy import ndimage
@@ -53,6 +60,7 @@ def lesion_mask(image: np.ndarray) -> np.ndarray | None:
     skin = np.median(pixels[pixels[:, 0] >= np.median(pixels[:, 0])], axis=0)  # the brighter half: no lesion, no corners
     distance = np.linalg.norm(lab - skin, axis=-1)
     different = distance > COLOUR_DISTANCE
+    different = ndimage.binary_opening(different, structure=_disk(max(1, width // 2)))
     labels, _ = ndimage.label(different)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     labels[np.isin(labels, edge)] = 0  # dark corners, rulers and colour charts touch the frame; a lesion does not
