@@ -45,17 +45,17 @@ python benchmarks/make_report.py
 How much each planted-shortcut classifier really uses its shortcut is measured without any generator, by
 rendering the same phantom with and without the attribute (toggle checks in `reports/phantoms.md`): the share of
 decisions that flip is chest_tube 96% / 40% / 11% at rho 1.0 / 0.75 / 0.5, ruler 92.5% / 57.5% / 7.5%, ink_marking
-75% / 40% / 7.5%, and portable_label only 43% / 0% / 0% (those networks read the consolidation itself). Read the
+75% / 40% / 7.5%, and portable_label 100% / 17% / 2% (15 epochs since 2026-11-26; at 5 epochs: 43% / 0% / 0%). Read the
 faithfulness and audit rows against these: an explainer should flag what the classifier uses, not what was planted.
 The clean classifiers (retrained 2026-11-26 on 10,000 CXR and 30,000 skin phantoms) ignore every planted attribute
 (toggles flip chest_tube 1%, portable_label 0%, ruler 2.5%, ink_marking 5% of decisions, near-threshold scans) and
 follow their findings (effusion 98%): any flag on a clean classifier is a false alarm, and it comes from a generator
 edit that changed more than its attribute. The same audits with the attribute oracle's mediation check and the
 pathologies examined too (`python benchmarks/audit_rho.py --mediation --domains cxr|skin`) are in
-`reports/audit_rho_mediation_cxr.md` and `reports/audit_rho_mediation_skin.md`: 4 of their 20 goals missed against
-8 without the oracle (the rho-0.75 chest-tube alert fires and no clean CXR control alerts; the clean skin control
-still alerts on ink_marking, whose edits also reshape the lesion; the two rho-0.75 portable_label goals expect a
-shortcut that network did not learn).
+`reports/audit_rho_mediation_cxr.md` and `reports/audit_rho_mediation_skin.md`: 3 of their 20 goals missed against
+6 without the oracle (every clean control is silent and the rho-0.75 chest-tube alert fires; missed: no alert for
+the rho-0.75 portable_label model, whose label toggle flips only 17%, a central_line alert on the rho-0.5 one, and
+no alert for the rho-0.75 ink model: ink edits kept off the lesion flip it on 20% of scans, the clean one on 17%).
 """
 
 
