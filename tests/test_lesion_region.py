@@ -67,8 +67,9 @@ def test_outside_lesion_region_is_latent_sized_and_off_the_lesion():
 
 
 def test_off_lesion_prior_needs_the_scan():
-    with pytest.raises(ValueError, match="off_lesion"):
-        prior_region("off_lesion", (1, 4, 16, 16))
+    for where in ("off_lesion", "clear_of_lesion"):
+        with pytest.raises(ValueError, match=where):
+            prior_region(where, (1, 4, 16, 16))
     image, _ = _skin_with_disc()
     region = prior_region("off_lesion", (1, 4, 16, 16), torch.from_numpy(image).permute(2, 0, 1)[None])
     assert region is not None and region[0, 0, 8, 8] == 0
@@ -78,8 +79,18 @@ def test_skin_artifacts_that_lie_on_or_around_the_lesion_are_kept_off_it():
     from xcounter.attributes import load_attributes
 
     skin = load_attributes("skin")
-    assert {a.name for a in skin if a.where == "off_lesion"} == {"hair", "ink_marking", "gel_bubbles"}
-    assert all(a.kind == "artifact" for a in skin if a.where == "off_lesion")
+    assert {a.name for a in skin if a.where == "off_lesion"} == {"ink_marking"}  # its arc lies just off the rim
+    assert {a.name for a in skin if a.where == "clear_of_lesion"} == {"hair", "gel_bubbles"}
+    assert all(a.kind == "artifact" for a in skin if a.where in ("off_lesion", "clear_of_lesion"))
+
+
+def test_clear_of_lesion_also_keeps_a_ring_around_the_lesion():
+    image, _ = _skin_with_disc(radius=0.4)
+    tensor = torch.from_numpy(image).permute(2, 0, 1)[None]
+    off = prior_region("off_lesion", (1, 4, 16, 16), tensor)
+    clear = prior_region("clear_of_lesion", (1, 4, 16, 16), tensor)
+    assert torch.all(clear <= off) and clear.sum() < off.sum()  # a ring of cells more is kept
+    assert clear[0, 0, 0, 0] == 1  # the frame is still editable
 
 
 def test_an_off_lesion_edit_leaves_the_lesion_as_reconstructed():

@@ -18,9 +18,9 @@ SPURIOUS_KINDS = ("device", "artifact", "acquisition")
 #: where in the image an attribute can be (`Attribute.where`): edits of a "periphery" attribute (rulers,
 #: colour charts) act only in the image's outer band, of a "top" one (film markers) only along its top edge;
 #: a box [top, bottom, left, right] (fractions of the image's height and width) confines them to that box;
-#: "off_lesion" ones (skin hair, ink, gel bubbles) act only off the scan's own lesion (`lesion_region`)
-#: (`edit_region.prior_region`)
-WHERE = ("anywhere", "periphery", "top", "off_lesion")
+#: "off_lesion" ones (skin ink) act only off the scan's own lesion (`lesion_region`), "clear_of_lesion" ones
+#: (skin hair, gel bubbles) only clear of it, past a margin (`edit_region.prior_region`)
+WHERE = ("anywhere", "periphery", "top", "off_lesion", "clear_of_lesion")
 
 
 @dataclass(frozen=True)

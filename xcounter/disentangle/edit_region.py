@@ -44,7 +44,8 @@ def prior_region(where: str | tuple[float, float, float, float], shape: Sequence
                  image: torch.Tensor | None = None) -> torch.Tensor | None:
     """Where an attribute can be, as a latent region [1, 1, h, w] in {0, 1}; None = anywhere.
 
-    "off_lesion" depends on the scan: `image` ([1, C, H, W] in [0, 1]) is where its lesion is found.
+    "off_lesion" and "clear_of_lesion" (the lesion grown by `lesion_region.LESION_MARGIN`) depend on the scan:
+    `image` ([1, C, H, W] in [0, 1]) is where its lesion is found.
 
     Why: an attribute's language direction is entangled with everything else in the report, so the
     generator's "remove the portable label" also brightened both lung fields and the clean Consolidation
@@ -54,11 +55,11 @@ def prior_region(where: str | tuple[float, float, float, float], shape: Sequence
     """
     if where == "anywhere":
         return None
-    if where == "off_lesion":
+    if where in ("off_lesion", "clear_of_lesion"):
         if image is None:
-            raise ValueError("where 'off_lesion' needs the scan's image")
-        from xcounter.disentangle.lesion_region import outside_lesion_region
-        return outside_lesion_region(image, shape)
+            raise ValueError(f"where '{where}' needs the scan's image")
+        from xcounter.disentangle.lesion_region import LESION_MARGIN, outside_lesion_region
+        return outside_lesion_region(image, shape, margin=LESION_MARGIN if where == "clear_of_lesion" else 0.0)
     h, w = int(shape[-2]), int(shape[-1])
     if isinstance(where, tuple):  # [top, bottom, left, right]: every latent cell the box touches
         top, bottom, left, right = where
