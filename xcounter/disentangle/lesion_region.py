@@ -13,8 +13,8 @@ differs in colour (CIELAB distance) from the skin, read as the median of the bri
 (neither lesion nor dark corners); an opening cuts the thin bridges hair and ink make to the frame;
 components touching the frame are dropped (dark corners, rulers and colour charts lie there, a centred
 lesion does not); the component nearest the centre is kept, holes filled (a blue-white veil is inside the
-lesion). On 80 skin phantoms of every type, with every artifact,
-its IoU with the renderer's lesion is 0.82 on average.
+lesion). On 80 skin phantoms of every type, with every artifact, its IoU with the renderer's lesion is 0.82
+on average.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ STROKE_FILTER = 0.07
 #: CIELAB distance from the skin above which a pixel is lesion (20 is a clearly visible difference; at 15 the
 #: shading towards dark corners joined the lesion to the frame and no lesion was found on 5 of 80 phantoms)
 COLOUR_DISTANCE = 20.0
-#: a dark component is a lesion only if it covers between these fractions of the image
+#: a component is a lesion only if it covers between these fractions of the image
 MIN_AREA, MAX_AREA = 0.005, 0.85
 #: how far past the lesion's edge a "clear_of_lesion" edit is kept, as a fraction of the image side. The
 #: generator draws hair and gel bubbles near a lesion as dark blobs hugging its rim, which the clean classifier
@@ -63,7 +63,8 @@ def lesion_mask(image: np.ndarray) -> np.ndarray | None:
     filtered = ndimage.median_filter(image, size=(width, width, 1))
     lab = rgb2lab(filtered)
     pixels = lab.reshape(-1, 3)
-    skin = np.median(pixels[pixels[:, 0] >= np.median(pixels[:, 0])], axis=0)  # the brighter half: no lesion, no corners
+    brighter_half = pixels[pixels[:, 0] >= np.median(pixels[:, 0])]  # neither lesion nor dark corners
+    skin = np.median(brighter_half, axis=0)
     distance = np.linalg.norm(lab - skin, axis=-1)
     different = distance > COLOUR_DISTANCE
     different = ndimage.binary_opening(different, structure=_disk(max(1, width // 2)))
