@@ -43,16 +43,11 @@ LESION_MARGIN = 0.12
 CELL_SHARE = 0.5
 
 
-def _disk(radius: int) -> np.ndarray:
-    """A binary disk structuring element of this radius (pixels)."""
-    span = np.arange(-radius, radius + 1)
-    return span[:, None] ** 2 + span[None, :] ** 2 <= radius ** 2
-
-
 def lesion_mask(image: np.ndarray) -> np.ndarray | None:
     """[H, W] bool: the lesion of an H x W x C dermoscopy image in [0, 1]; None when none stands out."""
     from scipy import ndimage
     from skimage.color import rgb2lab
+    from skimage.morphology import disk
 
     image = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
     if image.ndim == 2:
@@ -67,7 +62,7 @@ def lesion_mask(image: np.ndarray) -> np.ndarray | None:
     skin = np.median(brighter_half, axis=0)
     distance = np.linalg.norm(lab - skin, axis=-1)
     different = distance > COLOUR_DISTANCE
-    different = ndimage.binary_opening(different, structure=_disk(max(1, width // 2)))
+    different = ndimage.binary_opening(different, structure=disk(max(1, width // 2)).astype(bool))
     labels, _ = ndimage.label(different)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     labels[np.isin(labels, edge)] = 0  # dark corners, rulers and colour charts touch the frame; a lesion does not
@@ -96,7 +91,9 @@ def outside_lesion_region(image: torch.Tensor | np.ndarray, shape: Sequence[int]
         return None
     if margin > 0:
         from scipy import ndimage
-        mask = ndimage.binary_dilation(mask, structure=_disk(max(1, int(round(margin * max(mask.shape))))))
+        from skimage.morphology import disk
+        radius = max(1, int(round(margin * max(mask.shape))))
+        mask = ndimage.binary_dilation(mask, structure=disk(radius).astype(bool))
     share = F.adaptive_avg_pool2d(torch.from_numpy(mask.astype(np.float32))[None, None],
                                   (int(shape[-2]), int(shape[-1])))
     return (share < CELL_SHARE).float()
