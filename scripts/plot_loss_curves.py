@@ -21,7 +21,8 @@ LOGS = {
                     ("continue_train_log.jsonl", "unet", "UNet + text encoder, continued", 2000),
                     ("decoder_train_log.jsonl", "vae_decoder", "VAE decoder alone", 0)],
     "phantom-skin": [("train_log.jsonl", "vae", "VAE (with the detail term)", 0),
-                     ("train_log.jsonl", "unet", "UNet + text encoder", 0)],
+                     ("train_log.jsonl", "unet", "UNet + text encoder (batch 128)", 0),
+                     ("continue_train_log.jsonl", "unet", "UNet + text encoder, continued (batch 32)", 3250)],
 }
 WINDOW = 25
 
