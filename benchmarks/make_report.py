@@ -55,7 +55,7 @@ pathologies examined too (`python benchmarks/audit_rho.py --mediation --domains 
 `reports/audit_rho_mediation_cxr.md` and `reports/audit_rho_mediation_skin.md`: 3 of their 20 goals missed against
 4 without the oracle (every clean control is silent and the rho-0.75 chest-tube alert fires; missed: no alert for
 the rho-0.75 portable_label model, whose label toggle flips only 17%, a central_line alert on the rho-0.5 one, and
-no alert for the rho-0.75 ink model: ink edits kept off the lesion flip it on 20% of scans, the clean one on 17%).
+no alert for the rho-0.75 ink model: ink edits kept off the lesion flip it on 23% of scans, the clean one on 17%).
 """
 
 
