@@ -288,6 +288,25 @@ def test_a_report_decides_which_edits_are_tried(classifier, generator, attribute
     assert e.settings["signs"] == "auto" and e.settings["edit_guidance"] > 1
 
 
+def test_the_generators_own_edit_guidance_is_the_default_and_an_explicit_one_wins(classifier, attributes, scan):
+    from tiny_generator import tiny_pipeline
+    from xcounter.generators import SDGenerator
+
+    own = SDGenerator(tiny_pipeline(1, seed=0), steps=STEPS, name="tiny-sd", edit_guidance=2.0)
+    examine = dict(attribution=False, examine=["chest_tube"], signs=("add",))
+    assert Explainer(classifier, own, attributes, **examine).edit_guidance == 2.0
+    assert Explainer(classifier, own, attributes, edit_guidance=1.5, **examine).edit_guidance == 1.5
+    plain = SDGenerator(tiny_pipeline(1, seed=0), steps=STEPS, name="tiny-sd")
+    assert Explainer(classifier, plain, attributes, **examine).edit_guidance == DEFAULT_EDIT_GUIDANCE
+    # it reaches the edits: same scan and seed, a different push draws a different counterfactual
+    a = Explainer(classifier, own, attributes, **examine).explain(scan, target="Effusion", seed=3)
+    b = Explainer(classifier, plain, attributes, **examine).explain(scan, target="Effusion", seed=3)
+    assert a.settings["edit_guidance"] == 2.0 and b.settings["edit_guidance"] == DEFAULT_EDIT_GUIDANCE
+    image_a = a.result("Effusion", "chest_tube").best.image
+    image_b = b.result("Effusion", "chest_tube").best.image
+    assert not np.array_equal(image_a, image_b)
+
+
 def test_stated_in_reads_negations_first():
     cxr = load_attributes("cxr")
     text = "Chest x-ray. No pleural effusion. Large right pneumothorax. Right-sided chest tube."

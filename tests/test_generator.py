@@ -185,6 +185,26 @@ def test_save_and_load_round_trip(tmp_path, texts, z_T):
     json.dumps(loaded.identity())
 
 
+def test_a_generator_folder_may_set_the_edit_guidance_its_edits_need(tmp_path):
+    folder = tiny_generator_dir(tmp_path / "own", settings={"steps": 4, "edit_guidance": 2})
+    assert load_generator(folder).edit_guidance == 2.0
+    assert load_generator(folder).identity()["edit_guidance"] == 2.0
+    assert load_generator(tiny_generator_dir(tmp_path / "plain")).edit_guidance is None  # the engine's default
+    for bad in (0.5, "strong", True):
+        folder = tiny_generator_dir(tmp_path / f"bad-{bad}", settings={"edit_guidance": bad})
+        with pytest.raises(ModelError, match="edit_guidance must be a number >= 1"):
+            load_generator(folder)
+
+
+def test_the_shipped_skin_generator_edits_with_less_push_than_the_default():
+    """Its removed blue-white veil came out black at w = 3 (benchmarks: w = 2 found the veil more often and
+    raised fewer false shortcut alarms); the CXR generator keeps the default."""
+    from xcounter.disentangle.trajectories import DEFAULT_EDIT_GUIDANCE
+
+    assert json.loads((resolve_generator("phantom-skin") / "xcounter.json").read_text())["edit_guidance"] < DEFAULT_EDIT_GUIDANCE
+    assert "edit_guidance" not in json.loads((resolve_generator("phantom-cxr") / "xcounter.json").read_text())
+
+
 def test_missing_model_index_is_one_clear_error(tmp_path):
     with pytest.raises(ModelError, match="model_index.json is missing"):
         load_generator(tmp_path)

@@ -110,7 +110,8 @@ class Explainer:
         signs: which edits to try per attribute: "auto" (default) removes what the report states and adds
             what it does not; without a report, pathologies follow the classifier's decision and every
             other attribute is tried both ways. Or a list of "add" / "remove" for every attribute.
-        edit_guidance: w after the swap step (eps_src + w (eps_edit - eps_src)); 1 = the paper's plain swap.
+        edit_guidance: w after the swap step (eps_src + w (eps_edit - eps_src)); 1 = the paper's plain swap;
+            None = the generator's own (`edit_guidance` in its xcounter.json), else 3.
         examine: names of the attributes to examine (default: every non-anatomy attribute).
         restate: when the source prompt states the opposite of an edit ("Right pleural effusion." for a
             removal), edit from the prompt with that sentence swapped for the attribute's opposite phrase
@@ -132,7 +133,7 @@ class Explainer:
                  alpha: float = DEFAULT_ALPHA, max_nfe: int | None = DEFAULT_MAX_NFE,
                  tolerance: float = DEFAULT_TOLERANCE, flip_margin: float = DEFAULT_FLIP_MARGIN,
                  disentangle: bool = True, signs: str | Sequence[str] = "auto", examine: Sequence[str] | None = None,
-                 edit_guidance: float = DEFAULT_EDIT_GUIDANCE, restate: bool = True,
+                 edit_guidance: float | None = None, restate: bool = True,
                  localise: Sequence[str] | bool = LOCALISED_SIGNS, mediation: bool = True):
         self.classifier = classifier
         self.generator = generator
@@ -156,6 +157,9 @@ class Explainer:
         self.alpha, self.max_nfe, self.tolerance = float(alpha), max_nfe, float(tolerance)
         self.flip_margin = float(flip_margin)
         self.disentangle = disentangle
+        if edit_guidance is None:  # the generator's own (its xcounter.json), else the engine's default
+            own = getattr(generator, "edit_guidance", None)
+            edit_guidance = DEFAULT_EDIT_GUIDANCE if own is None else own
         if not (math.isfinite(edit_guidance) and edit_guidance >= 1):
             raise XCounterError(f"edit_guidance must be a number >= 1, got {edit_guidance}")
         self.edit_guidance = float(edit_guidance)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -110,7 +111,7 @@ class SDGenerator:
 
     def __init__(self, pipe, *, name: str = "stable-diffusion", domain: str | None = None, steps: int = 50,
                  guidance_scale: float = 1.0, image_channels: int | None = None, device: str | torch.device = "cpu",
-                 source: str | None = None, max_batch: int = 16):
+                 source: str | None = None, max_batch: int = 16, edit_guidance: float | None = None):
         self.pipe = pipe.to(device)
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoder, self.tokenizer = pipe.text_encoder, pipe.tokenizer
@@ -127,6 +128,10 @@ class SDGenerator:
         self.device = torch.device(device)
         self.name, self.domain, self.source = name, domain, source
         self.steps, self.guidance_scale = int(steps), float(guidance_scale)
+        # the edit guidance this generator's edits are drawn with, when it needs its own (None: the engine's
+        # default). Why per generator: it is how hard a model must be pushed to draw an edit at all, and a
+        # push that makes one model draw a faint device makes another overshoot (skin: a removed veil filled black)
+        self.edit_guidance = None if edit_guidance is None else float(edit_guidance)
         self.max_batch = max_batch
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         size = self.unet.config.sample_size
@@ -148,7 +153,7 @@ class SDGenerator:
                                  "text_encoder": self.text_encoder.config.to_dict()})
         return {"name": self.name, "source": self.source, "domain": self.domain, "resolution": self.resolution,
                 "image_channels": self.image_channels, "latent_shape": list(self.latent_shape),
-                "steps": self.steps, "guidance_scale": self.guidance_scale,
+                "steps": self.steps, "guidance_scale": self.guidance_scale, "edit_guidance": self.edit_guidance,
                 "scheduler": "DDIM (eta 0)", "prediction_type": self.scheduler.config.prediction_type,
                 "config_sha256": digest}
 
@@ -458,7 +463,8 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
     """Load "phantom-cxr" / "phantom-skin" or any local diffusers Stable Diffusion 1.x/2.x folder.
 
     `unet` swaps in another UNet (folder or weights file). An `xcounter.json` in the folder may set
-    `domain`, `steps`, `guidance_scale` and `image_channels`; `steps` here overrides it.
+    `domain`, `steps`, `guidance_scale`, `edit_guidance` (the explainer's default for this model) and
+    `image_channels`; `steps` here overrides it.
     """
     from xcounter.generators import zoo
 
@@ -488,6 +494,10 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
     image_channels = settings.get("image_channels")
     if image_channels not in (None, 1, 3):
         raise ModelError(f"{folder / 'xcounter.json'}: image_channels must be 1 or 3, got {image_channels!r}")
+    edit_guidance = settings.get("edit_guidance")
+    if edit_guidance is not None and (isinstance(edit_guidance, bool) or not isinstance(edit_guidance, (int, float))
+                                      or not math.isfinite(edit_guidance) or edit_guidance < 1):
+        raise ModelError(f"{folder / 'xcounter.json'}: edit_guidance must be a number >= 1, got {edit_guidance!r}")
 
     from diffusers import StableDiffusionPipeline
 
@@ -505,5 +515,5 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
         raise XCounterError(f"steps must be at least 1, got {steps}")
     return SDGenerator(pipe, name=name, domain=settings.get("domain"), steps=steps,
                        guidance_scale=float(settings.get("guidance_scale", 1.0)),
-                       image_channels=image_channels, device=device,
+                       image_channels=image_channels, device=device, edit_guidance=edit_guidance,
                        source=str(folder.resolve()) + (f" + unet {unet}" if unet is not None else ""))

@@ -90,7 +90,8 @@ class TrajectoryMethod:
 
     Args:
         alpha: edit scale: the edited embedding is E(src) + sign·α·d_a.
-        edit_guidance: w after the swap, eps_src + w (eps_edit - eps_src) (1 = plain swap, half the NFE).
+        edit_guidance: w after the swap, eps_src + w (eps_edit - eps_src) (1 = plain swap, half the NFE);
+            None: the generator's own (`SDGenerator.edit_guidance`), else `DEFAULT_EDIT_GUIDANCE`.
         strengths: candidate edit strengths (1 - λ/steps) sampled in one batch.
         swap_steps: explicit candidate swap steps λ (overrides `strengths`).
         tolerance: bisection tolerance on the Bézier parameter (≈ strength).
@@ -105,12 +106,12 @@ class TrajectoryMethod:
     def __init__(self, alpha: float = DEFAULT_ALPHA, strengths: Sequence[float] = DEFAULT_STRENGTHS,
                  swap_steps: Sequence[int] | None = None, tolerance: float = DEFAULT_TOLERANCE,
                  max_nfe: int | None = DEFAULT_MAX_NFE, oracle=None,
-                 edit_guidance: float = DEFAULT_EDIT_GUIDANCE, restate: bool = True,
+                 edit_guidance: float | None = None, restate: bool = True,
                  localise: Sequence[str] = LOCALISED_SIGNS):
         self.alpha = alpha
         self.localise = localised_signs(localise)
         self.restate = bool(restate)
-        self.edit_guidance = float(edit_guidance)
+        self.edit_guidance = None if edit_guidance is None else float(edit_guidance)
         self.strengths = tuple(strengths)
         self.swap_steps = None if swap_steps is None else [int(s) for s in swap_steps]
         self.tolerance = tolerance
@@ -123,17 +124,27 @@ class TrajectoryMethod:
         self._cache.clear()
 
     # -- trajectories (UNet) --------------------------------------------------------------------------
+    def edit_guidance_for(self, generator) -> float:
+        """The w edits are drawn with: this method's own, else the generator's (`xcounter.json`), else the
+        engine's default."""
+        if self.edit_guidance is not None:
+            return self.edit_guidance
+        own = getattr(generator, "edit_guidance", None)
+        return DEFAULT_EDIT_GUIDANCE if own is None else float(own)
+
     def candidate_swap_steps(self, context: EditContext, steps: int) -> list[int]:
         if self.swap_steps is not None:
             return sorted({s for s in self.swap_steps if 0 <= s < steps}, reverse=True)
         budget = context.max_nfe if context.max_nfe is not None else self.max_nfe
-        return select_swap_steps(steps, self.strengths, budget, context.generator.guidance_scale, self.edit_guidance)
+        return select_swap_steps(steps, self.strengths, budget, context.generator.guidance_scale,
+                                 self.edit_guidance_for(context.generator))
 
     def trajectory(self, context: EditContext, attribute: "Attribute", sign: str) -> Trajectory:
         """The attribute's swap-step trajectory for this scan (cached: independent of the target)."""
         if sign not in SIGNS:
             raise XCounterError(f"sign must be one of {', '.join(SIGNS)}, got '{sign}'")
-        key = (id(context.inversion), attribute.name, attribute.where, sign, self.alpha, self.edit_guidance,
+        key = (id(context.inversion), attribute.name, attribute.where, sign, self.alpha,
+               self.edit_guidance_for(context.generator),
                self.restate, self.localise)
         cached = self._cache.get(key)
         if cached is not None and cached[0] is context.inversion:
@@ -157,7 +168,8 @@ class TrajectoryMethod:
         trajectory = build_trajectory(generator, context.inversion.z_T, prefix, context.source_embedding, direction,
                                       attribute=attribute.name, sign=sign, alpha=self.alpha,
                                       swap_steps=self.candidate_swap_steps(context, steps),
-                                      edit_guidance=self.edit_guidance, localise=sign in self.localise,
+                                      edit_guidance=self.edit_guidance_for(generator),
+                                      localise=sign in self.localise,
                                       prior=prior_region(attribute.where, prefix[-1].shape, context.inversion.image),
                                       edit_base=None if restated is None else spliced_embedding(
                                           generator, context.prompt, restated, context.source_embedding))
