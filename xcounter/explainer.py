@@ -18,7 +18,7 @@ import torch
 
 from xcounter.attributes import AttributeSet, load_attributes
 from xcounter.disentangle.directions import GradientProjection, LanguageDirections
-from xcounter.disentangle.trajectories import (DEFAULT_ALPHA, DEFAULT_EDIT_GUIDANCE, DEFAULT_STRENGTHS,
+from xcounter.disentangle.trajectories import (DEFAULT_ALPHA, DEFAULT_STRENGTHS, resolve_edit_guidance,
                                                select_swap_steps)
 from xcounter.errors import XCounterError
 from xcounter.explanation import AttributeResult, Explanation, Prediction
@@ -157,9 +157,7 @@ class Explainer:
         self.alpha, self.max_nfe, self.tolerance = float(alpha), max_nfe, float(tolerance)
         self.flip_margin = float(flip_margin)
         self.disentangle = disentangle
-        if edit_guidance is None:  # the generator's own (its xcounter.json), else the engine's default
-            own = getattr(generator, "edit_guidance", None)
-            edit_guidance = DEFAULT_EDIT_GUIDANCE if own is None else own
+        edit_guidance = resolve_edit_guidance(edit_guidance, generator)
         if not (math.isfinite(edit_guidance) and edit_guidance >= 1):
             raise XCounterError(f"edit_guidance must be a number >= 1, got {edit_guidance}")
         self.edit_guidance = float(edit_guidance)

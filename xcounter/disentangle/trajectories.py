@@ -26,6 +26,17 @@ DEFAULT_ALPHA = 2.0
 #: classifier-free guidance (so DDIM inversion stays exact) follow an edited prompt only weakly; w = 3 draws
 #: a device or finding the classifier and the oracle both see, at two UNet evaluations per edited step
 DEFAULT_EDIT_GUIDANCE = 3.0
+
+
+def resolve_edit_guidance(explicit: float | None, generator) -> float:
+    """The w edits are drawn with: an explicit one, else the generator's own (`edit_guidance` in its
+    xcounter.json), else `DEFAULT_EDIT_GUIDANCE`."""
+    if explicit is not None:
+        return float(explicit)
+    own = getattr(generator, "edit_guidance", None)
+    return DEFAULT_EDIT_GUIDANCE if own is None else float(own)
+
+
 #: default candidate edit strengths (1 - λ/steps) evaluated in one batch per attribute and sign
 DEFAULT_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
 

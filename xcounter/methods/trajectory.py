@@ -15,7 +15,7 @@ import torch
 
 from xcounter.disentangle.edit_region import prior_region
 from xcounter.disentangle.prompt_edit import spliced_embedding
-from xcounter.disentangle.trajectories import (DEFAULT_ALPHA, DEFAULT_EDIT_GUIDANCE, DEFAULT_STRENGTHS, SIGN_VALUE,
+from xcounter.disentangle.trajectories import (DEFAULT_ALPHA, DEFAULT_STRENGTHS, SIGN_VALUE, resolve_edit_guidance,
                                                select_swap_steps)
 from xcounter.errors import XCounterError
 from xcounter.explanation import Counterfactual
@@ -125,12 +125,8 @@ class TrajectoryMethod:
 
     # -- trajectories (UNet) --------------------------------------------------------------------------
     def edit_guidance_for(self, generator) -> float:
-        """The w edits are drawn with: this method's own, else the generator's (`xcounter.json`), else the
-        engine's default."""
-        if self.edit_guidance is not None:
-            return self.edit_guidance
-        own = getattr(generator, "edit_guidance", None)
-        return DEFAULT_EDIT_GUIDANCE if own is None else float(own)
+        """The w edits are drawn with: this method's own, else the generator's, else the default."""
+        return resolve_edit_guidance(self.edit_guidance, generator)
 
     def candidate_swap_steps(self, context: EditContext, steps: int) -> list[int]:
         if self.swap_steps is not None:
