@@ -52,10 +52,10 @@ The clean classifiers (retrained 2026-11-26 on 10,000 CXR and 30,000 skin phanto
 follow their findings (effusion 98%): any flag on a clean classifier is a false alarm, and it comes from a generator
 edit that changed more than its attribute. The same audits with the attribute oracle's mediation check and the
 pathologies examined too (`python benchmarks/audit_rho.py --mediation --domains cxr|skin`) are in
-`reports/audit_rho_mediation_cxr.md` and `reports/audit_rho_mediation_skin.md`: 2 of their 20 goals missed against
-4 without the oracle (every clean control is silent, the rho-0.75 chest-tube and ink alerts fire; missed: no alert
-for the rho-0.75 portable_label model, whose label toggle flips only 17%, and a central_line alert on the rho-0.5
-one).
+`reports/audit_rho_mediation_cxr.md` and `reports/audit_rho_mediation_skin.md`: 2 of their 20 goals missed, as
+without the oracle, and the same two (every clean and rho-0.5 control is silent; missed: no alert for the rho-0.75
+chest_tube and portable_label models, whose toggles flip 40% and 17% of decisions, at the CXR generator's edit
+guidance of 2).
 """
 
 

@@ -196,13 +196,16 @@ def test_a_generator_folder_may_set_the_edit_guidance_its_edits_need(tmp_path):
             load_generator(folder)
 
 
-def test_the_shipped_skin_generator_edits_with_less_push_than_the_default():
-    """Its removed blue-white veil came out black at w = 3 (benchmarks: w = 2 found the veil more often and
-    raised fewer false shortcut alarms); the CXR generator keeps the default."""
+def test_the_shipped_generators_edit_with_less_push_than_the_default():
+    """At w = 3 the skin model's removed blue-white veil came out black and the CXR model drew a wide two-sided
+    central line over the medial lungs (false shortcut alarms); benchmarks at w = 2 found the planted causes as
+    often or more and raised fewer false alarms, so both folders set it."""
     from xcounter.disentangle.trajectories import DEFAULT_EDIT_GUIDANCE
 
-    assert json.loads((resolve_generator("phantom-skin") / "xcounter.json").read_text())["edit_guidance"] < DEFAULT_EDIT_GUIDANCE
-    assert "edit_guidance" not in json.loads((resolve_generator("phantom-cxr") / "xcounter.json").read_text())
+    for name in ("phantom-skin", "phantom-cxr"):
+        own = json.loads((resolve_generator(name) / "xcounter.json").read_text())["edit_guidance"]
+        assert 1 <= own < DEFAULT_EDIT_GUIDANCE
+        assert load_generator(resolve_generator(name)).edit_guidance == own
 
 
 def test_missing_model_index_is_one_clear_error(tmp_path):
