@@ -127,7 +127,7 @@ def test_resumed_run_equals_uninterrupted(data_dir, tiny_config, tmp_path, monke
 def test_base_finetune_changes_the_trained_parts(tmp_path, lora, text_encoder):
     from diffusers import StableDiffusionPipeline
 
-    base = tiny_generator_dir(tmp_path, settings={"domain": "cxr", "steps": 7})
+    base = tiny_generator_dir(tmp_path, settings={"domain": "cxr", "steps": 7, "edit_guidance": 2})
     data = write_imagefolder(tmp_path / "data", split=False)
     out = finetune(FinetuneOptions(data=str(data), out=str(tmp_path / "tuned"), base=str(base), steps=3,
                                    batch_size=4, lr=1e-2, lora=lora, train_text_encoder=text_encoder),
@@ -136,7 +136,8 @@ def test_base_finetune_changes_the_trained_parts(tmp_path, lora, text_encoder):
     changed = {part: any(not torch.equal(before[k], after[k]) for k in before if k.startswith(part))
                for part in ("unet", "text_encoder", "vae")}
     assert changed == {"unet": True, "text_encoder": text_encoder, "vae": False}
-    assert json.loads((out / "xcounter.json").read_text())["steps"] == 7
+    settings = json.loads((out / "xcounter.json").read_text())
+    assert settings["steps"] == 7 and settings["edit_guidance"] == 2.0  # the base's own settings carry over
     pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
     assert not any("lora" in name for name, _ in pipe.unet.named_parameters())  # fused into plain weights
     if lora:
@@ -159,7 +160,7 @@ def test_base_trains_at_its_own_resolution_unless_told_otherwise(tmp_path):
 def test_decoder_refinement_keeps_the_latent_space_and_resumes_exactly(tmp_path, monkeypatch):
     """--steps 0 --vae-decoder-steps N: only the decoder changes (the UNet's latents stay valid), and a
     run killed after a checkpoint resumes to the same weights."""
-    base = tiny_generator_dir(tmp_path, settings={"domain": "cxr", "steps": 7})
+    base = tiny_generator_dir(tmp_path, settings={"domain": "cxr", "steps": 7, "edit_guidance": 2})
     data = write_imagefolder(tmp_path / "data", split=False)
 
     def options(name: str) -> FinetuneOptions:

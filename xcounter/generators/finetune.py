@@ -422,6 +422,8 @@ def prepare_base(base: Path, data: ImageCaptionSet, accelerator):
     saved = json.loads((base / "xcounter.json").read_text()) if (base / "xcounter.json").is_file() else {}
     meta = {"domain": saved.get("domain"), "steps": int(saved.get("steps", 20)),
             "guidance_scale": float(saved.get("guidance_scale", 1.0))}
+    if saved.get("edit_guidance") is not None:  # a continued model starts from its base's measured push
+        meta["edit_guidance"] = float(saved["edit_guidance"])
     return parts, raw, meta
 
 
