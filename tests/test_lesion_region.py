@@ -31,6 +31,19 @@ def test_a_dark_disc_on_skin_is_the_lesion_and_a_hair_across_it_is_not():
     assert iou > 0.9  # the hair strand, which crosses the frame, is neither joined to nor cut out of the lesion
 
 
+def test_a_thick_strand_joining_the_lesion_to_the_frame_does_not_hide_it():
+    """A thick hair (or an ink stroke across one) survives the stroke filter and the first opening and bridges
+    the lesion to the frame, where components are dropped; a wider opening cuts the bridge."""
+    image, disc = _skin_with_disc()
+    axis = (np.arange(64) + 0.5) / 64 * 2 - 1
+    y, x = np.meshgrid(axis, axis, indexing="ij")
+    image[(np.abs(x - 0.05) < 6 / 64) & (y < 0)] = [0.08, 0.05, 0.04]  # 6 px wide, from the disc to the top edge
+    found = lesion_mask(image)
+    assert found is not None
+    assert (found & disc).sum() / (found | disc).sum() > 0.85
+    assert not found[:5].any()  # the strand near the frame is not lesion
+
+
 def test_no_lesion_no_mask():
     assert lesion_mask(np.full((32, 32, 3), 0.7, np.float32)) is None
     image, _ = _skin_with_disc()

@@ -14,7 +14,8 @@ differs in colour (CIELAB distance) from the skin, read as the median of the bri
 components touching the frame are dropped (dark corners, rulers and colour charts lie there, a centred
 lesion does not); the component nearest the centre is kept, holes filled (a blue-white veil is inside the
 lesion). On 80 skin phantoms of every type, with every artifact, its IoU with the renderer's lesion is 0.82
-on average.
+on average. When a thick hair still joins the lesion to the frame, wider openings are tried (on 300 phantoms:
+no lesion found on 2 instead of 4, mean IoU 0.795 -> 0.800).
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ STROKE_FILTER = 0.07
 #: CIELAB distance from the skin above which a pixel is lesion (20 is a clearly visible difference; at 15 the
 #: shading towards dark corners joined the lesion to the frame and no lesion was found on 5 of 80 phantoms)
 COLOUR_DISTANCE = 20.0
+#: when every candidate touches the frame, openings this many times wider are tried in turn: a thick hair or an
+#: ink stroke crossing a hair can join the lesion to the frame through a bridge the first opening leaves
+BRIDGE_OPENINGS = 3
 #: a component is a lesion only if it covers between these fractions of the image
 MIN_AREA, MAX_AREA = 0.005, 0.85
 #: how far past the lesion's edge a "clear_of_lesion" edit is kept, as a fraction of the image side. The
@@ -62,16 +66,22 @@ def lesion_mask(image: np.ndarray) -> np.ndarray | None:
     skin = np.median(brighter_half, axis=0)
     distance = np.linalg.norm(lab - skin, axis=-1)
     different = distance > COLOUR_DISTANCE
-    different = ndimage.binary_opening(different, structure=disk(max(1, width // 2)).astype(bool))
-    labels, _ = ndimage.label(different)
-    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    labels[np.isin(labels, edge)] = 0  # dark corners, rulers and colour charts touch the frame; a lesion does not
-    if not labels.any():
-        return None
     h, w = image.shape[:2]
+    base = max(1, width // 2)
+    for radius in range(base, BRIDGE_OPENINGS * base + 1, base):
+        labels, _ = ndimage.label(ndimage.binary_opening(different, structure=disk(radius).astype(bool)))
+        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        labels[np.isin(labels, edge)] = 0  # dark corners, rulers and colour charts touch the frame; a lesion does not
+        if labels.any():
+            break
+    else:
+        return None
     rows, cols = np.nonzero(labels)
     nearest = np.argmin((rows + 0.5 - h / 2) ** 2 + (cols + 0.5 - w / 2) ** 2)
-    mask = ndimage.binary_fill_holes(labels == labels[rows[nearest], cols[nearest]])
+    mask = labels == labels[rows[nearest], cols[nearest]]
+    if radius > base:  # give back the rim the wider opening shaved off (and a stub of the bridge it cut)
+        mask = ndimage.binary_dilation(mask, structure=disk(radius - base).astype(bool)) & different
+    mask = ndimage.binary_fill_holes(mask)
     area = float(mask.mean())
     return mask if MIN_AREA <= area <= MAX_AREA else None
 
