@@ -160,7 +160,7 @@ def test_base_trains_at_its_own_resolution_unless_told_otherwise(tmp_path):
 def test_decoder_refinement_keeps_the_latent_space_and_resumes_exactly(tmp_path, monkeypatch):
     """--steps 0 --vae-decoder-steps N: only the decoder changes (the UNet's latents stay valid), and a
     run killed after a checkpoint resumes to the same weights."""
-    base = tiny_generator_dir(tmp_path, settings={"domain": "cxr", "steps": 7, "edit_guidance": 2})
+    base = tiny_generator_dir(tmp_path, settings={"domain": "cxr", "steps": 7})
     data = write_imagefolder(tmp_path / "data", split=False)
 
     def options(name: str) -> FinetuneOptions:
