@@ -79,6 +79,9 @@ def test_quality(out):
         assert truth["nfe"] == 0 and truth["l1"] > 0  # the renderer redrew the attribute, no generator
         for r in domain["records"]:
             assert r["method"] != "ours, removals unconfined" or r["sign"] == "remove"
+        ours = [r for r in domain["records"] if r["method"] == "trajectory"]
+        full = [r for r in domain["records"] if r["method"] == "ours at full strength (trajectory end)"]
+        assert len(full) == len(ours) and all(r["strength"] is None for r in full)  # one strongest edit per edit
         for row in domain["summary"]:
             assert all(unit(row[k]) for k in ("flip_rate", "identity", "edited"))
             assert row["fid"] is None or row["fid"] >= 0
