@@ -24,8 +24,11 @@ SIGN_VALUE = {"add": 1.0, "remove": -1.0}
 DEFAULT_ALPHA = 2.0
 #: default edit guidance w after the swap: eps_src + w (eps_edit - eps_src). Small generators sampled without
 #: classifier-free guidance (so DDIM inversion stays exact) follow an edited prompt only weakly; w = 3 draws
-#: a device or finding the classifier and the oracle both see, at two UNet evaluations per edited step
+#: a device or finding the classifier and the oracle both see, at two UNet evaluations per edited step. A
+#: generator that needs less (or more) sets its own (`resolve_edit_guidance`): both phantom models use 2
 DEFAULT_EDIT_GUIDANCE = 3.0
+#: default candidate edit strengths (1 - λ/steps) evaluated in one batch per attribute and sign
+DEFAULT_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
 
 
 def resolve_edit_guidance(explicit: float | None, generator) -> float:
@@ -35,10 +38,6 @@ def resolve_edit_guidance(explicit: float | None, generator) -> float:
         return float(explicit)
     own = getattr(generator, "edit_guidance", None)
     return DEFAULT_EDIT_GUIDANCE if own is None else float(own)
-
-
-#: default candidate edit strengths (1 - λ/steps) evaluated in one batch per attribute and sign
-DEFAULT_STRENGTHS = (0.25, 0.5, 0.75, 1.0)
 
 
 def strength_of(swap_step: int, steps: int) -> float:
