@@ -307,6 +307,32 @@ def test_the_generators_own_edit_guidance_is_the_default_and_an_explicit_one_win
     assert not np.array_equal(image_a, image_b)
 
 
+def test_a_generator_may_edit_one_kind_of_attribute_with_its_own_alpha_and_guidance(classifier, attributes, scan):
+    """The generator's `kind_edits` reach that kind's edits only; explicit Explainer settings still win."""
+    from tiny_generator import tiny_pipeline
+    from xcounter.generators import SDGenerator
+
+    def generator(kind_edits=None):
+        return SDGenerator(tiny_pipeline(1, seed=0), steps=STEPS, name="tiny-sd", edit_guidance=2.0,
+                           kind_edits=kind_edits)
+
+    gentle = {"device": {"alpha": 1.0, "edit_guidance": 1.0}}
+    examine = dict(attribution=False, examine=["chest_tube", "pleural_effusion"], signs=("add",))
+    own = Explainer(classifier, generator(gentle), attributes, **examine).explain(scan, target="Effusion", seed=3)
+    plain = Explainer(classifier, generator(), attributes, **examine).explain(scan, target="Effusion", seed=3)
+    assert own.settings["kind_edits"]["device"]["edit_guidance"] == 1.0 and plain.settings["kind_edits"] == {}
+    assert own.settings["alpha"] == DEFAULT_ALPHA and own.settings["edit_guidance"] == 2.0  # everything else
+    tube, plain_tube = own.result("Effusion", "chest_tube").best, plain.result("Effusion", "chest_tube").best
+    assert not np.array_equal(tube.image, plain_tube.image)
+    assert tube.nfe < plain_tube.nfe  # w = 1: one UNet evaluation per edited step instead of two
+    effusion = own.result("Effusion", "pleural_effusion").best
+    assert np.array_equal(effusion.image, plain.result("Effusion", "pleural_effusion").best.image)
+    explicit = Explainer(classifier, generator(gentle), attributes, alpha=DEFAULT_ALPHA, edit_guidance=2.0,
+                         **examine).explain(scan, target="Effusion", seed=3)
+    assert explicit.settings["kind_edits"] == {}
+    assert np.array_equal(explicit.result("Effusion", "chest_tube").best.image, plain_tube.image)
+
+
 def test_stated_in_reads_negations_first():
     cxr = load_attributes("cxr")
     text = "Chest x-ray. No pleural effusion. Large right pneumothorax. Right-sided chest tube."

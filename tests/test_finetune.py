@@ -127,7 +127,8 @@ def test_resumed_run_equals_uninterrupted(data_dir, tiny_config, tmp_path, monke
 def test_base_finetune_changes_the_trained_parts(tmp_path, lora, text_encoder):
     from diffusers import StableDiffusionPipeline
 
-    base = tiny_generator_dir(tmp_path, settings={"domain": "cxr", "steps": 7, "edit_guidance": 2})
+    base = tiny_generator_dir(tmp_path, settings={"domain": "cxr", "steps": 7, "edit_guidance": 2,
+                                                  "kind_edits": {"pathology": {"edit_guidance": 1}}})
     data = write_imagefolder(tmp_path / "data", split=False)
     out = finetune(FinetuneOptions(data=str(data), out=str(tmp_path / "tuned"), base=str(base), steps=3,
                                    batch_size=4, lr=1e-2, lora=lora, train_text_encoder=text_encoder),
@@ -138,6 +139,7 @@ def test_base_finetune_changes_the_trained_parts(tmp_path, lora, text_encoder):
     assert changed == {"unet": True, "text_encoder": text_encoder, "vae": False}
     settings = json.loads((out / "xcounter.json").read_text())
     assert settings["steps"] == 7 and settings["edit_guidance"] == 2.0  # the base's own settings carry over
+    assert settings["kind_edits"] == {"pathology": {"edit_guidance": 1.0}}
     pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
     assert not any("lora" in name for name, _ in pipe.unet.named_parameters())  # fused into plain weights
     if lora:

@@ -196,6 +196,25 @@ def test_a_generator_folder_may_set_the_edit_guidance_its_edits_need(tmp_path):
             load_generator(folder)
 
 
+def test_a_generator_folder_may_set_how_each_attribute_kind_is_edited(tmp_path):
+    own = {"pathology": {"alpha": 1, "edit_guidance": 1}, "device": {"edit_guidance": 2.5}}
+    folder = tiny_generator_dir(tmp_path / "own", settings={"steps": 4, "kind_edits": own})
+    loaded = load_generator(folder)
+    assert loaded.kind_edits == {"pathology": {"alpha": 1.0, "edit_guidance": 1.0}, "device": {"edit_guidance": 2.5}}
+    assert loaded.identity()["kind_edits"] == loaded.kind_edits
+    assert load_generator(tiny_generator_dir(tmp_path / "plain")).kind_edits == {}
+    for bad, message in [({"tumour": {"alpha": 1}}, "unknown kind 'tumour'"),
+                         ({"device": {"alpha": 0}}, r"\['alpha'\] must be a number > 0"),
+                         ({"device": {"edit_guidance": 0.5}}, r"\['edit_guidance'\] must be a number >= 1"),
+                         ({"device": {"strength": 1}}, "may set alpha and edit_guidance"),
+                         ({"device": {}}, "may set alpha and edit_guidance"),
+                         ([1, 2], "must map attribute kinds")]:
+        folder = tiny_generator_dir(tmp_path / f"bad-{len(message)}", settings={"kind_edits": bad})
+        with pytest.raises(ModelError, match=message) as caught:
+            load_generator(folder)
+        assert "\n" not in str(caught.value)
+
+
 def test_the_shipped_generators_edit_with_less_push_than_the_default():
     """At w = 3 the skin model's removed blue-white veil came out black and the CXR model drew a wide two-sided
     central line over the medial lungs (false shortcut alarms); benchmarks at w = 2 found the planted causes as

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from xcounter.disentangle.edit_region import prior_region
-from xcounter.disentangle.lesion_region import lesion_mask, outside_lesion_region
+from xcounter.disentangle.lesion_region import lesion_mask, lesion_region, outside_lesion_region
 
 
 def _skin_with_disc(size: int = 64, radius: float = 0.3, hair: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -79,8 +79,20 @@ def test_outside_lesion_region_is_latent_sized_and_off_the_lesion():
     assert outside_lesion_region(np.full((64, 64, 3), 0.7, np.float32), (16, 16)) is None  # no lesion: anywhere
 
 
+def test_lesion_region_covers_the_lesion_and_a_margin_and_nothing_far_from_it():
+    image, disc = _skin_with_disc(radius=0.3)
+    region = lesion_region(image, (16, 16))
+    assert region.shape == (1, 1, 16, 16)
+    share = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(disc.astype(np.float32))[None, None], 16)
+    assert torch.all(region[share > 0] == 1)  # every cell the lesion reaches into may be edited
+    assert region[0, 0, 0, 0] == 0 and region[0, 0, 15, 15] == 0  # the skin far from it may not
+    tight, wide = lesion_region(image, (16, 16), margin=0.0), lesion_region(image, (16, 16), margin=0.15)
+    assert torch.all(tight <= region) and torch.all(region <= wide) and tight.sum() < wide.sum()
+    assert lesion_region(np.full((64, 64, 3), 0.7, np.float32), (16, 16)) is None  # no lesion: anywhere
+
+
 def test_off_lesion_prior_needs_the_scan():
-    for where in ("off_lesion", "clear_of_lesion"):
+    for where in ("off_lesion", "clear_of_lesion", "on_lesion"):
         with pytest.raises(ValueError, match=where):
             prior_region(where, (1, 4, 16, 16))
     image, _ = _skin_with_disc()
@@ -95,6 +107,20 @@ def test_skin_artifacts_that_lie_on_or_around_the_lesion_are_kept_off_it():
     assert {a.name for a in skin if a.where == "off_lesion"} == {"ink_marking"}  # its arc lies just off the rim
     assert {a.name for a in skin if a.where == "clear_of_lesion"} == {"hair", "gel_bubbles"}
     assert all(a.kind == "artifact" for a in skin if a.where in ("off_lesion", "clear_of_lesion"))
+
+
+def test_findings_inside_the_lesion_are_edited_only_on_it():
+    from xcounter.attributes import load_attributes
+
+    skin = load_attributes("skin")
+    assert {a.name for a in skin if a.where == "on_lesion"} == {"blue_white_veil", "dots_globules",
+                                                                 "color_variegation"}
+    assert skin["asymmetry"].where == "anywhere"  # a shape change reaches past the lesion's current edge
+    image, _ = _skin_with_disc()
+    tensor = torch.from_numpy(image).permute(2, 0, 1)[None]
+    on, off = prior_region("on_lesion", (1, 4, 16, 16), tensor), prior_region("off_lesion", (1, 4, 16, 16), tensor)
+    assert torch.all(on + off >= 1)  # together they reach every cell: none is frozen for both
+    assert on[0, 0, 8, 8] == 1 and on[0, 0, 0, 0] == 0
 
 
 def test_clear_of_lesion_also_keeps_a_ring_around_the_lesion():

@@ -67,3 +67,19 @@ def test_swap_step_points_equal_separate_runs(generator):
         alone = swap_step_points(generator, z_T, source, edited, [swap_step])
         assert torch.allclose(batch[row], alone[0], atol=1e-5)
     assert not torch.allclose(batch[0], batch[2])  # the edit changes the result
+
+
+def test_edit_settings_come_from_the_caller_then_the_generators_kind_then_its_default():
+    from types import SimpleNamespace
+
+    from xcounter.disentangle.trajectories import (DEFAULT_ALPHA, DEFAULT_EDIT_GUIDANCE, resolve_edit_settings)
+
+    generator = SimpleNamespace(edit_guidance=2.0, kind_edits={"pathology": {"alpha": 1.0, "edit_guidance": 1.0},
+                                                              "device": {"edit_guidance": 2.5}})
+    assert resolve_edit_settings(None, None, generator, "pathology") == (1.0, 1.0)
+    assert resolve_edit_settings(None, None, generator, "device") == (DEFAULT_ALPHA, 2.5)
+    assert resolve_edit_settings(None, None, generator, "artifact") == (DEFAULT_ALPHA, 2.0)
+    assert resolve_edit_settings(None, None, generator) == (DEFAULT_ALPHA, 2.0)
+    assert resolve_edit_settings(3.0, None, generator, "pathology") == (3.0, 1.0)  # each value on its own
+    assert resolve_edit_settings(None, 1.5, generator, "pathology") == (1.0, 1.5)
+    assert resolve_edit_settings(None, None, SimpleNamespace(), "pathology") == (DEFAULT_ALPHA, DEFAULT_EDIT_GUIDANCE)

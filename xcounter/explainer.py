@@ -19,7 +19,7 @@ import torch
 from xcounter.attributes import AttributeSet, load_attributes
 from xcounter.disentangle.directions import GradientProjection, LanguageDirections
 from xcounter.disentangle.trajectories import (DEFAULT_ALPHA, DEFAULT_STRENGTHS, resolve_edit_guidance,
-                                               select_swap_steps)
+                                               resolve_edit_settings, select_swap_steps)
 from xcounter.errors import XCounterError
 from xcounter.explanation import AttributeResult, Explanation, Prediction
 from xcounter.mediation import apply_mediation
@@ -102,7 +102,8 @@ class Explainer:
         swap_steps: explicit candidate swap steps λ (default: strengths 0.25, 0.5, 0.75, 1.0 within the budget).
         method: "trajectory" (ours) | "latent_shift" | "sdedit" | "random", or a method object.
         attribution: also store captum maps (Integrated Gradients, Grad-CAM) per target.
-        alpha: edit scale of the language direction (E(src) + sign·α·d_a).
+        alpha: edit scale of the language direction (E(src) + sign·α·d_a); None = the generator's own for the
+            attribute's kind (`kind_edits` in its xcounter.json), else 2.
         max_nfe: UNet budget per counterfactual (one attribute and sign).
         flip_margin: logits past the decision threshold an edit must reach to count as a flip (0 = any
             sign change); keeps scans that sit near their threshold from "flipping" for every attribute.
@@ -111,7 +112,8 @@ class Explainer:
             what it does not; without a report, pathologies follow the classifier's decision and every
             other attribute is tried both ways. Or a list of "add" / "remove" for every attribute.
         edit_guidance: w after the swap step (eps_src + w (eps_edit - eps_src)); 1 = the paper's plain swap;
-            None = the generator's own (`edit_guidance` in its xcounter.json), else 3.
+            None = the generator's own for the attribute's kind (`kind_edits`), else its own (`edit_guidance` in
+            its xcounter.json), else 3.
         examine: names of the attributes to examine (default: every non-anatomy attribute).
         restate: when the source prompt states the opposite of an edit ("Right pleural effusion." for a
             removal), edit from the prompt with that sentence swapped for the attribute's opposite phrase
@@ -130,7 +132,7 @@ class Explainer:
     def __init__(self, classifier: "Classifier", generator: "SDGenerator",
                  attributes: "str | Path | AttributeSet" = "cxr", oracle: Any = None, steps: int | None = None,
                  swap_steps: Sequence[int] | None = None, method: Any = "trajectory", attribution: bool = True, *,
-                 alpha: float = DEFAULT_ALPHA, max_nfe: int | None = DEFAULT_MAX_NFE,
+                 alpha: float | None = None, max_nfe: int | None = DEFAULT_MAX_NFE,
                  tolerance: float = DEFAULT_TOLERANCE, flip_margin: float = DEFAULT_FLIP_MARGIN,
                  disentangle: bool = True, signs: str | Sequence[str] = "auto", examine: Sequence[str] | None = None,
                  edit_guidance: float | None = None, restate: bool = True,
@@ -145,7 +147,7 @@ class Explainer:
         self.swap_steps = None if swap_steps is None else sorted({int(s) for s in swap_steps}, reverse=True)
         if self.swap_steps == []:
             raise XCounterError("swap_steps is empty; give at least one denoising step to swap at")
-        if not (math.isfinite(alpha) and alpha > 0):
+        if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
             raise XCounterError(f"alpha must be a positive number, got {alpha}")
         if not 0 < tolerance < 1:
             raise XCounterError(f"tolerance must lie between 0 and 1, got {tolerance}")
@@ -154,9 +156,13 @@ class Explainer:
         if max_nfe is not None and max_nfe < 1:
             raise XCounterError(f"max_nfe must be at least 1 (or None for no budget), got {max_nfe}")
         self.attribution = attribution
-        self.alpha, self.max_nfe, self.tolerance = float(alpha), max_nfe, float(tolerance)
+        #: what the caller set (None: per attribute kind, as the generator draws it; `resolve_edit_settings`)
+        self.explicit_alpha = None if alpha is None else float(alpha)
+        self.alpha = DEFAULT_ALPHA if alpha is None else float(alpha)
+        self.max_nfe, self.tolerance = max_nfe, float(tolerance)
         self.flip_margin = float(flip_margin)
         self.disentangle = disentangle
+        self.explicit_edit_guidance = None if edit_guidance is None else float(edit_guidance)
         edit_guidance = resolve_edit_guidance(edit_guidance, generator)
         if not (math.isfinite(edit_guidance) and edit_guidance >= 1):
             raise XCounterError(f"edit_guidance must be a number >= 1, got {edit_guidance}")
@@ -195,9 +201,9 @@ class Explainer:
             if not hasattr(method, "generate"):
                 raise XCounterError("method must be a name or an object with a `generate` method")
             return method
-        options = dict(alpha=self.alpha, swap_steps=self.swap_steps, tolerance=self.tolerance, max_nfe=self.max_nfe,
-                       oracle=self.oracle, edit_guidance=self.edit_guidance, restate=self.restate,
-                       localise=self.localise)
+        options = dict(alpha=self.explicit_alpha, swap_steps=self.swap_steps, tolerance=self.tolerance,
+                       max_nfe=self.max_nfe, oracle=self.oracle, edit_guidance=self.explicit_edit_guidance,
+                       restate=self.restate, localise=self.localise)
         if method == "trajectory":
             return TrajectoryMethod(**options)
         if method == "random":  # the control shares every trajectory setting but the direction
@@ -341,9 +347,23 @@ class Explainer:
                 "max_nfe": self.max_nfe, "tolerance": self.tolerance, "flip_margin": self.flip_margin,
                 "disentangle": self.disentangle,
                 "signs": self.signs if isinstance(self.signs, str) else list(self.signs),
-                "edit_guidance": self.edit_guidance, "restate": self.restate, "localise": list(self.localise),
+                "edit_guidance": self.edit_guidance, "kind_edits": self._kind_edits(steps),
+                "restate": self.restate, "localise": list(self.localise),
                 "attributes": self.attributes.domain,
                 "oracle": self.oracle is not None, "mediation": self.oracle is not None and self.mediation}
+
+    def _kind_edits(self, steps: int) -> dict[str, dict]:
+        """The attribute kinds examined whose edits the generator draws with their own α and w (`kind_edits`),
+        with the swap steps that buys; empty when every edit uses `alpha` and `edit_guidance`."""
+        out = {}
+        for kind in dict.fromkeys(a.kind for a in self.examined):
+            alpha, edit_guidance = resolve_edit_settings(self.explicit_alpha, self.explicit_edit_guidance,
+                                                         self.generator, kind)
+            if (alpha, edit_guidance) != (self.alpha, self.edit_guidance):
+                swap_steps = self.swap_steps if self.swap_steps is not None else select_swap_steps(
+                    steps, DEFAULT_STRENGTHS, self.max_nfe, self.generator.guidance_scale, edit_guidance)
+                out[kind] = {"alpha": alpha, "edit_guidance": edit_guidance, "swap_steps": swap_steps}
+        return out
 
     def _reconstruction_warnings(self, inversion, predictions: list[Prediction], targets: list[str]) -> list[str]:
         found = []

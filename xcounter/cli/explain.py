@@ -149,7 +149,8 @@ LOCALISE_CHOICES = {"remove": ("remove",), "add": ("add",), "both": ("add", "rem
               help="Attribute oracle (cxr, skin or a file): measures side effects, and credits a flip to another "
                    "attribute when the edit also made that attribute's own flipping edit (verdict 'mediated').")
 @click.option("--alpha", type=click.FloatRange(min=0, min_open=True),
-              help="Edit scale of the language directions (default 2).")
+              help="Edit scale of the language directions (default: the generator's own for the attribute's kind, "
+                   "else 2).")
 @click.option("--flip-margin", type=click.FloatRange(min=0),
               help="Logits past the threshold an edit must reach to count as a flip (default 1).")
 @click.option("--localise", type=click.Choice(list(LOCALISE_CHOICES)),

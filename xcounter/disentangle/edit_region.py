@@ -60,6 +60,11 @@ def prior_region(where: str | tuple[float, float, float, float], shape: Sequence
             raise ValueError(f"where '{where}' needs the scan's image")
         from xcounter.disentangle.lesion_region import LESION_MARGIN, outside_lesion_region
         return outside_lesion_region(image, shape, margin=LESION_MARGIN if where == "clear_of_lesion" else 0.0)
+    if where == "on_lesion":
+        if image is None:
+            raise ValueError(f"where '{where}' needs the scan's image")
+        from xcounter.disentangle.lesion_region import lesion_region
+        return lesion_region(image, shape)
     h, w = int(shape[-2]), int(shape[-1])
     if isinstance(where, tuple):  # [top, bottom, left, right]: every latent cell the box touches
         top, bottom, left, right = where

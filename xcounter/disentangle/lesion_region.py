@@ -45,6 +45,9 @@ LESION_MARGIN = 0.12
 #: a latent cell counts as lesion when at least this share of its pixels are lesion (0.25 also froze the
 #: cells an ink arc 1.35 radii out is drawn in: the rho-1.0 ink shortcut was flagged on 0.55 of scans, not 0.65)
 CELL_SHARE = 0.5
+#: how far past the lesion's edge an "on_lesion" edit (a finding inside the lesion) may reach, as a fraction of
+#: the image side: the lesion finder's edge is soft and the blend seam must fall outside what is redrawn
+ON_LESION_MARGIN = 0.04
 
 
 def lesion_mask(image: np.ndarray) -> np.ndarray | None:
@@ -86,24 +89,41 @@ def lesion_mask(image: np.ndarray) -> np.ndarray | None:
     return mask if MIN_AREA <= area <= MAX_AREA else None
 
 
-def outside_lesion_region(image: torch.Tensor | np.ndarray, shape: Sequence[int],
-                          margin: float = 0.0) -> torch.Tensor | None:
-    """[1, 1, h, w] in {0, 1}: the latent cells off the lesion of `image` ([1, C, H, W] tensor or H x W x C
-    array), the lesion grown by `margin` (a fraction of the image side); None (anywhere) when no lesion is
-    found, so an edit is never silently emptied."""
+def _grown_lesion(image: torch.Tensor | np.ndarray, margin: float) -> np.ndarray | None:
+    """[H, W] bool: the lesion of `image` ([1, C, H, W] tensor or H x W x C array) grown by `margin` (a fraction
+    of the image side); None when no lesion is found."""
     if isinstance(image, torch.Tensor):
         array = image.detach().float().cpu()
         array = (array[0] if array.dim() == 4 else array).permute(1, 2, 0).numpy()
     else:
         array = np.asarray(image, dtype=np.float32)
     mask = lesion_mask(array)
-    if mask is None:
-        return None
-    if margin > 0:
-        from scipy import ndimage
-        from skimage.morphology import disk
-        radius = max(1, int(round(margin * max(mask.shape))))
-        mask = ndimage.binary_dilation(mask, structure=disk(radius).astype(bool))
-    share = F.adaptive_avg_pool2d(torch.from_numpy(mask.astype(np.float32))[None, None],
-                                  (int(shape[-2]), int(shape[-1])))
-    return (share < CELL_SHARE).float()
+    if mask is None or margin <= 0:
+        return mask
+    from scipy import ndimage
+    from skimage.morphology import disk
+    radius = max(1, int(round(margin * max(mask.shape))))
+    return ndimage.binary_dilation(mask, structure=disk(radius).astype(bool))
+
+
+def _cell_share(mask: np.ndarray, shape: Sequence[int]) -> torch.Tensor:
+    """[1, 1, h, w]: the share of each latent cell's pixels that `mask` covers."""
+    return F.adaptive_avg_pool2d(torch.from_numpy(mask.astype(np.float32))[None, None],
+                                 (int(shape[-2]), int(shape[-1])))
+
+
+def outside_lesion_region(image: torch.Tensor | np.ndarray, shape: Sequence[int],
+                          margin: float = 0.0) -> torch.Tensor | None:
+    """[1, 1, h, w] in {0, 1}: the latent cells off the lesion of `image` ([1, C, H, W] tensor or H x W x C
+    array), the lesion grown by `margin` (a fraction of the image side); None (anywhere) when no lesion is
+    found, so an edit is never silently emptied."""
+    mask = _grown_lesion(image, margin)
+    return None if mask is None else (_cell_share(mask, shape) < CELL_SHARE).float()
+
+
+def lesion_region(image: torch.Tensor | np.ndarray, shape: Sequence[int],
+                  margin: float = ON_LESION_MARGIN) -> torch.Tensor | None:
+    """[1, 1, h, w] in {0, 1}: every latent cell the lesion of `image`, grown by `margin`, reaches into; None
+    (anywhere) when no lesion is found. The cells an edit *inside* the lesion (a veil, dots) may act in."""
+    mask = _grown_lesion(image, margin)
+    return None if mask is None else (_cell_share(mask, shape) > 0).float()

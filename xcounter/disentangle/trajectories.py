@@ -40,6 +40,18 @@ def resolve_edit_guidance(explicit: float | None, generator) -> float:
     return DEFAULT_EDIT_GUIDANCE if own is None else float(own)
 
 
+def resolve_edit_settings(alpha: float | None, edit_guidance: float | None, generator,
+                          kind: str | None = None) -> tuple[float, float]:
+    """(α, w) an edit of an attribute of `kind` is drawn with. Each is the explicit value when given, else the
+    generator's own for that kind (`kind_edits` in its xcounter.json), else its own default
+    (`resolve_edit_guidance`; α: `DEFAULT_ALPHA`)."""
+    own = (getattr(generator, "kind_edits", None) or {}).get(kind, {}) if kind is not None else {}
+    alpha = float(alpha) if alpha is not None else float(own.get("alpha", DEFAULT_ALPHA))
+    if edit_guidance is None and "edit_guidance" in own:
+        return alpha, float(own["edit_guidance"])
+    return alpha, resolve_edit_guidance(edit_guidance, generator)
+
+
 def strength_of(swap_step: int, steps: int) -> float:
     """Edit strength of a swap at denoising step λ: 1 - λ/steps (0 = no edit, 1 = edit from the start)."""
     if steps <= 0:

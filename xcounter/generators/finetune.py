@@ -414,6 +414,7 @@ def prepare_scratch(config: dict, data: ImageCaptionSet, options: FinetuneOption
 
 def prepare_base(base: Path, data: ImageCaptionSet, accelerator):
     """Load the base pipeline and encode every image with its (frozen) VAE."""
+    from xcounter.generators.stable_diffusion import checked_kind_edits
     from xcounter.generators.vae_training import encode_all
 
     parts = base_components(base)
@@ -424,6 +425,8 @@ def prepare_base(base: Path, data: ImageCaptionSet, accelerator):
             "guidance_scale": float(saved.get("guidance_scale", 1.0))}
     if saved.get("edit_guidance") is not None:  # a continued model starts from its base's measured push
         meta["edit_guidance"] = float(saved["edit_guidance"])
+    if saved.get("kind_edits"):
+        meta["kind_edits"] = checked_kind_edits(saved["kind_edits"], base / "xcounter.json")
     return parts, raw, meta
 
 

@@ -111,7 +111,8 @@ class SDGenerator:
 
     def __init__(self, pipe, *, name: str = "stable-diffusion", domain: str | None = None, steps: int = 50,
                  guidance_scale: float = 1.0, image_channels: int | None = None, device: str | torch.device = "cpu",
-                 source: str | None = None, max_batch: int = 16, edit_guidance: float | None = None):
+                 source: str | None = None, max_batch: int = 16, edit_guidance: float | None = None,
+                 kind_edits: dict[str, dict[str, float]] | None = None):
         self.pipe = pipe.to(device)
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoder, self.tokenizer = pipe.text_encoder, pipe.tokenizer
@@ -132,6 +133,11 @@ class SDGenerator:
         # default). Why per generator: it is how hard a model must be pushed to draw an edit at all, and a
         # push that makes one model draw a faint device makes another overshoot (skin: a removed veil filled black)
         self.edit_guidance = None if edit_guidance is None else float(edit_guidance)
+        # per attribute kind, the alpha and edit guidance this generator draws that kind's edits with, where
+        # they differ from its own (`resolve_edit_settings`). Why: a device must be pushed to be drawn at all,
+        # while a finding inside a skin lesion overshoots (a removed veil refilled darker than the lesion)
+        self.kind_edits = {str(kind): {key: float(value) for key, value in own.items()}
+                           for kind, own in (kind_edits or {}).items()}
         self.max_batch = max_batch
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         size = self.unet.config.sample_size
@@ -154,7 +160,7 @@ class SDGenerator:
         return {"name": self.name, "source": self.source, "domain": self.domain, "resolution": self.resolution,
                 "image_channels": self.image_channels, "latent_shape": list(self.latent_shape),
                 "steps": self.steps, "guidance_scale": self.guidance_scale, "edit_guidance": self.edit_guidance,
-                "scheduler": "DDIM (eta 0)", "prediction_type": self.scheduler.config.prediction_type,
+                **({"kind_edits": self.kind_edits} if self.kind_edits else {}), "scheduler": "DDIM (eta 0)", "prediction_type": self.scheduler.config.prediction_type,
                 "config_sha256": digest}
 
     # --- images <-> latents --------------------------------------------------------------------------
@@ -458,12 +464,40 @@ def _load_unet(spec: str | Path, template):
     return template
 
 
+#: what `kind_edits` may set per attribute kind: the bound each value must meet, and how it is said
+KIND_EDIT_KEYS = {"alpha": (lambda v: v > 0, "> 0"), "edit_guidance": (lambda v: v >= 1, ">= 1")}
+
+
+def checked_kind_edits(value: object, where: Path) -> dict[str, dict[str, float]]:
+    """An xcounter.json `kind_edits` ({kind: {"alpha": a, "edit_guidance": w}}), checked, or one-line ModelError."""
+    from xcounter.attributes import KINDS
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ModelError(f"{where}: kind_edits must map attribute kinds to settings, got {value!r}")
+    out = {}
+    for kind, own in value.items():
+        if kind not in KINDS:
+            raise ModelError(f"{where}: kind_edits names unknown kind '{kind}' (one of {', '.join(KINDS)})")
+        if not isinstance(own, dict) or not own or set(own) - set(KIND_EDIT_KEYS):
+            raise ModelError(f"{where}: kind_edits['{kind}'] may set {' and '.join(KIND_EDIT_KEYS)}, got {own!r}")
+        for key, number in own.items():
+            holds, bound = KIND_EDIT_KEYS[key]
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
+                    or not holds(number):
+                raise ModelError(f"{where}: kind_edits['{kind}']['{key}'] must be a number {bound}, got {number!r}")
+        out[kind] = {key: float(number) for key, number in own.items()}
+    return out
+
+
 def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: str | torch.device = "cpu",
                    steps: int | None = None) -> SDGenerator:
     """Load "phantom-cxr" / "phantom-skin" or any local diffusers Stable Diffusion 1.x/2.x folder.
 
     `unet` swaps in another UNet (folder or weights file). An `xcounter.json` in the folder may set
-    `domain`, `steps`, `guidance_scale`, `edit_guidance` (the explainer's default for this model) and
+    `domain`, `steps`, `guidance_scale`, `edit_guidance` (the explainer's default for this model),
+    `kind_edits` (per attribute kind, the `alpha` and `edit_guidance` that kind's edits are drawn with) and
     `image_channels`; `steps` here overrides it.
     """
     from xcounter.generators import zoo
@@ -498,6 +532,7 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
     if edit_guidance is not None and (isinstance(edit_guidance, bool) or not isinstance(edit_guidance, (int, float))
                                       or not math.isfinite(edit_guidance) or edit_guidance < 1):
         raise ModelError(f"{folder / 'xcounter.json'}: edit_guidance must be a number >= 1, got {edit_guidance!r}")
+    kind_edits = checked_kind_edits(settings.get("kind_edits"), folder / "xcounter.json")
 
     from diffusers import StableDiffusionPipeline
 
@@ -516,4 +551,4 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
     return SDGenerator(pipe, name=name, domain=settings.get("domain"), steps=steps,
                        guidance_scale=float(settings.get("guidance_scale", 1.0)),
                        image_channels=image_channels, device=device, edit_guidance=edit_guidance,
-                       source=str(folder.resolve()) + (f" + unet {unet}" if unet is not None else ""))
+                       kind_edits=kind_edits, source=str(folder.resolve()) + (f" + unet {unet}" if unet is not None else ""))

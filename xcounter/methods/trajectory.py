@@ -15,8 +15,8 @@ import torch
 
 from xcounter.disentangle.edit_region import prior_region
 from xcounter.disentangle.prompt_edit import spliced_embedding
-from xcounter.disentangle.trajectories import (DEFAULT_ALPHA, DEFAULT_STRENGTHS, SIGN_VALUE, resolve_edit_guidance,
-                                               select_swap_steps)
+from xcounter.disentangle.trajectories import (DEFAULT_STRENGTHS, SIGN_VALUE, resolve_edit_guidance,
+                                               resolve_edit_settings, select_swap_steps)
 from xcounter.errors import XCounterError
 from xcounter.explanation import Counterfactual
 from xcounter.methods.base import SIGNS, EditContext
@@ -89,9 +89,11 @@ class TrajectoryMethod:
     """Swap-step trajectory counterfactuals (the paper's method) with a Bézier minimal-flip search.
 
     Args:
-        alpha: edit scale: the edited embedding is E(src) + sign·α·d_a.
+        alpha: edit scale: the edited embedding is E(src) + sign·α·d_a; None: the generator's own for the
+            attribute's kind (`SDGenerator.kind_edits`), else `DEFAULT_ALPHA`.
         edit_guidance: w after the swap, eps_src + w (eps_edit - eps_src) (1 = plain swap, half the NFE);
-            None: the generator's own (`SDGenerator.edit_guidance`), else `DEFAULT_EDIT_GUIDANCE`.
+            None: the generator's own for the attribute's kind, else its own (`SDGenerator.edit_guidance`),
+            else `DEFAULT_EDIT_GUIDANCE`. See `resolve_edit_settings`.
         strengths: candidate edit strengths (1 - λ/steps) sampled in one batch.
         swap_steps: explicit candidate swap steps λ (overrides `strengths`).
         tolerance: bisection tolerance on the Bézier parameter (≈ strength).
@@ -103,12 +105,12 @@ class TrajectoryMethod:
 
     name = "trajectory"
 
-    def __init__(self, alpha: float = DEFAULT_ALPHA, strengths: Sequence[float] = DEFAULT_STRENGTHS,
+    def __init__(self, alpha: float | None = None, strengths: Sequence[float] = DEFAULT_STRENGTHS,
                  swap_steps: Sequence[int] | None = None, tolerance: float = DEFAULT_TOLERANCE,
                  max_nfe: int | None = DEFAULT_MAX_NFE, oracle=None,
                  edit_guidance: float | None = None, restate: bool = True,
                  localise: Sequence[str] = LOCALISED_SIGNS):
-        self.alpha = alpha
+        self.alpha = None if alpha is None else float(alpha)
         self.localise = localised_signs(localise)
         self.restate = bool(restate)
         self.edit_guidance = None if edit_guidance is None else float(edit_guidance)
@@ -128,19 +130,25 @@ class TrajectoryMethod:
         """The w edits are drawn with: this method's own, else the generator's, else the default."""
         return resolve_edit_guidance(self.edit_guidance, generator)
 
-    def candidate_swap_steps(self, context: EditContext, steps: int) -> list[int]:
+    def edit_settings_for(self, generator, attribute: "Attribute | None" = None) -> tuple[float, float]:
+        """(α, w) `attribute`'s edits are drawn with (`resolve_edit_settings`)."""
+        return resolve_edit_settings(self.alpha, self.edit_guidance, generator,
+                                     None if attribute is None else attribute.kind)
+
+    def candidate_swap_steps(self, context: EditContext, steps: int, edit_guidance: float | None = None) -> list[int]:
+        """Swap steps within the UNet budget at the edit guidance the edit is drawn with (w = 1 costs half)."""
         if self.swap_steps is not None:
             return sorted({s for s in self.swap_steps if 0 <= s < steps}, reverse=True)
         budget = context.max_nfe if context.max_nfe is not None else self.max_nfe
         return select_swap_steps(steps, self.strengths, budget, context.generator.guidance_scale,
-                                 self.edit_guidance_for(context.generator))
+                                 self.edit_guidance_for(context.generator) if edit_guidance is None else edit_guidance)
 
     def trajectory(self, context: EditContext, attribute: "Attribute", sign: str) -> Trajectory:
         """The attribute's swap-step trajectory for this scan (cached: independent of the target)."""
         if sign not in SIGNS:
             raise XCounterError(f"sign must be one of {', '.join(SIGNS)}, got '{sign}'")
-        key = (id(context.inversion), attribute.name, attribute.where, sign, self.alpha,
-               self.edit_guidance_for(context.generator),
+        alpha, edit_guidance = self.edit_settings_for(context.generator, attribute)
+        key = (id(context.inversion), attribute.name, attribute.where, sign, alpha, edit_guidance,
                self.restate, self.localise)
         cached = self._cache.get(key)
         if cached is not None and cached[0] is context.inversion:
@@ -162,9 +170,9 @@ class TrajectoryMethod:
         restated = attribute.restated(context.prompt, sign) \
             if self.restate and context.prompt and restates(attribute) else None
         trajectory = build_trajectory(generator, context.inversion.z_T, prefix, context.source_embedding, direction,
-                                      attribute=attribute.name, sign=sign, alpha=self.alpha,
-                                      swap_steps=self.candidate_swap_steps(context, steps),
-                                      edit_guidance=self.edit_guidance_for(generator),
+                                      attribute=attribute.name, sign=sign, alpha=alpha,
+                                      swap_steps=self.candidate_swap_steps(context, steps, edit_guidance),
+                                      edit_guidance=edit_guidance,
                                       localise=sign in self.localise,
                                       prior=prior_region(attribute.where, prefix[-1].shape, context.inversion.image),
                                       edit_base=None if restated is None else spliced_embedding(
