@@ -87,6 +87,15 @@ def test_card_shows_a_mediated_flip_and_its_credit():
     assert facts and not any("</span><span>" in line for line in facts)
 
 
+def test_card_states_the_generators_own_settings_per_attribute_kind():
+    explanation = sample_explanation(size=16)
+    explanation.settings["kind_edits"] = {"pathology": {"alpha": 1.0, "edit_guidance": 1.0, "swap_steps": [15, 0]}}
+    html = render_html(explanation)
+    assert "<th>kind edits</th><td>pathology: (alpha: 1; edit guidance: 1; swap steps: 15, 0)</td>" in html
+    explanation.settings["kind_edits"] = {}
+    assert "<th>kind edits</th><td>–</td>" in render_html(explanation)
+
+
 def test_untrusted_text_is_escaped():
     html = render_html(hostile_explanation())
     assert HOSTILE_LABEL not in html and "<script" not in html.lower()
