@@ -218,13 +218,21 @@ def test_a_generator_folder_may_set_how_each_attribute_kind_is_edited(tmp_path):
 def test_the_shipped_generators_edit_with_less_push_than_the_default():
     """At w = 3 the skin model's removed blue-white veil came out black and the CXR model drew a wide two-sided
     central line over the medial lungs (false shortcut alarms); benchmarks at w = 2 found the planted causes as
-    often or more and raised fewer false alarms, so both folders set it."""
+    often or more and raised fewer false alarms, so both folders set it. Findings take less still (`kind_edits`):
+    at α 2, w 2 a removed veil was refilled darker than the lesion (docs/CONTRACTS.md, Engine)."""
     from xcounter.disentangle.trajectories import DEFAULT_EDIT_GUIDANCE
+
+    from xcounter.disentangle.trajectories import DEFAULT_ALPHA, resolve_edit_settings
 
     for name in ("phantom-skin", "phantom-cxr"):
         own = json.loads((resolve_generator(name) / "xcounter.json").read_text())["edit_guidance"]
         assert 1 <= own < DEFAULT_EDIT_GUIDANCE
-        assert load_generator(resolve_generator(name)).edit_guidance == own
+        generator = load_generator(resolve_generator(name))
+        assert generator.edit_guidance == own
+        # findings are drawn with less push still than devices (a removed veil or effusion was overdrawn)
+        alpha, guidance = resolve_edit_settings(None, None, generator, "pathology")
+        assert alpha < DEFAULT_ALPHA and guidance < own
+        assert resolve_edit_settings(None, None, generator, "device") == (DEFAULT_ALPHA, own)
 
 
 def test_missing_model_index_is_one_clear_error(tmp_path):
