@@ -160,7 +160,8 @@ class SDGenerator:
         return {"name": self.name, "source": self.source, "domain": self.domain, "resolution": self.resolution,
                 "image_channels": self.image_channels, "latent_shape": list(self.latent_shape),
                 "steps": self.steps, "guidance_scale": self.guidance_scale, "edit_guidance": self.edit_guidance,
-                **({"kind_edits": self.kind_edits} if self.kind_edits else {}), "scheduler": "DDIM (eta 0)", "prediction_type": self.scheduler.config.prediction_type,
+                **({"kind_edits": self.kind_edits} if self.kind_edits else {}),
+                "scheduler": "DDIM (eta 0)", "prediction_type": self.scheduler.config.prediction_type,
                 "config_sha256": digest}
 
     # --- images <-> latents --------------------------------------------------------------------------
@@ -468,25 +469,25 @@ def _load_unet(spec: str | Path, template):
 KIND_EDIT_KEYS = {"alpha": (lambda v: v > 0, "> 0"), "edit_guidance": (lambda v: v >= 1, ">= 1")}
 
 
-def checked_kind_edits(value: object, where: Path) -> dict[str, dict[str, float]]:
+def checked_kind_edits(value: object, source: Path) -> dict[str, dict[str, float]]:
     """An xcounter.json `kind_edits` ({kind: {"alpha": a, "edit_guidance": w}}), checked, or one-line ModelError."""
     from xcounter.attributes import KINDS
 
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ModelError(f"{where}: kind_edits must map attribute kinds to settings, got {value!r}")
+        raise ModelError(f"{source}: kind_edits must map attribute kinds to settings, got {value!r}")
     out = {}
     for kind, own in value.items():
         if kind not in KINDS:
-            raise ModelError(f"{where}: kind_edits names unknown kind '{kind}' (one of {', '.join(KINDS)})")
+            raise ModelError(f"{source}: kind_edits names unknown kind '{kind}' (one of {', '.join(KINDS)})")
         if not isinstance(own, dict) or not own or set(own) - set(KIND_EDIT_KEYS):
-            raise ModelError(f"{where}: kind_edits['{kind}'] may set {' and '.join(KIND_EDIT_KEYS)}, got {own!r}")
+            raise ModelError(f"{source}: kind_edits['{kind}'] may set {' and '.join(KIND_EDIT_KEYS)}, got {own!r}")
         for key, number in own.items():
             holds, bound = KIND_EDIT_KEYS[key]
             if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
                     or not holds(number):
-                raise ModelError(f"{where}: kind_edits['{kind}']['{key}'] must be a number {bound}, got {number!r}")
+                raise ModelError(f"{source}: kind_edits['{kind}']['{key}'] must be a number {bound}, got {number!r}")
         out[kind] = {key: float(number) for key, number in own.items()}
     return out
 
@@ -551,4 +552,5 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
     return SDGenerator(pipe, name=name, domain=settings.get("domain"), steps=steps,
                        guidance_scale=float(settings.get("guidance_scale", 1.0)),
                        image_channels=image_channels, device=device, edit_guidance=edit_guidance,
-                       kind_edits=kind_edits, source=str(folder.resolve()) + (f" + unet {unet}" if unet is not None else ""))
+                       kind_edits=kind_edits,
+                       source=str(folder.resolve()) + (f" + unet {unet}" if unet is not None else ""))
