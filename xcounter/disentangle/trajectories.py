@@ -47,9 +47,8 @@ def resolve_edit_settings(alpha: float | None, edit_guidance: float | None, gene
     (`resolve_edit_guidance`; α: `DEFAULT_ALPHA`)."""
     own = (getattr(generator, "kind_edits", None) or {}).get(kind, {}) if kind is not None else {}
     alpha = float(alpha) if alpha is not None else float(own.get("alpha", DEFAULT_ALPHA))
-    if edit_guidance is None and "edit_guidance" in own:
-        return alpha, float(own["edit_guidance"])
-    return alpha, resolve_edit_guidance(edit_guidance, generator)
+    return alpha, resolve_edit_guidance(edit_guidance if edit_guidance is not None else own.get("edit_guidance"),
+                                        generator)
 
 
 def strength_of(swap_step: int, steps: int) -> float:

@@ -15,8 +15,8 @@ import torch
 
 from xcounter.disentangle.edit_region import prior_region
 from xcounter.disentangle.prompt_edit import spliced_embedding
-from xcounter.disentangle.trajectories import (DEFAULT_STRENGTHS, SIGN_VALUE, resolve_edit_guidance,
-                                               resolve_edit_settings, select_swap_steps)
+from xcounter.disentangle.trajectories import (DEFAULT_STRENGTHS, SIGN_VALUE, resolve_edit_settings,
+                                               select_swap_steps)
 from xcounter.errors import XCounterError
 from xcounter.explanation import Counterfactual
 from xcounter.methods.base import SIGNS, EditContext
@@ -126,10 +126,6 @@ class TrajectoryMethod:
         self._cache.clear()
 
     # -- trajectories (UNet) --------------------------------------------------------------------------
-    def edit_guidance_for(self, generator) -> float:
-        """The w edits are drawn with: this method's own, else the generator's, else the default."""
-        return resolve_edit_guidance(self.edit_guidance, generator)
-
     def edit_settings_for(self, generator, attribute: "Attribute | None" = None) -> tuple[float, float]:
         """(α, w) `attribute`'s edits are drawn with (`resolve_edit_settings`)."""
         return resolve_edit_settings(self.alpha, self.edit_guidance, generator,
@@ -140,8 +136,9 @@ class TrajectoryMethod:
         if self.swap_steps is not None:
             return sorted({s for s in self.swap_steps if 0 <= s < steps}, reverse=True)
         budget = context.max_nfe if context.max_nfe is not None else self.max_nfe
-        return select_swap_steps(steps, self.strengths, budget, context.generator.guidance_scale,
-                                 self.edit_guidance_for(context.generator) if edit_guidance is None else edit_guidance)
+        if edit_guidance is None:
+            edit_guidance = self.edit_settings_for(context.generator)[1]
+        return select_swap_steps(steps, self.strengths, budget, context.generator.guidance_scale, edit_guidance)
 
     def trajectory(self, context: EditContext, attribute: "Attribute", sign: str) -> Trajectory:
         """The attribute's swap-step trajectory for this scan (cached: independent of the target)."""

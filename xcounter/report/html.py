@@ -62,10 +62,10 @@ def _fmt(value: Any, digits: int = 3) -> str:
         return "–" if not math.isfinite(float(value)) else f"{float(value):.{digits}g}"
     if isinstance(value, (list, tuple)):
         return ", ".join(_fmt(item, digits) for item in value) or "–"
-    if isinstance(value, dict):  # e.g. the generator's own settings per attribute kind
-        return "; ".join(f"{str(key).replace('_', ' ')}: " + (f"({_fmt(item, digits)})" if isinstance(item, dict)
-                                                             else _fmt(item, digits))
-                         for key, item in value.items()) or "–"
+    if isinstance(value, dict):  # e.g. the generator's own settings per attribute kind; nested ones in brackets
+        parts = [f"({_fmt(item, digits)})" if isinstance(item, dict) else _fmt(item, digits)
+                 for item in value.values()]
+        return "; ".join(f"{str(key).replace('_', ' ')}: {part}" for key, part in zip(value, parts)) or "–"
     return str(value)
 
 
