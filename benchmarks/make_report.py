@@ -20,6 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 SECTIONS = ("faithfulness", "real_cause", "audit_rho", "quality", "paper_tables", "speed")
+#: sections included when their files are there, never run by `--run`: `device` needs a CUDA GPU
+OPTIONAL_SECTIONS = ("device",)
 #: share of `--run --budget-s` each script gets (speed's end-to-end demo runs after its share)
 BUDGET_SHARES = {"faithfulness": 0.26, "real_cause": 0.16, "audit_rho": 0.14, "quality": 0.2, "paper_tables": 0.14,
                  "speed": 0.1}
@@ -61,7 +63,7 @@ guidance of 2).
 
 def load_sections(folder: Path) -> list[tuple[str, str, dict]]:
     found = []
-    for name in SECTIONS:
+    for name in SECTIONS + OPTIONAL_SECTIONS:
         md, js = folder / f"bench_{name}.md", folder / f"bench_{name}.json"
         if md.is_file() and js.is_file():
             found.append((name, md.read_text(encoding="utf-8"), json.loads(js.read_text(encoding="utf-8"))))

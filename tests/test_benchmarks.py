@@ -213,3 +213,18 @@ def test_verdict_scores_count_against_the_renderer():
     assert scores["n_pairs"] == 4 and scores["agreement"] == 0.5
     assert scores["precision"] == 0.5 and scores["recall"] == 0.5
     assert scores["top_is_a_true_flip"] == 0.5 and scores["true_flips_per_scan"] == 1.0
+
+
+def test_device_comparison_runs_on_the_cpu_and_agrees_with_itself(out):
+    """`device.py --device cpu`: the comparison's code path on two copies of the same models; with the same
+    seed both copies must give the same first attribute, verdicts, flips and NFE."""
+    load("device").main([*QUICK, "--device", "cpu", "--out", str(out)])
+    markdown, data = written(out, "device")
+    for domain in data["domains"].values():
+        assert domain["device"] == "cpu" and domain["n_scans"] == 1
+        run = domain["runs"][0]
+        assert run["same_first"] and run["same_verdicts"] and run["same_flips"] and run["same_nfe"]
+        assert run["max_strength_gap"] == 0.0 and run["cpu_s"] > 0 and run["device_s"] > 0
+        assert {b["method"] for b in domain["baselines"]} == {"latent_shift", "sdedit"}
+        assert all(b["ok"] for b in domain["baselines"]), domain["baselines"]
+    assert all(g["status"] == "met" for g in data["goals"])

@@ -168,3 +168,17 @@ def test_a_failing_renderer_leaves_no_output(models, tmp_path, monkeypatch):
     monkeypatch.setattr(Explainer, "explain", lambda self, *args, **kwargs: sample_explanation(size=16))
     assert main(_args(models, models["scan"], *out)) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html", "r.json", "r_images"]
+
+
+def test_device_option_places_the_models_and_is_recorded(models, tmp_path, capsys):
+    """--device cpu runs and is written in the settings; a GPU this machine lacks, or a bad name, is one line."""
+    import torch
+
+    sidecar = tmp_path / "cpu.json"
+    assert main(_args(models, models["scan"], "--device", "cpu", "--target", "Effusion", "--out",
+                      str(tmp_path / "cpu.html"), "--json", str(sidecar))) == 0
+    assert read_json_sidecar(sidecar).settings["device"] == "cpu"
+    capsys.readouterr()
+    assert "device must be one of" in _refused(capsys, _args(models, models["scan"], "--device", "tpu"), tmp_path)
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in _refused(capsys, _args(models, models["scan"], "--device", "cuda"), tmp_path)

@@ -147,7 +147,7 @@ def test_shipped_clean_effusion_decision_rests_on_the_effusion():
 
 
 def test_oracle_device_is_checked_before_any_work(tiny_cxr, tmp_path, monkeypatch):
-    with pytest.raises(XCounterError, match="auto, cpu or cuda"):
+    with pytest.raises(XCounterError, match="auto, cpu, cuda"):
         train_oracle(tiny_cxr, tmp_path / "o.pt", epochs=1, device="gpu", log=lambda m: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(XCounterError, match="no CUDA GPU"):

@@ -350,7 +350,8 @@ class Explainer:
                 "edit_guidance": self.edit_guidance, "kind_edits": self._kind_edits(steps),
                 "restate": self.restate, "localise": list(self.localise),
                 "attributes": self.attributes.domain,
-                "oracle": self.oracle is not None, "mediation": self.oracle is not None and self.mediation}
+                "oracle": self.oracle is not None, "mediation": self.oracle is not None and self.mediation,
+                "device": str(getattr(self.generator, "device", "cpu"))}
 
     def _kind_edits(self, steps: int) -> dict[str, dict]:
         """The attribute kinds examined whose edits the generator draws with their own α and w (`kind_edits`),

@@ -186,7 +186,8 @@ def audit(classifier: Any, generator: Any, scans: "str | os.PathLike | Sequence[
         "classifier": classifier_identity, "generator": generator_identity, "seed": int(seed),
         "targets": job.targets, "attributes": examined, "oracle": config["oracle"],
         "settings": {"steps": steps or generator_identity.get("steps"), **job.explainer_options},
-        "executor": f"{executor.name} ({executor.workers} worker{'s' if executor.workers != 1 else ''})",
+        "executor": f"{executor.name} ({executor.workers} worker{'s' if executor.workers != 1 else ''}"
+                    f"{', ' + executor.device if getattr(executor, 'device', None) else ''})",
         "counts": {"scans": len(items), "explained_now": len(todo), "resumed": len(items) - len(todo),
                    "ok": aggregate.ok, "failed": aggregate.failed},
         "versions": _versions(executor), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

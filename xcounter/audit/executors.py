@@ -22,16 +22,18 @@ class Executor(Protocol):
 
 
 class SerialExecutor:
-    """One Explainer in this process; reuses loaded model objects when the job holds them."""
+    """One Explainer in this process; reuses loaded model objects when the job holds them, else loads its
+    models on `device` ("cpu", "cuda", "cuda:N"; resolve "auto" with `xcounter.utils.devices.resolve_device`)."""
     name = "serial"
     workers = 1
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = str(device)
         self.timing: dict[str, float] = {}
 
     def run(self, job: AuditJob, items: Sequence[ScanItem]) -> Iterator[dict]:
         started = time.perf_counter()
-        worker = ScanExplainer(job)
+        worker = ScanExplainer(job, device=self.device)
         self.timing = {"startup_s": time.perf_counter() - started}
         ready = time.perf_counter()
         for item in items:
@@ -151,12 +153,18 @@ def _cause(exc: BaseException) -> str:
     return str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
 
 
-def make_executor(workers: int = 1, ray: bool | str | None = None) -> Executor:
-    """The CLI's choice: Ray when asked for (or when more than one worker is wanted), serial otherwise."""
+def make_executor(workers: int = 1, ray: bool | str | None = None, device: str = "cpu") -> Executor:
+    """The CLI's choice: Ray when asked for (or when more than one worker is wanted), serial otherwise.
+
+    `device` places a serial audit's models ("auto": the GPU when there is one). Ray actors take the GPUs Ray
+    gives them; `device="cpu"` asks Ray for none."""
     if ray or workers > 1:
         address = ray if isinstance(ray, str) and ray not in ("", "local") else None
-        return RayExecutor(workers=max(workers, 1), address=address)
-    return SerialExecutor()
+        return RayExecutor(workers=max(workers, 1), address=address,
+                           gpus_per_worker=0.0 if str(device) == "cpu" else None)
+    from xcounter.utils.devices import resolve_device
+
+    return SerialExecutor(device=str(resolve_device(device)))
 
 
 __all__ = ["Executor", "SerialExecutor", "RayExecutor", "make_executor", "import_ray"]

@@ -64,9 +64,12 @@ def _default_generator(classifier_spec: str, trust_pickle: bool) -> str:
 @click.option("--trust-pickle", is_flag=True, help="Allow pickled classifier files (runs code from the file).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Shortcut alert: lower bound of the flip-rate interval above this (default 0.1).")
 @click.option("--quiet", "-q", is_flag=True, help="No per-scan progress lines.")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
+              help="Where a serial audit's models run (auto: the GPU when torch sees one); Ray workers use the GPUs "
+                   "Ray gives them, none with cpu.")
 def command(classifier, images, manifest, dataset, generator, targets, attributes, only, out_dir, limit, seed, steps,
             resume, retry_failed, workers, ray_address, signs, flip_margin, oracle, trust_pickle, threshold,
-            quiet) -> None:
+            quiet, device) -> None:
     """Audit a classifier over many scans; write explanations.jsonl and audit_report.html/.json to --out.
 
     Killed or interrupted audits continue where they stopped when run again with the same --out.
@@ -84,7 +87,7 @@ def command(classifier, images, manifest, dataset, generator, targets, attribute
 
     result = audit(classifier, generator or _default_generator(classifier, trust_pickle), sources[0],
                    out_dir=out_dir, targets=_split(targets) or None, attributes=attributes, only=_split(only) or None,
-                   seed=seed, executor=make_executor(workers, ray_address), resume=resume, retry_failed=retry_failed,
+                   seed=seed, executor=make_executor(workers, ray_address, device), resume=resume, retry_failed=retry_failed,
                    limit=limit, steps=steps, oracle=oracle, trust_pickle=trust_pickle,
                    explainer_options={**_signs(signs), **({} if flip_margin is None else {"flip_margin": flip_margin})},
                    threshold=ALERT_THRESHOLD if threshold is None else threshold, progress=progress)

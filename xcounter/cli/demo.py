@@ -67,8 +67,8 @@ def write_demo_inputs(spec: DemoSpec, folder: Path) -> tuple[Path, Path, str]:
     return scan, classifier, report
 
 
-def run_demo(folder: str | Path, spec: DemoSpec | None = None):
-    """Write the inputs, explain, and return (ExplainRun, the equivalent command line)."""
+def run_demo(folder: str | Path, spec: DemoSpec | None = None, device: str = "auto"):
+    """Write the inputs, explain (models on `device`), and return (ExplainRun, the equivalent command line)."""
     from xcounter.cli.explain import command_line, run_explain
 
     spec = spec or DEFAULT_DEMO
@@ -80,19 +80,23 @@ def run_demo(folder: str | Path, spec: DemoSpec | None = None):
     options = {"generator": spec.generator, "targets": list(spec.targets), "attributes": spec.attributes,
                "report_text": report,
                "out": folder / "report.html", "json_path": folder / "report.json", "seed": spec.seed,
-               "steps": spec.steps, "oracle": spec.oracle if _oracle_available(spec.oracle) else None}
-    run = run_explain(str(classifier), scan, progress=lambda m: click.echo(m, err=True), **options)
+               "steps": spec.steps, "oracle": spec.oracle if _oracle_available(spec.oracle) else None,
+               "device": None if device == "auto" else device}
+    run = run_explain(str(classifier), scan, progress=lambda m: click.echo(m, err=True),
+                      **{k: v for k, v in options.items() if k != "device"}, device=device)
     return run, command_line(classifier, scan, **options)
 
 
 @click.command("demo")
 @click.option("--out", "folder", default="xcounter-demo", show_default=True, metavar="DIR",
               help="Folder for the phantom scan, the classifier copy and the report.")
-def command(folder: str) -> None:
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
+              help="Where the models run (auto: the GPU when torch sees one).")
+def command(folder: str, device: str) -> None:
     """Explain the shipped shortcut classifier on a phantom scan (no arguments needed)."""
     from xcounter.cli.explain import print_run
 
-    run, line = run_demo(folder)
+    run, line = run_demo(folder, device=device)
     print_run(run)
     click.echo("This is what ran; use the same command on your own scan and classifier:")
     click.echo(f"  {line}")

@@ -93,7 +93,7 @@ class LatentShift:
         scale = self.max_shift * float(z_0.norm())
 
         def shifted(strengths: torch.Tensor) -> torch.Tensor:
-            return z_0 + strengths.view(-1, 1, 1, 1) * scale * unit
+            return z_0 + strengths.to(z_0).view(-1, 1, 1, 1) * scale * unit  # sweeps are built on the CPU
 
         strengths = torch.linspace(0.0, 1.0, self.candidates + 1)
         with torch.no_grad():

@@ -26,6 +26,7 @@ from xcounter.errors import ModelError, XCounterError
 from xcounter.phantoms.nets import OracleNet
 from xcounter.phantoms.train import MODEL_SIZE, PhantomSplit, load_split, resize_to
 from xcounter.utils.atomic import atomic_write, write_text_atomic
+from xcounter.utils.devices import resolve_device
 
 CONFIG_NAME = "xcounter.json"
 
@@ -42,6 +43,13 @@ class Oracle:
         self.size: int = int(config["size"])
         self.channels: int = int(config["channels"])
 
+    @property
+    def device(self) -> torch.device:
+        """Where the oracle's weights are; images from any device are measured there (it is small)."""
+        for parameter in self.module.parameters():
+            return parameter.device
+        return torch.device("cpu")
+
     def _prepare(self, images: Tensor) -> Tensor:
         if images.ndim != 4:
             raise XCounterError(f"the oracle expects images [B, C, H, W]; got shape {tuple(images.shape)}")
@@ -53,7 +61,7 @@ class Oracle:
             else:
                 raise XCounterError(f"the {self.domain} oracle expects {self.channels}-channel images; "
                                     f"got {images.shape[1]} channels")
-        return resize_to(images.float(), self.size)
+        return resize_to(images.float().to(self.device), self.size)
 
     def logits(self, images: Tensor) -> Tensor:
         """[B, A] raw head outputs (sigmoid gives the measurements)."""
@@ -161,13 +169,7 @@ def train_oracle(data_dir: str | Path, out_path: str | Path, domain: str | None 
     `device` (default: CUDA when present) only places the network: batches, their degradation and the
     shuffling stay on the CPU generator, so the data a run sees depends on the seed alone."""
     started = time.time()
-    if device in (None, "auto"):
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda"):
-        raise XCounterError(f"device must be auto, cpu or cuda, got '{device}'")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise XCounterError("device 'cuda' asked for, but torch sees no CUDA GPU here; use --device cpu")
-    device = torch.device(device)
+    device = resolve_device(device)
     train, val, test = (load_split(data_dir, s, size=size, limit=limit) for s in ("train", "val", "test"))
     domain = domain or train.domain
     if domain != train.domain:

@@ -1,0 +1,40 @@
+"""`resolve_device`: what --device means on this machine, and the one-line refusals."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xcounter.audit import RayExecutor, SerialExecutor, make_executor
+from xcounter.errors import XCounterError
+from xcounter.utils.devices import resolve_device
+
+
+def test_auto_and_cpu_resolve_to_what_torch_sees():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected and resolve_device(None).type == expected
+
+
+@pytest.mark.parametrize("name, message", [("tpu", "device must be one of"), ("cuda:x", "cuda"),
+                                           ("", "device must be one of")])
+def test_bad_names_are_refused_in_one_line(name, message):
+    with pytest.raises(XCounterError, match=message) as error:
+        resolve_device(name)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_a_missing_gpu_is_named_with_what_to_pass_instead():
+    for name in ("cuda", "CUDA", "cuda:0"):
+        with pytest.raises(XCounterError, match="no CUDA GPU here; use --device cpu"):
+            resolve_device(name)
+
+
+def test_executors_carry_the_device():
+    serial = make_executor(1, None, "cpu")
+    assert isinstance(serial, SerialExecutor) and serial.device == "cpu"
+    assert make_executor(1, None, "auto").device == str(resolve_device("auto"))
+    ray_cpu = make_executor(2, None, "cpu")
+    assert isinstance(ray_cpu, RayExecutor) and ray_cpu.gpus_per_worker == 0.0  # Ray is asked for no GPU
+    assert make_executor(2, None, "auto").gpus_per_worker is None  # Ray's own share of whatever GPUs it has
