@@ -17,17 +17,7 @@ VARIANTS=${VARIANTS:-"a:0.0001:256 b:0.00005:256"}
 N_DATA=${N_DATA:-30000}; DATA_SEED=${DATA_SEED:-0}; SEED=${SEED:-2}
 DEADLINE=${DEADLINE:-360}; CKPT=${CKPT:-250}; WORKERS=${WORKERS:-14}; DEVICE=${DEVICE:-cuda}
 WORK=${WORK:-runs/continue-gpu}; mkdir -p "$WORK"
-el() { echo $(( $(date +%s) - START )); }
-say() { echo "[$(el)s] $*" | tee -a "$OUT/run.log"; }
-if [ -z "${SKIP_INSTALL:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20
-xc() { python3 -c "from xcounter.cli import run; run()" "$@"; }
-say "$(nvidia-smi -L 2>/dev/null | head -1) | $(python3 -c 'import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__, torch.cuda.is_available())')"
+source scripts/gpu_setup.sh
 
 xc phantoms "$DOMAIN" --n "$N_DATA" --out "$WORK/data" --seed "$DATA_SEED" --workers "$WORKERS" > "$WORK/data.log" 2>&1 \
   || { say "data failed: $(tail -3 "$WORK/data.log")"; exit 1; }

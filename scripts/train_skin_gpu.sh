@@ -21,17 +21,7 @@ N_GEN=${N_GEN:-20000}; N_ORACLE=${N_ORACLE:-24000}; VAE_STEPS=${VAE_STEPS:-3000}
 DEADLINE=${DEADLINE:-430}; CKPT=${CKPT:-250}; ORACLE_VARIANTS=${ORACLE_VARIANTS:-"48:40 64:60"}
 WORKERS=${WORKERS:-8}
 WORK=${WORK:-runs/skin-gpu}; mkdir -p "$WORK"
-el() { echo $(( $(date +%s) - START )); }
-say() { echo "[$(el)s] $*" | tee -a "$OUT/run.log"; }
-if [ -z "${SKIP_INSTALL:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20
-xc() { python3 -c "from xcounter.cli import run; run()" "$@"; }
-say "$(nvidia-smi -L 2>/dev/null | head -1) | $(python3 -c 'import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__, torch.cuda.is_available())')"
+source scripts/gpu_setup.sh
 
 # 1. data: generator set first (more workers), oracle set beside it
 xc phantoms skin --n "$N_GEN" --out "$WORK/data-gen" --seed 0 --workers "$WORKERS" > "$WORK/data_gen.log" 2>&1 &

@@ -1,0 +1,14 @@
+# Sourced by the one-call GPU recipes (scripts/*_gpu.sh): timing and log helpers, the carried wheels, and one
+# line naming the GPU and library versions. Needs START (epoch seconds) and OUT (results folder) set.
+# SKIP_INSTALL=1 uses the current environment (a CPU dry run).
+el() { echo $(( $(date +%s) - START )); }
+say() { echo "[$(el)s] $*" | tee -a "$OUT/run.log"; }
+if [ -z "${SKIP_INSTALL:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1 TQDM_MININTERVAL=20
+xc() { python3 -c "from xcounter.cli import run; run()" "$@"; }
+say "$(nvidia-smi -L 2>/dev/null | head -1) | $(python3 -c 'import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__, torch.cuda.is_available())')"
