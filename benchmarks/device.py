@@ -4,7 +4,7 @@ A validation team runs xcounter where its GPUs are, while every other number in 
 2 CPU cores. So each unseen phantom scan is explained twice with the same models, seed and settings: once on
 the CPU and once on `--device` (default cuda), after one untimed warm-up explanation on each. Compared: the attribute ranked first, every verdict, whether
 each edit flipped, the minimal strengths and the NFE. Also run on the device: the oracle (side effects and
-mediation), the Latent Shift and SDEdit baselines, and one audit worker (`ScanExplainer`). Floating-point
+mediation), the Latent Shift and SDEdit baselines, `xcounter traverse`'s strip, and one audit worker (`ScanExplainer`). Floating-point
 sums differ between the two (other kernels, other orders), so a minimal strength found by bisection may
 move by the search's tolerance; verdicts and the first attribute should not.
 
@@ -135,6 +135,19 @@ def baselines_on(domain: str, models, classifier, generator, args) -> list[dict]
         except Exception as error:  # noqa: BLE001 - the table says what broke
             out.append({"method": method, "ok": False, "flipped": None, "seconds": time.perf_counter() - started,
                         "error": f"{type(error).__name__}: {str(error)[:200]}"})
+    started = time.perf_counter()
+    try:  # `xcounter traverse` from a noise seed: the same strip on both devices, up to float sums
+        from xcounter.traverse import traverse
+
+        prompt = report.split(".")[0] + "."
+        strips = [traverse(g, prompt, attribute, attributes=models.attributes, seed=args.seed, points=3)
+                  for g in (models.generator, generator)]
+        gap = max(float(abs(a - b).max()) for a, b in zip(strips[0].swap_images, strips[1].swap_images))
+        out.append({"method": "traverse", "ok": True, "flipped": None, "seconds": time.perf_counter() - started,
+                    "error": None, "largest_pixel_gap": gap})
+    except Exception as error:  # noqa: BLE001
+        out.append({"method": "traverse", "ok": False, "flipped": None, "seconds": time.perf_counter() - started,
+                    "error": f"{type(error).__name__}: {str(error)[:200]}"})
     return out
 
 
@@ -214,7 +227,9 @@ def markdown(domains, goal_rows, figure, args, argv, budget) -> list[str]:
                            " / ".join(str(f) for f in r["first"]), r["same_verdicts"], r["same_flips"],
                            r["same_nfe"], r["max_strength_gap"]] for r in runs])
         lines += C.table(["also on the device", "ran", "s", "note"],
-                         [[b["method"], b["ok"], b["seconds"], b["error"] or ""] for b in result["baselines"]]
+                         [[b["method"], b["ok"], b["seconds"], b["error"] or (f"largest pixel gap CPU vs device "
+                                                                f"{b['largest_pixel_gap']:.4f}" if "largest_pixel_gap" in b
+                                                                else "")] for b in result["baselines"]]
                          + [["audit worker (ScanExplainer)", result["audit_worker"]["ok"],
                              result["audit_worker"]["seconds"], result["audit_worker"]["error"] or ""]])
     return lines + C.closing(goal_rows, figure, NAME)

@@ -225,6 +225,6 @@ def test_device_comparison_runs_on_the_cpu_and_agrees_with_itself(out):
         run = domain["runs"][0]
         assert run["same_first"] and run["same_verdicts"] and run["same_flips"] and run["same_nfe"]
         assert run["max_strength_gap"] == 0.0 and run["cpu_s"] > 0 and run["device_s"] > 0
-        assert {b["method"] for b in domain["baselines"]} == {"latent_shift", "sdedit"}
+        assert {b["method"] for b in domain["baselines"]} == {"latent_shift", "sdedit", "traverse"}
         assert all(b["ok"] for b in domain["baselines"]), domain["baselines"]
     assert all(g["status"] == "met" for g in data["goals"])

@@ -66,7 +66,7 @@ def test_cli_writes_png_and_csv(tmp_path, capsys):
     out = tmp_path / "figures" / "strip.png"
     code = main(["traverse", "--generator", str(folder), "--prompt", "chest radiograph", "--attribute",
                  "pleural_effusion", "--attributes", "cxr", "--seed", "1", "--steps", str(STEPS),
-                 "--alpha", "2", "--points", "3", "--out", str(out)])
+                 "--alpha", "2", "--points", "3", "--device", "cpu", "--out", str(out)])
     assert code == 0
     with Image.open(out) as image:
         assert image.format == "PNG" and image.width > image.height > 100
@@ -97,3 +97,12 @@ def test_cli_rejects_an_unknown_attribute_of_the_generator_domain(tmp_path, caps
     assert code == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "unknown attribute 'wings'" in error
+
+
+def test_cli_rejects_an_unknown_device_with_one_line(tmp_path, capsys):
+    code = main(["traverse", "--generator", "phantom-cxr", "--prompt", "chest radiograph", "--attribute",
+                 "pleural_effusion", "--device", "tpu", "--out", str(tmp_path / "strip.png")])
+    assert code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "device must be one of" in error
+    assert list(tmp_path.iterdir()) == []

@@ -24,8 +24,10 @@ from xcounter.errors import XCounterError
 @click.option("--points", type=click.IntRange(min=2), default=6, show_default=True,
               help="Swap steps shown, evenly spaced from steps (no edit) to 0 (full edit).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output PNG; the table goes to .csv.")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
+              help="Where the generator runs (auto: the GPU when torch sees one).")
 def command(generator_spec: str, prompt: str, attribute: str, attributes: str | None, seed: int, steps: int | None,
-            alpha: float, sign: str, points: int, out: str) -> None:
+            alpha: float, sign: str, points: int, out: str, device: str) -> None:
     """Draw the swap-step strip and the Bézier strip of one attribute edit from a noise seed."""
     from pathlib import Path
 
@@ -37,8 +39,9 @@ def command(generator_spec: str, prompt: str, attribute: str, attributes: str | 
     if attributes is not None:
         load_attributes(attributes)[attribute]  # fail on a bad name before loading any model
     from xcounter.generators import load_generator
+    from xcounter.utils.devices import resolve_device
 
-    generator = load_generator(generator_spec, steps=steps)
+    generator = load_generator(generator_spec, steps=steps, device=resolve_device(device))
     vocabulary = attributes or generator.domain or "cxr"
     result = traverse(generator, prompt, attribute, attributes=vocabulary, seed=seed, steps=steps, alpha=alpha,
                       sign=sign, points=points)
