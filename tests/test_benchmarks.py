@@ -63,6 +63,10 @@ def test_faithfulness(out):
             scan = row["scans"][0]
             assert scan["expected_verdict"] in ("shortcut", "drives", "does not drive")
             assert scan["expected_flipped"] == (scan["expected_verdict"] != "does not drive")
+            # the renderer's check: every planted attribute is binary, and only flags can be unconfirmed
+            assert isinstance(scan["expected_true_flips"], bool)
+            assert set(scan["unconfirmed_flags"]) <= set(scan["shortcut_flags"])
+            assert row["any_unconfirmed_flag"] <= row["any_shortcut_flag"] and unit(row["true_flips"])
     assert len(cxr["shortcuts"]) == 2 and ("cxr-portable", "Consolidation") in rows
     assert "rho 0.5" in markdown and "portable_label -> Consolidation" in markdown
     assert any("rho 0.5" in g["goal"] for g in data["goals"])
