@@ -53,13 +53,54 @@ def classifier_rows(domain: str, models: C.DomainModels) -> list[dict]:
     return rows
 
 
-def score_target(explanation, row: dict, truth: dict) -> dict:
-    """Where the expected attribute lands in this target's ranking, and what got flagged."""
+def renderer_margins(models: C.DomainModels, classifier, explanation, phantom_seed: int, overrides: dict) -> dict:
+    """The renderer's own edits: every binary attribute the explanation edited, toggled the same way (same
+    phantom, everything else identical), read by `classifier` at the generator's resolution. Returns
+    {None: margins of the scan, (attribute, sign): margins of its toggle}, margins over all labels."""
+    import torch
+
+    from xcounter.phantoms import domain_module
+
+    binary = domain_module(models.domain).BINARY
+    edits = sorted({(r.attribute, r.sign) for r in explanation.results if r.attribute in binary and r.sign})
+    keys = [None] + edits
+    images = torch.cat([C.phantom_tensor(models.domain, phantom_seed, models.generator,
+                                         **{**overrides, **({} if key is None else {key[0]: key[1] == "add"})})
+                        for key in keys])
+    with torch.no_grad():
+        margins = classifier.margins(images).float()
+    return {key: margins[k] for k, key in enumerate(keys)}
+
+
+def renderer_flips(margins: dict, classifier, target: str, attribute: str, sign: str | None) -> bool | None:
+    """Whether the renderer's own edit of `attribute` flips `target` by the product's margin (None: the
+    renderer has no such edit, e.g. a continuous attribute)."""
+    from xcounter.search import DEFAULT_FLIP_MARGIN, is_flipped
+
+    toggled = margins.get((attribute, sign))
+    if toggled is None:
+        return None
+    index = classifier.target_index(target)
+    before = float(margins[None][index])
+    return is_flipped(float(toggled[index]), before > 0, DEFAULT_FLIP_MARGIN)
+
+
+def score_target(explanation, row: dict, truth: dict, margins: dict | None = None, classifier=None) -> dict:
+    """Where the expected attribute lands in this target's ranking, and what got flagged; with the renderer's
+    `margins`, whether its own edit of the expected attribute and of each flagged one flips the target too."""
     ranking = explanation.ranking_for(row["target"])
     names = [r.attribute for r in ranking]
     expected = explanation.result(row["target"], row["expected"])
     prediction = explanation.prediction(row["target"])
+    flags = [r for r in ranking if r.verdict == "shortcut"]
+    checked = margins is not None and classifier is not None
     return {
+        "expected_true_flips": renderer_flips(margins, classifier, row["target"], row["expected"], expected.sign)
+        if checked else None,
+        # a flag the renderer's own edit does not confirm; continuous attributes cannot be confirmed
+        "unconfirmed_flags": [r.attribute for r in flags
+                              if not renderer_flips(margins, classifier, row["target"], r.attribute, r.sign)]
+        if checked else [r.attribute for r in flags],
         "scan_seed": truth["seed"], "expected_present": bool(truth[row["expected"]]),
         "decision_positive": bool(prediction.positive), "probability": float(prediction.probability),
         "expected_rank": names.index(row["expected"]) + 1, "expected_verdict": expected.verdict,
@@ -80,6 +121,10 @@ def without_mediation(explanation) -> None:
         result.verdict, result.mediator = verdict_of(result.kind, result.flipped), None
 
 
+def _share(values: list[bool]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def summarise(row: dict, scores: list[dict]) -> dict:
     n = len(scores)
     if n == 0:
@@ -95,6 +140,10 @@ def summarise(row: dict, scores: list[dict]) -> dict:
         "recovery": sum(f and g for f, g in zip(first, flagged)) / n,
         "mean_rank": sum(s["expected_rank"] for s in scores) / n,
         "any_shortcut_flag": sum(bool(s["shortcut_flags"]) for s in scores) / n,
+        "any_unconfirmed_flag": sum(bool(s.get("unconfirmed_flags")) for s in scores) / n,
+        "true_flips": sum(bool(s.get("expected_true_flips")) for s in scores) / n,
+        "flagged_where_true_flips": _share([f for f, s in zip(flagged, scores) if s.get("expected_true_flips")]),
+        "n_true_flips": sum(bool(s.get("expected_true_flips")) for s in scores),
         "other_shortcut_flag": sum(bool(set(s["shortcut_flags"]) - {row["expected"]}) for s in scores) / n,
         "mean_flip_strength": C.mean([s["expected_strength"] for s in scores if s["expected_flipped"]]),
         "decision_positive": sum(s["decision_positive"] for s in scores) / n,
@@ -130,11 +179,12 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
         explanation = explainer.explain(pixels, target=list(dict.fromkeys(r["target"] for r in rows)),
                                         report_text=report, seed=args.seed)
         nfe.append(explanation.nfe)
+        margins = renderer_margins(models, combined, explanation, phantom_seed, overrides)
         for r, found in zip(rows, mediated_scores):
-            found.append(score_target(explanation, r, truth))
+            found.append(score_target(explanation, r, truth, margins, combined))
         without_mediation(explanation)
         for r, found in zip(rows, scores):
-            found.append(score_target(explanation, r, truth))
+            found.append(score_target(explanation, r, truth, margins, combined))
         done += 1
         print(f"[{NAME}] {domain} scan {done}/{n} ({total.elapsed:.0f}s)", flush=True)
     result["rows"] = [summarise(r, found) for r, found in zip(rows, scores)]
@@ -162,9 +212,21 @@ def goals(domains: dict[str, dict], rows_key: str = "rows", suffix: str = "") ->
                 flagged = by_rho[1.0]["flagged"]
                 out.append(C.goal_row(f"{name}: planted attribute flagged \"shortcut\" at rho 1.0", flagged,
                                       flagged >= 0.9, "met = at least 90% of scans"))
+                fair = by_rho[1.0].get("flagged_where_true_flips")
+                if fair is not None:
+                    out.append(C.goal_row(
+                        f"{name}: planted attribute flagged at rho 1.0, on the scans where the renderer's own edit "
+                        "flips the decision", fair, fair >= 0.9,
+                        f"met = at least 90% of {by_rho[1.0]['n_true_flips']} scans; the renderer's edit flips "
+                        f"{by_rho[1.0]['true_flips']:.0%} of all {by_rho[1.0]['n']}"))
             if 0.5 in by_rho:
                 alarms = by_rho[0.5]["any_shortcut_flag"]
                 out.append(C.goal_row(f"{name}: nothing flagged at rho 0.5 (false alarms)", alarms, alarms == 0))
+                if "any_unconfirmed_flag" in by_rho[0.5]:
+                    unconfirmed = by_rho[0.5]["any_unconfirmed_flag"]
+                    out.append(C.goal_row(f"{name}: rho 0.5: no flag the renderer's own edit does not confirm",
+                                          unconfirmed, unconfirmed == 0,
+                                          "share of scans with a flag whose renderer edit leaves the decision"))
             if len(by_rho) >= 2:
                 ordered = [by_rho[rho]["flagged"] for rho in sorted(by_rho, reverse=True)]
                 monotone = all(a >= b for a, b in zip(ordered, ordered[1:]))
@@ -224,7 +286,11 @@ def markdown(domains: dict[str, dict], goal_rows: list[dict], figure: str | None
               "the source prompt, so each attribute is removed when the report states it and added otherwise) "
               "for every classifier's target at once. "
               "*Recovery* = the planted attribute is ranked first **and** flagged \"shortcut\"; "
-              "*anything flagged* at rho 0.5 and on the clean classifier are false alarms.", ""]
+              "*anything flagged* at rho 0.5 and on the clean classifier are false alarms. *The renderer's edit*: "
+              "the same phantom redrawn with only that attribute toggled the way our edit went (binary attributes), "
+              "read by the same classifier; it flips when it crosses the threshold by the product's flip margin "
+              "(1 logit). A flag it does not confirm is a false alarm beyond doubt; where it does, the classifier "
+              "really rests on the attribute on that scan, whatever rho it was trained at.", ""]
     for key, title in (("rows", "Verdicts without an oracle (what `Explainer` gives by default; the goals below):"),
                        ("rows_mediated", "The same explanations with the attribute oracle's mediation check (a flip "
                                          "credited to another attribute's own flipping edit is *mediated*, not "
@@ -237,13 +303,16 @@ def markdown(domains: dict[str, dict], goal_rows: list[dict], figure: str | None
                 rows.append([domain, r["classifier"], "clean" if r["rho"] is None else r["rho"],
                              f"{r['expected']} -> {r['label']}", r["n"], r.get("recovery"), r.get("flagged"),
                              r.get("mean_rank"), r.get("mean_flip_strength"), r.get("any_shortcut_flag"),
+                             r.get("any_unconfirmed_flag"), r.get("true_flips"), r.get("flagged_where_true_flips"),
                              ", ".join(r.get("top_attributes", []))])
         if not rows:
             continue
         lines += [title, ""]
         lines += C.table(["domain", "classifier", "rho", "planted", "N scans", "recovery (1st + flagged)",
                           "planted flagged", "mean rank of planted", "mean minimal strength",
-                          "anything flagged (false alarm at rho 0.5 / clean)", "most often ranked 1st"], rows)
+                          "anything flagged (false alarm at rho 0.5 / clean)",
+                          "a flag the renderer does not confirm", "renderer's edit flips",
+                          "planted flagged where the renderer's edit flips", "most often ranked 1st"], rows)
     lines += C.missing_models(domains)
     clean_rows = [[d, what, r["classifier"], r["label"], r["expected"], r["n"], r.get("ranked_first"), r.get("flagged"),
                    r.get("mean_rank"), ", ".join(r.get("top_attributes", []))]
