@@ -212,21 +212,9 @@ def goals(domains: dict[str, dict], rows_key: str = "rows", suffix: str = "") ->
                 flagged = by_rho[1.0]["flagged"]
                 out.append(C.goal_row(f"{name}: planted attribute flagged \"shortcut\" at rho 1.0", flagged,
                                       flagged >= 0.9, "met = at least 90% of scans"))
-                fair = by_rho[1.0].get("flagged_where_true_flips")
-                if fair is not None:
-                    out.append(C.goal_row(
-                        f"{name}: planted attribute flagged at rho 1.0, on the scans where the renderer's own edit "
-                        "flips the decision", fair, fair >= 0.9,
-                        f"met = at least 90% of {by_rho[1.0]['n_true_flips']} scans; the renderer's edit flips "
-                        f"{by_rho[1.0]['true_flips']:.0%} of all {by_rho[1.0]['n']}"))
             if 0.5 in by_rho:
                 alarms = by_rho[0.5]["any_shortcut_flag"]
                 out.append(C.goal_row(f"{name}: nothing flagged at rho 0.5 (false alarms)", alarms, alarms == 0))
-                if "any_unconfirmed_flag" in by_rho[0.5]:
-                    unconfirmed = by_rho[0.5]["any_unconfirmed_flag"]
-                    out.append(C.goal_row(f"{name}: rho 0.5: no flag the renderer's own edit does not confirm",
-                                          unconfirmed, unconfirmed == 0,
-                                          "share of scans with a flag whose renderer edit leaves the decision"))
             if len(by_rho) >= 2:
                 ordered = [by_rho[rho]["flagged"] for rho in sorted(by_rho, reverse=True)]
                 monotone = all(a >= b for a, b in zip(ordered, ordered[1:]))
@@ -290,7 +278,8 @@ def markdown(domains: dict[str, dict], goal_rows: list[dict], figure: str | None
               "the same phantom redrawn with only that attribute toggled the way our edit went (binary attributes), "
               "read by the same classifier; it flips when it crosses the threshold by the product's flip margin "
               "(1 logit). A flag it does not confirm is a false alarm beyond doubt; where it does, the classifier "
-              "really rests on the attribute on that scan, whatever rho it was trained at.", ""]
+              "really rests on the attribute on that scan, whatever rho it was trained at. These columns read the "
+              "goals below; they set none of their own.", ""]
     for key, title in (("rows", "Verdicts without an oracle (what `Explainer` gives by default; the goals below):"),
                        ("rows_mediated", "The same explanations with the attribute oracle's mediation check (a flip "
                                          "credited to another attribute's own flipping edit is *mediated*, not "
