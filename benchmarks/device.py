@@ -2,11 +2,12 @@
 
 A validation team runs xcounter where its GPUs are, while every other number in these reports is measured on
 2 CPU cores. So each unseen phantom scan is explained twice with the same models, seed and settings: once on
-the CPU and once on `--device` (default cuda), after one untimed warm-up explanation on each. Compared: the attribute ranked first, every verdict, whether
-each edit flipped, the minimal strengths and the NFE. Also run on the device: the oracle (side effects and
-mediation), the Latent Shift and SDEdit baselines, `xcounter traverse`'s strip, and one audit worker (`ScanExplainer`). Floating-point
-sums differ between the two (other kernels, other orders), so a minimal strength found by bisection may
-move by the search's tolerance; verdicts and the first attribute should not.
+the CPU and once on `--device` (default cuda), after one untimed warm-up explanation on each. Compared: the
+attribute ranked first, every verdict, whether each edit flipped, the minimal strengths and the NFE. Also run
+on the device: the oracle (side effects and mediation), the Latent Shift and SDEdit baselines, `xcounter
+traverse`'s strip, and one audit worker (`ScanExplainer`). Floating-point sums differ between the two (other
+kernels, other orders), so a minimal strength found by bisection may move by the search's tolerance; verdicts
+and the first attribute should not.
 
     python benchmarks/device.py               # needs a CUDA GPU
     python benchmarks/device.py --quick --models tiny --device cpu   # the code path, on the CPU
@@ -213,6 +214,14 @@ def plot(domains: dict[str, dict], out: Path) -> str | None:
     return C.save_figure(fig, out, "bench_device")
 
 
+def _note(check: dict) -> str:
+    """What a device check's table row says: its error, else how far the device's images are from the CPU's."""
+    if check["error"]:
+        return check["error"]
+    gap = check.get("largest_pixel_gap")
+    return "" if gap is None else f"largest pixel gap CPU vs device {gap:.4f}"
+
+
 def markdown(domains, goal_rows, figure, args, argv, budget) -> list[str]:
     lines = C.header("The same explanations on a GPU", "device.py", argv, args,
                      [f"Wall time: {budget.elapsed:.0f} s."])
@@ -227,9 +236,7 @@ def markdown(domains, goal_rows, figure, args, argv, budget) -> list[str]:
                            " / ".join(str(f) for f in r["first"]), r["same_verdicts"], r["same_flips"],
                            r["same_nfe"], r["max_strength_gap"]] for r in runs])
         lines += C.table(["also on the device", "ran", "s", "note"],
-                         [[b["method"], b["ok"], b["seconds"], b["error"] or (f"largest pixel gap CPU vs device "
-                                                                f"{b['largest_pixel_gap']:.4f}" if "largest_pixel_gap" in b
-                                                                else "")] for b in result["baselines"]]
+                         [[b["method"], b["ok"], b["seconds"], _note(b)] for b in result["baselines"]]
                          + [["audit worker (ScanExplainer)", result["audit_worker"]["ok"],
                              result["audit_worker"]["seconds"], result["audit_worker"]["error"] or ""]])
     return lines + C.closing(goal_rows, figure, NAME)

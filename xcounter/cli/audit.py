@@ -87,7 +87,8 @@ def command(classifier, images, manifest, dataset, generator, targets, attribute
 
     result = audit(classifier, generator or _default_generator(classifier, trust_pickle), sources[0],
                    out_dir=out_dir, targets=_split(targets) or None, attributes=attributes, only=_split(only) or None,
-                   seed=seed, executor=make_executor(workers, ray_address, device), resume=resume, retry_failed=retry_failed,
+                   seed=seed, executor=make_executor(workers, ray_address, device), resume=resume,
+                   retry_failed=retry_failed,
                    limit=limit, steps=steps, oracle=oracle, trust_pickle=trust_pickle,
                    explainer_options={**_signs(signs), **({} if flip_margin is None else {"flip_margin": flip_margin})},
                    threshold=ALERT_THRESHOLD if threshold is None else threshold, progress=progress)

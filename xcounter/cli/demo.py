@@ -81,10 +81,10 @@ def run_demo(folder: str | Path, spec: DemoSpec | None = None, device: str = "au
                "report_text": report,
                "out": folder / "report.html", "json_path": folder / "report.json", "seed": spec.seed,
                "steps": spec.steps, "oracle": spec.oracle if _oracle_available(spec.oracle) else None,
-               "device": None if device == "auto" else device}
-    run = run_explain(str(classifier), scan, progress=lambda m: click.echo(m, err=True),
-                      **{k: v for k, v in options.items() if k != "device"}, device=device)
-    return run, command_line(classifier, scan, **options)
+               "device": device}
+    run = run_explain(str(classifier), scan, progress=lambda m: click.echo(m, err=True), **options)
+    # the printed command names the device only when one was asked for (auto is the default there too)
+    return run, command_line(classifier, scan, **{**options, "device": None if device == "auto" else device})
 
 
 @click.command("demo")
