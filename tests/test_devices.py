@@ -38,3 +38,23 @@ def test_executors_carry_the_device():
     ray_cpu = make_executor(2, None, "cpu")
     assert isinstance(ray_cpu, RayExecutor) and ray_cpu.gpus_per_worker == 0.0  # Ray is asked for no GPU
     assert make_executor(2, None, "auto").gpus_per_worker is None  # Ray's own share of whatever GPUs it has
+    assert make_executor(2, None, "cuda").require_gpus and not make_executor(2, None, "auto").require_gpus
+
+
+class _Cluster:
+    """Stands in for the `ray` module where RayExecutor only asks for the cluster's resources."""
+
+    def __init__(self, gpus: float) -> None:
+        self.gpus = gpus
+
+    def cluster_resources(self) -> dict:
+        return {"CPU": 8.0, **({"GPU": self.gpus} if self.gpus else {})}
+
+
+def test_ray_gpu_share_and_the_refusal_of_a_cluster_without_gpus():
+    assert RayExecutor(workers=4)._gpus(_Cluster(2)) == 0.5  # shared when workers outnumber GPUs
+    assert RayExecutor(workers=2)._gpus(_Cluster(0)) == 0.0
+    assert RayExecutor(workers=2, gpus_per_worker=0.0)._gpus(_Cluster(2)) == 0.0  # --device cpu
+    assert RayExecutor(workers=2, require_gpus=True)._gpus(_Cluster(4)) == 1.0
+    with pytest.raises(XCounterError, match="Ray cluster has none"):
+        RayExecutor(workers=2, require_gpus=True)._gpus(_Cluster(0))  # --device cuda never falls back to CPUs

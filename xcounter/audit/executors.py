@@ -82,11 +82,12 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, workers: int = 2, address: str | None = None, gpus_per_worker: float | None = None,
-                 threads_per_worker: int = 1) -> None:
+                 threads_per_worker: int = 1, require_gpus: bool = False) -> None:
         if workers < 1:
             raise XCounterError(f"workers must be at least 1, got {workers}")
         self.workers, self.address = int(workers), address
         self.gpus_per_worker, self.threads_per_worker = gpus_per_worker, int(threads_per_worker)
+        self.require_gpus = bool(require_gpus)  # `--device cuda`: refuse a cluster without GPUs, never fall back
         self.timing: dict[str, float] = {}
 
     def _init(self, ray) -> bool:
@@ -112,9 +113,11 @@ class RayExecutor:
 
     def _gpus(self, ray) -> float:
         """GPUs per actor: as given, else one each (shared when there are more workers than GPUs), else none."""
+        total = float(ray.cluster_resources().get("GPU", 0))
+        if self.require_gpus and total <= 0:
+            raise XCounterError("--device cuda asked for GPUs, but the Ray cluster has none; use --device auto or cpu")
         if self.gpus_per_worker is not None:
             return float(self.gpus_per_worker)
-        total = float(ray.cluster_resources().get("GPU", 0))
         return min(1.0, total / self.workers) if total > 0 else 0.0
 
     def run(self, job: AuditJob, items: Sequence[ScanItem]) -> Iterator[dict]:
@@ -161,7 +164,8 @@ def make_executor(workers: int = 1, ray: bool | str | None = None, device: str =
     if ray or workers > 1:
         address = ray if isinstance(ray, str) and ray not in ("", "local") else None
         return RayExecutor(workers=max(workers, 1), address=address,
-                           gpus_per_worker=0.0 if str(device) == "cpu" else None)
+                           gpus_per_worker=0.0 if str(device) == "cpu" else None,
+                           require_gpus=str(device).startswith("cuda"))
     from xcounter.utils.devices import resolve_device
 
     return SerialExecutor(device=str(resolve_device(device)))

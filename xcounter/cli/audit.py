@@ -66,7 +66,7 @@ def _default_generator(classifier_spec: str, trust_pickle: bool) -> str:
 @click.option("--quiet", "-q", is_flag=True, help="No per-scan progress lines.")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
               help="Where a serial audit's models run (auto: the GPU when torch sees one); Ray workers use the GPUs "
-                   "Ray gives them, none with cpu.")
+                   "Ray gives them (none with cpu; cuda refuses a cluster without GPUs).")
 def command(classifier, images, manifest, dataset, generator, targets, attributes, only, out_dir, limit, seed, steps,
             resume, retry_failed, workers, ray_address, signs, flip_margin, oracle, trust_pickle, threshold,
             quiet, device) -> None:
