@@ -39,6 +39,8 @@ def test_executors_carry_the_device():
     assert isinstance(ray_cpu, RayExecutor) and ray_cpu.gpus_per_worker == 0.0  # Ray is asked for no GPU
     assert make_executor(2, None, "auto").gpus_per_worker is None  # Ray's own share of whatever GPUs it has
     assert make_executor(2, None, "cuda").require_gpus and not make_executor(2, None, "auto").require_gpus
+    with pytest.raises(XCounterError, match="device must be one of"):
+        make_executor(2, None, "tpu")  # a Ray audit checks the name too, though its GPUs are elsewhere
 
 
 class _Cluster:

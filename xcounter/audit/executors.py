@@ -161,13 +161,13 @@ def make_executor(workers: int = 1, ray: bool | str | None = None, device: str =
 
     `device` places a serial audit's models ("auto": the GPU when there is one). Ray actors take the GPUs Ray
     gives them; `device="cpu"` asks Ray for none."""
+    from xcounter.utils.devices import device_name, resolve_device
+
     if ray or workers > 1:
         address = ray if isinstance(ray, str) and ray not in ("", "local") else None
+        name = device_name(device)  # checked here; the GPUs themselves are the cluster's
         return RayExecutor(workers=max(workers, 1), address=address,
-                           gpus_per_worker=0.0 if str(device) == "cpu" else None,
-                           require_gpus=str(device).startswith("cuda"))
-    from xcounter.utils.devices import resolve_device
-
+                           gpus_per_worker=0.0 if name == "cpu" else None, require_gpus=name.startswith("cuda"))
     return SerialExecutor(device=str(resolve_device(device)))
 
 

@@ -5,6 +5,8 @@ asks for a GPU the machine does not have must hear it in one sentence, not from 
 """
 from __future__ import annotations
 
+import re
+
 import torch
 
 from xcounter.errors import XCounterError
@@ -13,23 +15,25 @@ from xcounter.errors import XCounterError
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
+def device_name(name: "str | torch.device | None" = "auto") -> str:
+    """The normalised name ("auto", "cpu", "cuda", "cuda:N"), checked without asking for a GPU: a Ray audit's GPUs
+    are on its workers, not necessarily here."""
+    name = "auto" if name is None else str(name).strip().lower()
+    if name in DEVICE_CHOICES or re.fullmatch(r"cuda:\d+", name):
+        return name
+    raise XCounterError(f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got '{name}'")
+
+
 def resolve_device(name: "str | torch.device | None" = "auto") -> torch.device:
     """"auto" (or None): the GPU when torch sees one, else the CPU; "cuda" / "cuda:N" only when there is one."""
-    if isinstance(name, torch.device):
-        name = str(name)
-    name = "auto" if name is None else str(name).strip().lower()
+    name = device_name(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise XCounterError(f"device '{name}' asked for, but torch sees no CUDA GPU here; use --device cpu")
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise XCounterError(f"device '{name}' is not a CUDA device name (cuda or cuda:N)") from None
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise XCounterError(f"device '{name}' asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
-        return device
-    raise XCounterError(f"device must be one of {', '.join(DEVICE_CHOICES)} (or cuda:N), got '{name}'")
+    if not torch.cuda.is_available():
+        raise XCounterError(f"device '{name}' asked for, but torch sees no CUDA GPU here; use --device cpu")
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise XCounterError(f"device '{name}' asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
+    return device
