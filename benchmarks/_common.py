@@ -281,6 +281,25 @@ def phantom_tensor(domain: str, seed: int, generator, **overrides) -> torch.Tens
     return torch.nn.functional.interpolate(image, size=(generator.resolution,) * 2, mode="area").clamp(0, 1)
 
 
+def renderer_margins(domain: str, seed: int, generator, classifier, base: dict,
+                     edits: Sequence[tuple[str, str] | None]) -> torch.Tensor:
+    """The renderer's own edits of one phantom: [len(edits), labels] margins of `classifier` on the phantom drawn
+    with `base` overrides and each (attribute, sign) toggled that way (None: no toggle), everything else identical,
+    at the generator's resolution (as the counterfactuals are)."""
+    images = torch.cat([phantom_tensor(domain, seed, generator,
+                                       **{**base, **({} if edit is None else {edit[0]: edit[1] == "add"})})
+                        for edit in edits])
+    with torch.no_grad():
+        return classifier.margins(images).float()
+
+
+def renderer_flips(before: float, after: float) -> bool:
+    """Whether a margin moved from `before` to `after` counts as a flip by the product's rule (1 logit past)."""
+    from xcounter.search import DEFAULT_FLIP_MARGIN, is_flipped
+
+    return is_flipped(float(after), float(before) > 0, DEFAULT_FLIP_MARGIN)
+
+
 def scan_plan(domain: str, n: int, seed: int) -> list[tuple[int, dict]]:
     """(phantom seed, overrides) of the benchmark scans: none of the shortcuts' diseases; the main planted
     attribute present in every other scan, the second one in every other pair of scans (CXR: pleural

@@ -54,53 +54,37 @@ def classifier_rows(domain: str, models: C.DomainModels) -> list[dict]:
 
 
 def renderer_margins(models: C.DomainModels, classifier, explanation, phantom_seed: int, overrides: dict) -> dict:
-    """The renderer's own edits: every binary attribute the explanation edited, toggled the same way (same
-    phantom, everything else identical), read by `classifier` at the generator's resolution. Returns
-    {None: margins of the scan, (attribute, sign): margins of its toggle}, margins over all labels."""
-    import torch
-
+    """The renderer's own edits of every binary attribute the explanation edited, toggled the same way:
+    {None: margins of the scan, (attribute, sign): margins of its toggle}, over all labels."""
     from xcounter.phantoms import domain_module
 
     binary = domain_module(models.domain).BINARY
-    edits = sorted({(r.attribute, r.sign) for r in explanation.results if r.attribute in binary and r.sign})
-    keys = [None] + edits
-    images = torch.cat([C.phantom_tensor(models.domain, phantom_seed, models.generator,
-                                         **{**overrides, **({} if key is None else {key[0]: key[1] == "add"})})
-                        for key in keys])
-    with torch.no_grad():
-        margins = classifier.margins(images).float()
+    keys = [None] + sorted({(r.attribute, r.sign) for r in explanation.results if r.attribute in binary and r.sign})
+    margins = C.renderer_margins(models.domain, phantom_seed, models.generator, classifier, overrides, keys)
     return {key: margins[k] for k, key in enumerate(keys)}
 
 
-def renderer_flips(margins: dict, classifier, target: str, attribute: str, sign: str | None) -> bool | None:
-    """Whether the renderer's own edit of `attribute` flips `target` by the product's margin (None: the
-    renderer has no such edit, e.g. a continuous attribute)."""
-    from xcounter.search import DEFAULT_FLIP_MARGIN, is_flipped
-
+def renderer_confirms(margins: dict, classifier, target: str, attribute: str, sign: str | None) -> bool:
+    """Whether the renderer's own edit of `attribute` flips `target` by the product's margin (False where the
+    renderer has no such edit, e.g. a continuous attribute: such a flag cannot be confirmed)."""
     toggled = margins.get((attribute, sign))
     if toggled is None:
-        return None
+        return False
     index = classifier.target_index(target)
-    before = float(margins[None][index])
-    return is_flipped(float(toggled[index]), before > 0, DEFAULT_FLIP_MARGIN)
+    return C.renderer_flips(margins[None][index], toggled[index])
 
 
-def score_target(explanation, row: dict, truth: dict, margins: dict | None = None, classifier=None) -> dict:
+def score_target(explanation, row: dict, truth: dict, margins: dict, classifier) -> dict:
     """Where the expected attribute lands in this target's ranking, and what got flagged; with the renderer's
     `margins`, whether its own edit of the expected attribute and of each flagged one flips the target too."""
     ranking = explanation.ranking_for(row["target"])
     names = [r.attribute for r in ranking]
     expected = explanation.result(row["target"], row["expected"])
     prediction = explanation.prediction(row["target"])
-    flags = [r for r in ranking if r.verdict == "shortcut"]
-    checked = margins is not None and classifier is not None
     return {
-        "expected_true_flips": renderer_flips(margins, classifier, row["target"], row["expected"], expected.sign)
-        if checked else None,
-        # a flag the renderer's own edit does not confirm; continuous attributes cannot be confirmed
-        "unconfirmed_flags": [r.attribute for r in flags
-                              if not renderer_flips(margins, classifier, row["target"], r.attribute, r.sign)]
-        if checked else [r.attribute for r in flags],
+        "expected_true_flips": renderer_confirms(margins, classifier, row["target"], row["expected"], expected.sign),
+        "unconfirmed_flags": [r.attribute for r in ranking if r.verdict == "shortcut"
+                              and not renderer_confirms(margins, classifier, row["target"], r.attribute, r.sign)],
         "scan_seed": truth["seed"], "expected_present": bool(truth[row["expected"]]),
         "decision_positive": bool(prediction.positive), "probability": float(prediction.probability),
         "expected_rank": names.index(row["expected"]) + 1, "expected_verdict": expected.verdict,
@@ -143,7 +127,6 @@ def summarise(row: dict, scores: list[dict]) -> dict:
         "any_unconfirmed_flag": sum(bool(s.get("unconfirmed_flags")) for s in scores) / n,
         "true_flips": sum(bool(s.get("expected_true_flips")) for s in scores) / n,
         "flagged_where_true_flips": _share([f for f, s in zip(flagged, scores) if s.get("expected_true_flips")]),
-        "n_true_flips": sum(bool(s.get("expected_true_flips")) for s in scores),
         "other_shortcut_flag": sum(bool(set(s["shortcut_flags"]) - {row["expected"]}) for s in scores) / n,
         "mean_flip_strength": C.mean([s["expected_strength"] for s in scores if s["expected_flipped"]]),
         "decision_positive": sum(s["decision_positive"] for s in scores) / n,

@@ -49,19 +49,13 @@ def scan_seeds(domain: str, n: int, seed: int) -> list[int]:
 
 
 def true_removal(models: C.DomainModels, classifier, label: str, finding: str, phantom_seed: int) -> dict:
-    """The renderer's own counterfactual: the classifier on the phantom redrawn without the finding (at the
-    generator's resolution, as the counterfactuals are), and whether that flips it by the product's margin."""
-    import torch
-
-    from xcounter.search import DEFAULT_FLIP_MARGIN, is_flipped
-
+    """The renderer's own counterfactual: the classifier on the phantom redrawn without the finding, and whether
+    that flips it by the product's margin."""
     index = classifier.target_index(label)
-    images = torch.cat([C.phantom_tensor(models.domain, phantom_seed, models.generator, **{finding: present})
-                        for present in (True, False)])
-    with torch.no_grad():
-        before, after = (float(m) for m in classifier.margins(images)[:, index])
-    return {"true_margin_before": before, "true_margin_after": after,
-            "true_flips": is_flipped(after, before > 0, DEFAULT_FLIP_MARGIN)}
+    margins = C.renderer_margins(models.domain, phantom_seed, models.generator, classifier, {finding: True},
+                                 [None, (finding, "remove")])
+    before, after = (float(m) for m in margins[:, index])
+    return {"true_margin_before": before, "true_margin_after": after, "true_flips": C.renderer_flips(before, after)}
 
 
 def renderer_verdicts(models: C.DomainModels, classifier, explanation, label: str, finding: str,
@@ -69,23 +63,17 @@ def renderer_verdicts(models: C.DomainModels, classifier, explanation, label: st
     """Every examined binary attribute's edit, done by the renderer instead (same phantom, the same sign as
     the explanation's edit): does that perfect edit flip the decision, and did our counterfactual flip it?
     Continuous attributes are left out: the renderer has no single 'added' value for them."""
-    import torch
-
     from xcounter.phantoms import domain_module
-    from xcounter.search import DEFAULT_FLIP_MARGIN, is_flipped
 
     binary = domain_module(models.domain).BINARY
     index = classifier.target_index(label)
     results = [r for r in explanation.ranking_for(label) if r.attribute in binary and r.sign is not None]
     if not results:
         return {}
-    images = [C.phantom_tensor(models.domain, phantom_seed, models.generator, **{finding: True})]
-    images += [C.phantom_tensor(models.domain, phantom_seed, models.generator,
-                                **{finding: True, r.attribute: r.sign == "add"}) for r in results]
-    with torch.no_grad():
-        margins = classifier.margins(torch.cat(images))[:, index].float().tolist()
+    margins = C.renderer_margins(models.domain, phantom_seed, models.generator, classifier, {finding: True},
+                                 [None] + [(r.attribute, r.sign) for r in results])[:, index].tolist()
     return {r.attribute: {"sign": r.sign, "ours": bool(r.drives_decision), "flipped": bool(r.flipped),
-                          "verdict": r.verdict, "truth": is_flipped(m, margins[0] > 0, DEFAULT_FLIP_MARGIN)}
+                          "verdict": r.verdict, "truth": C.renderer_flips(margins[0], m)}
             for r, m in zip(results, margins[1:])}
 
 
