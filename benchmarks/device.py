@@ -117,7 +117,7 @@ def compare_domain(domain: str, args, total: "C.Budget") -> dict:
 
 
 def baselines_on(domain: str, models, classifier, generator, args) -> list[dict]:
-    """Latent Shift and SDEdit on the device for the first scan's planted edit (they must run there)."""
+    """Latent Shift, SDEdit and traverse on the device, for the first scan's planted edit (they must run there)."""
     import xcounter
 
     attribute, label = C.PLANTED[domain]
