@@ -4,7 +4,9 @@
 el() { echo $(( $(date +%s) - START )); }
 say() { echo "[$(el)s] $*" | tee -a "$OUT/run.log"; }
 if [ -z "${SKIP_INSTALL:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  # Pure-Python wheels only: the device's Python (3.12) already has regex, and a cp311 wheel will not install.
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*-py3-none-any.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD
