@@ -8,6 +8,8 @@
 # The decoders train side by side until a wall-clock deadline, then finish at their last checkpoint
 # (`--resume --vae-decoder-steps K`: constant learning rate, so the weights are those of an uninterrupted
 # K-step run).
+# Runs: 2026-11-27, twelfth session (433 s; the defaults): neither decoder shipped, numbers in both
+# xcounter/zoo/phantom-*/RECIPE.md.
 # Env knobs: N_SKIN, N_CXR (data; defaults = the releases' own), VARIANTS ("name:domain:lr:detail-weight ..."), DEADLINE (s), CKPT, BATCH, OUT, WORK, SKIP_INSTALL.
 set -u
 START=$(date +%s)
