@@ -93,6 +93,10 @@ def score_target(explanation, row: dict, truth: dict, margins: dict, classifier)
         # with no flip the ranking's order is alphabetical: say so instead of naming an attribute
         "top": names[0] if ranking[0].flipped else "nothing flipped", "top_verdict": ranking[0].verdict,
         "shortcut_flags": [r.attribute for r in ranking if r.verdict == "shortcut"],
+        # per flag: minimal strength, sign, and whether the renderer's own edit confirms it
+        "flag_strengths": {r.attribute: [r.minimal_strength, r.sign,
+                                         bool(renderer_confirms(margins, classifier, row["target"], r.attribute, r.sign))]
+                           for r in ranking if r.verdict == "shortcut"},
         "drives": [r.attribute for r in ranking if r.verdict == "drives"],
     }
 
