@@ -34,10 +34,7 @@ for variant in $VARIANTS; do
     > "$WORK/finetune-$name.log" 2>&1 &
   PIDS[$name]=$!
 done
-running() { for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && return 0; done; return 1; }
-while [ "$(el)" -lt "$DEADLINE" ] && running; do sleep 5; done
-for pid in "${PIDS[@]}"; do kill -TERM -- -"$pid" 2>/dev/null; done; sleep 3
-for pid in "${PIDS[@]}"; do kill -KILL -- -"$pid" 2>/dev/null; done
+stop_at_deadline "$DEADLINE" "${PIDS[@]}"
 
 FINISH=()
 for variant in $VARIANTS; do

@@ -58,10 +58,7 @@ for variant in $ORACLE_VARIANTS; do
 done
 
 # 4. deadline: stop every UNet at its last checkpoint, finish each run there (side by side), ship fp16
-running() { for pid in "${FT_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && return 0; done; return 1; }
-while [ "$(el)" -lt "$DEADLINE" ] && running; do sleep 5; done
-for pid in "${FT_PIDS[@]}"; do kill -TERM -- -"$pid" 2>/dev/null; done; sleep 3
-for pid in "${FT_PIDS[@]}"; do kill -KILL -- -"$pid" 2>/dev/null; done
+stop_at_deadline "$DEADLINE" "${FT_PIDS[@]}"
 FINISH=()
 for variant in $GEN_VARIANTS; do
   name=${variant%%:*}; weight=${variant#*:}; run="$WORK/gen-$name"
