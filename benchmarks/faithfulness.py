@@ -81,10 +81,13 @@ def score_target(explanation, row: dict, truth: dict, margins: dict, classifier)
     names = [r.attribute for r in ranking]
     expected = explanation.result(row["target"], row["expected"])
     prediction = explanation.prediction(row["target"])
+    # per flag: minimal strength, sign, and whether the renderer's own edit confirms it
+    flags = {r.attribute: [r.minimal_strength, r.sign,
+                           bool(renderer_confirms(margins, classifier, row["target"], r.attribute, r.sign))]
+             for r in ranking if r.verdict == "shortcut"}
     return {
         "expected_true_flips": renderer_confirms(margins, classifier, row["target"], row["expected"], expected.sign),
-        "unconfirmed_flags": [r.attribute for r in ranking if r.verdict == "shortcut"
-                              and not renderer_confirms(margins, classifier, row["target"], r.attribute, r.sign)],
+        "unconfirmed_flags": [name for name, (_, _, confirmed) in flags.items() if not confirmed],
         "scan_seed": truth["seed"], "expected_present": bool(truth[row["expected"]]),
         "decision_positive": bool(prediction.positive), "probability": float(prediction.probability),
         "expected_rank": names.index(row["expected"]) + 1, "expected_verdict": expected.verdict,
@@ -92,11 +95,7 @@ def score_target(explanation, row: dict, truth: dict, margins: dict, classifier)
         "expected_sign": expected.sign,
         # with no flip the ranking's order is alphabetical: say so instead of naming an attribute
         "top": names[0] if ranking[0].flipped else "nothing flipped", "top_verdict": ranking[0].verdict,
-        "shortcut_flags": [r.attribute for r in ranking if r.verdict == "shortcut"],
-        # per flag: minimal strength, sign, and whether the renderer's own edit confirms it
-        "flag_strengths": {r.attribute: [r.minimal_strength, r.sign,
-                                         bool(renderer_confirms(margins, classifier, row["target"], r.attribute, r.sign))]
-                           for r in ranking if r.verdict == "shortcut"},
+        "shortcut_flags": list(flags), "flag_strengths": flags,
         "drives": [r.attribute for r in ranking if r.verdict == "drives"],
     }
 
