@@ -10,12 +10,13 @@
 # K-step run).
 # Runs: 2026-11-27, twelfth session (433 s; the defaults): neither decoder shipped, numbers in both
 # xcounter/zoo/phantom-*/RECIPE.md.
-# Env knobs: N_SKIN, N_CXR (data; defaults = the releases' own), VARIANTS ("name:domain:lr:detail-weight ..."), DEADLINE (s), CKPT, BATCH, OUT, WORK, SKIP_INSTALL.
+# Env knobs: N_SKIN, N_CXR (data; defaults = the releases' own), VARIANTS ("name:domain:lr:detail-weight ..."),
+# DEADLINE (s), CKPT, BATCH, WORKERS, OUT, WORK, SKIP_INSTALL=1 (a CPU dry run).
 set -u
 START=$(date +%s)
 OUT=${OUT:-/tmp/decoder_gpu_out}; mkdir -p "$OUT"
 VARIANTS=${VARIANTS:-"skin-a:skin:0.0003:1.0 skin-b:skin:0.0001:1.0 cxr-a:cxr:0.0003:0"}
-DEADLINE=${DEADLINE:-400}; CKPT=${CKPT:-500}; BATCH=${BATCH:-32}; WORKERS=${WORKERS:-7}
+DEADLINE=${DEADLINE:-370}; CKPT=${CKPT:-500}; BATCH=${BATCH:-32}; WORKERS=${WORKERS:-7}
 N_SKIN=${N_SKIN:-20000}; N_CXR=${N_CXR:-6000}
 WORK=${WORK:-runs/decoder-gpu}; mkdir -p "$WORK"
 source scripts/gpu_setup.sh
