@@ -183,7 +183,10 @@ def test_generator_card(out):
 def test_real_cause(out):
     load("real_cause").main([*QUICK, "--out", str(out)])
     markdown, data = written(out, "real_cause")
-    for domain, result in data["domains"].items():
+    tasks = [task for domain in data["domains"].values() for task in domain["tasks"]]
+    assert [t["classifier"] for t in tasks] == [name for d in data["domains"] for name, _, _ in
+                                                 load("real_cause").TASKS[d]]
+    for result in tasks:
         assert result["n_scans"] == 1 and 0 <= result["n_positive"] <= 1
         for scan in result["scans"]:
             assert scan["rank"] >= 1 and scan["top"] and scan["nfe"] > 0
@@ -202,10 +205,11 @@ def test_real_cause_scans_are_truly_caused_by_the_finding():
     from xcounter.phantoms import sample_attributes
 
     module = load("real_cause")
-    for domain, (_, label, finding) in module.TASKS.items():
-        for seed in module.scan_seeds(domain, 3, 0):
-            assert sample_attributes(domain, seed, **{finding: True})[label] == 1
-            assert sample_attributes(domain, seed, **{finding: False})[label] == 0
+    for domain, tasks in module.TASKS.items():
+        for _, label, finding in tasks:
+            for seed in module.scan_seeds(domain, label, finding, 3, 0):
+                assert sample_attributes(domain, seed, **{finding: True})[label] == 1
+                assert sample_attributes(domain, seed, **{finding: False})[label] == 0
 
 
 def test_verdict_scores_count_against_the_renderer():

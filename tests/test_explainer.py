@@ -369,6 +369,27 @@ def test_a_renamed_output_is_matched_to_its_finding(classifier, generator, attri
         del classifier.finding
 
 
+def test_a_criterion_output_is_matched_to_its_finding(generator):
+    """A 7-point-checklist output ("Blue-white veil") names the veil as Effusion names the effusion: the veil
+    is edited toward that output's other decision and is never demoted as mediated for it; with the diagnosis
+    and the criterion disagreeing and no report, both edits are tried."""
+    from xcounter.classifiers import Classifier, make_profile
+    skin = load_attributes("skin")
+    veil = skin["blue_white_veil"]
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    classifier = Classifier(network, ["Melanoma", "Blue-white veil"], [0.0, 0.0], make_profile("imagenet", size=32),
+                            domain="skin")
+    explainer = Explainer(classifier, generator, skin, attribution=False)
+    agree = [Prediction("Melanoma", 0.9, 2.0, 0.0, True), Prediction("Blue-white veil", 0.9, 2.0, 0.0, True)]
+    disagree = [agree[0], Prediction("Blue-white veil", 0.1, -2.0, 0.0, False)]
+    report = "Dermoscopic image. Blue-white veil."
+    assert explainer.signs_for(veil, report, True, disagree, ["Blue-white veil"]) == ("add", "remove")
+    assert explainer.signs_for(veil, report, True, agree, ["Melanoma"]) == ("remove",)
+    assert explainer.signs_for(veil, "", False, agree) == ("remove",)
+    assert explainer.signs_for(veil, "", False, disagree) == ("add", "remove")
+    assert "blue_white_veil" in explainer._own_findings("Blue-white veil")
+
+
 def test_restated_swaps_the_sentence_that_states_the_opposite():
     cxr = load_attributes("cxr")
     text = "PA chest radiograph. Moderate right pleural effusion. Enlarged cardiac silhouette. Right-sided chest tube."

@@ -106,7 +106,8 @@ def test_shipped_oracle_reads_generator_size_images():
 @pytest.mark.parametrize("name, labels", [("cxr-clean", list(load_attributes("cxr").labels)),
                                           ("cxr-shortcut", None), ("cxr-shortcut-rho0.75", None),
                                           ("cxr-shortcut-rho0.5", None),
-                                          ("skin-clean", ["Melanoma"]), ("skin-shortcut", ["Melanoma"])])
+                                          ("skin-clean", ["Melanoma"]), ("skin-shortcut", ["Melanoma"]),
+                                          ("skin-7pt", ["Melanoma", "Blue-white veil"])])
 def test_shipped_classifiers_load_with_labels_and_thresholds(name, labels):
     classifier = xcounter.load_classifier(f"phantom:{name}")
     if labels is not None:
@@ -146,6 +147,21 @@ def test_shipped_clean_effusion_decision_rests_on_the_effusion():
     assert float(((on > 0) & (off < -DEFAULT_FLIP_MARGIN)).float().mean()) >= 0.9, (on, off)
 
 
+def test_shipped_7pt_veil_output_rests_on_the_veil_alone():
+    """The skin analogue of the Effusion test: the 7-point-checklist model's "Blue-white veil" output turns on
+    and off with the veil, by the product's flip margin, on fresh phantoms, and a ruler leaves it where it was."""
+    from xcounter.search import DEFAULT_FLIP_MARGIN
+
+    model = xcounter.load_classifier("phantom:skin-7pt")
+    veil = model.target_index("Blue-white veil")
+    seeds = range(987_200, 987_230)
+    on = model.margins(phantoms("skin", seeds, blue_white_veil=True))[:, veil]
+    off = model.margins(phantoms("skin", seeds, blue_white_veil=False))[:, veil]
+    assert float(((on > DEFAULT_FLIP_MARGIN) & (off < -DEFAULT_FLIP_MARGIN)).float().mean()) >= 0.9, (on, off)
+    ruler = model.margins(phantoms("skin", seeds, blue_white_veil=True, ruler=True))[:, veil]
+    assert bool(((ruler > 0) == (on > 0)).all())
+
+
 def test_oracle_device_is_checked_before_any_work(tiny_cxr, tmp_path, monkeypatch):
     with pytest.raises(XCounterError, match="auto, cpu, cuda"):
         train_oracle(tiny_cxr, tmp_path / "o.pt", epochs=1, device="gpu", log=lambda m: None)
@@ -153,3 +169,16 @@ def test_oracle_device_is_checked_before_any_work(tiny_cxr, tmp_path, monkeypatc
     with pytest.raises(XCounterError, match="no CUDA GPU"):
         train_oracle(tiny_cxr, tmp_path / "o.pt", epochs=1, device="cuda", log=lambda m: None)
     assert not (tmp_path / "o.pt").exists()
+
+
+def test_training_tool_reports_a_wrong_label_in_one_line():
+    """`python -m xcounter.phantoms.train dependence` with a label the model lacks: one line, exit non-zero."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "xcounter.phantoms.train", "dependence", "--classifier",
+                           "phantom:skin-clean", "--domain", "skin", "--attribute", "blue_white_veil", "--label",
+                           "Blue-white veil", "--n", "2"], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "Error: unknown target 'Blue-white veil' for classifier 'phantom:skin-clean'; offered targets: Melanoma"]

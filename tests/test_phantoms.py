@@ -273,9 +273,23 @@ def test_shortcut_sampler_works_for_derived_labels():
     assert abs(prevalence - 0.5) < 0.04
 
 
+def test_a_criterion_label_follows_its_finding_alone():
+    """Skin "Blue-white veil" (a 7-point-checklist criterion) is the veil, whatever Melanoma says; a shortcut
+    dataset for it fixes the veil directly, as CXR labels fix their finding."""
+    for seed in range(30):
+        for veil in (False, True):
+            assert sample_attributes("skin", seed, blue_white_veil=veil)["Blue-white veil"] == int(veil)
+    assert vocabulary("skin")["blue_white_veil"].labels == ("Melanoma", "Blue-white veil")
+    shortcut = validate_shortcut("skin", "ruler", "Blue-white veil", 1.0)
+    for seed, overrides in plan("skin", 40, 2, shortcut):
+        item = sample_attributes("skin", seed, **overrides)
+        assert item["ruler"] == bool(item["Blue-white veil"]) == overrides["blue_white_veil"]
+
+
 @pytest.mark.parametrize("args", [("cxr", "chest_tubes", "Pneumothorax", 0.5), ("cxr", "chest_tube", "Pneumonia", 0.5),
                                   ("cxr", "chest_tube", "Pneumothorax", 1.5), ("cxr", "body_width", "Edema", 0.5),
-                                  ("cxr", "pneumothorax", "Pneumothorax", 0.5)])
+                                  ("cxr", "pneumothorax", "Pneumothorax", 0.5),
+                                  ("skin", "blue_white_veil", "Blue-white veil", 0.5)])
 def test_invalid_shortcuts_are_rejected(args):
     with pytest.raises(XCounterError):
         validate_shortcut(*args)

@@ -51,7 +51,7 @@ def source_prompt(attributes: AttributeSet, predictions: Sequence[Prediction]) -
     """A report-like prompt from the positive findings: the first positive phrase of every pathology
     attribute whose label is positive, in the first template; the neutral prompt when none is."""
     positive = {p.label for p in predictions if p.positive}
-    phrases = [a.positive[0] for a in attributes if a.kind == "pathology" and a.label in positive and a.positive]
+    phrases = [a.positive[0] for a in attributes if a.kind == "pathology" and positive.intersection(a.labels) and a.positive]
     if not phrases or not attributes.templates:
         return attributes.neutral_prompt
     findings = ". ".join(p[:1].upper() + p[1:] for p in phrases)
@@ -326,10 +326,11 @@ class Explainer:
         decisions = {p.label: p.positive for p in predictions}
         present = attribute.stated_in(prompt) if from_report else None
         if present is None and attribute.kind == "pathology" and not from_report:
-            present = decisions.get(attribute.label)
+            said = {decisions[label] for label in attribute.labels if label in decisions}
+            present = said.pop() if len(said) == 1 else None  # outputs that disagree: unknown
         wanted = set(SIGNS) if present is None and not from_report else {"remove" if present else "add"}
         for target in targets:
-            if attribute.kind == "pathology" and self.classifier.finding(target) == attribute.label \
+            if attribute.kind == "pathology" and self.classifier.finding(target) in attribute.labels \
                     and target in decisions:
                 wanted.add("remove" if decisions[target] else "add")
         return tuple(s for s in SIGNS if s in wanted)
@@ -337,7 +338,7 @@ class Explainer:
     def _own_findings(self, target: str) -> list[str]:
         """The pathology attributes a target label names (Effusion: pleural_effusion): never demoted as mediated."""
         finding = self.classifier.finding(target)
-        return [a.name for a in self.examined if a.kind == "pathology" and a.label == finding]
+        return [a.name for a in self.examined if a.kind == "pathology" and finding in a.labels]
 
     def _settings(self, steps: int) -> dict:
         swap_steps = self.swap_steps if self.swap_steps is not None else select_swap_steps(

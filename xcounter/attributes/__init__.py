@@ -33,6 +33,10 @@ class Attribute:
     negative: tuple[str, ...] = ()
     positive: tuple[str, ...] = ()
     where: str | tuple[float, float, float, float] = "anywhere"  # one of WHERE, or a box
+    #: a classifier output that reports this finding itself rather than a diagnosis it is evidence for (a
+    #: dermoscopy 7-point-checklist model's "Blue-white veil" beside its "Melanoma"), so a target of that
+    #: name is matched with this attribute as "Effusion" is with pleural_effusion
+    criterion: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.where, (list, tuple)):
@@ -45,6 +49,11 @@ class Attribute:
         elif self.where not in WHERE:
             raise XCounterError(f"attribute '{self.name}' has unknown where '{self.where}' (one of "
                                 f"{', '.join(WHERE)}, or a box [top, bottom, left, right])")
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Every classifier label this finding is evidence for: its diagnosis, then its own criterion."""
+        return tuple(name for name in (self.label, self.criterion) if name)
 
     @property
     def is_spurious(self) -> bool:
@@ -152,6 +161,7 @@ def _parse(data: dict, source: str) -> AttributeSet:
                     name=str(item["name"]), kind=str(item["kind"]), type=str(item.get("type", "binary")),
                     label=item.get("label"), negative=tuple(item.get("negative", ())),
                     positive=tuple(item.get("positive", ())), where=_where(item.get("where", "anywhere")),
+                    criterion=item.get("criterion"),
                 ))
             except XCounterError as exc:  # say which file
                 raise XCounterError(f"{source}: {exc}") from None

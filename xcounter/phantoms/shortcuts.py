@@ -35,7 +35,7 @@ def validate_shortcut(domain: str, attribute: str, target: str, rho: float) -> S
         raise XCounterError(f"shortcut attribute '{attribute}' is continuous; use a binary attribute")
     if target not in vocab.labels:
         raise XCounterError(f"unknown {domain} label '{target}'; known: {', '.join(vocab.labels)}")
-    if domain == "cxr" and spec.label == target:
+    if target in spec.labels and (domain == "cxr" or target == spec.criterion):
         raise XCounterError(f"'{attribute}' is the finding that defines '{target}', not a spurious attribute")
     if not 0.0 <= float(rho) <= 1.0:
         raise XCounterError(f"rho must lie in [0, 1], got {rho}")
@@ -54,9 +54,9 @@ def plan_item(domain: str, seed: int, index: int, shortcut: Shortcut | None) -> 
     label = bool(rng.random() < 0.5)
     present = bool(rng.random() < (shortcut.rho if label else 1.0 - shortcut.rho))
     vocab = vocabulary(domain)
-    defining = [a.name for a in vocab if a.label == shortcut.target]
+    defining = [a.name for a in vocab if shortcut.target in a.labels]
     overrides: dict[str, Any] = {shortcut.attribute: present}
-    if domain == "cxr" and len(defining) == 1:  # the label is one finding: set it directly
+    if len(defining) == 1:  # the label is one finding: set it directly
         overrides[defining[0]] = label
         return item_seed(seed, index), overrides
     for attempt in range(MAX_ATTEMPTS):

@@ -6,6 +6,10 @@ structures: blue-white veil, dots/globules, diameter) and the diagnosis derives 
     score = 1.3 A + 0.9 B + 1.3 C + 1.6 veil + 1.0 dots + 1.6 diameter + N(0, 0.45)
     Melanoma = score > 2.9      (about a third of phantoms)
 
+A second label reports one structure as dermoscopy 7-point-checklist models do (Derm7pt's criteria):
+"Blue-white veil" = the veil is drawn. It is the skin world's analogue of CXR "Effusion": an output
+that follows one finding alone, where Melanoma follows six.
+
 Acquisition artifacts (hair, ruler, ink, gel bubbles, dark corners, colour chart) are drawn on
 top and carry no diagnostic information unless a shortcut dataset ties one to the label. Skin
 tone (Fitzpatrick I-VI) and lighting are identity. Every attribute has its own random stream.
@@ -27,7 +31,9 @@ BINARY = {
     "dark_corner": None, "color_patch": None,
 }
 CONTINUOUS = ("lesion_diameter", "skin_tone", "lighting")
-LABELS = ("Melanoma",)
+LABELS = ("Melanoma", "Blue-white veil")
+#: labels that report one attribute's presence (a 7-point-checklist criterion)
+CRITERIA = {"Blue-white veil": "blue_white_veil"}
 PREVALENCE = 0.28
 DETAILS = ("fitzpatrick", "lesion_x", "lesion_y", "lesion_angle", "melanoma_score", "melanoma_noise",
            "ruler_edge", "color_patch_corner")
@@ -72,7 +78,7 @@ def melanoma_score(a: dict[str, Any]) -> float:
 
 
 def finalize(a: dict[str, Any]) -> dict[str, Any]:
-    """Fitzpatrick type, the melanoma score and label; details of absent artifacts blanked."""
+    """Fitzpatrick type, the melanoma score and labels; details of absent artifacts blanked."""
     if a["ruler_edge"] not in _EDGES or a["color_patch_corner"] not in _CORNERS:
         raise XCounterError(f"'ruler_edge' must be one of {', '.join(_EDGES)} and "
                             f"'color_patch_corner' one of {', '.join(_CORNERS)}")
@@ -83,6 +89,8 @@ def finalize(a: dict[str, Any]) -> dict[str, Any]:
     out["fitzpatrick"] = int(min(6, 1 + int(out["skin_tone"] * 6)))
     out["melanoma_score"] = melanoma_score(out) + out["melanoma_noise"]
     out["Melanoma"] = int(out["melanoma_score"] > SCORE_THRESHOLD)
+    for label, attribute in CRITERIA.items():
+        out[label] = int(bool(out[attribute]))
     if not out["ruler"]:
         out["ruler_edge"] = None
     if not out["color_patch"]:

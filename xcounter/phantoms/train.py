@@ -339,7 +339,13 @@ def _main() -> None:
                                           fixed=fixed, pairs=pairs)
             print(json.dumps({"classifier": str(model), **result}), flush=True)
 
-    cli()
+    try:
+        cli(standalone_mode=False)
+    except XCounterError as exc:  # a wrong name or path: one line, as the xcounter CLI gives
+        raise SystemExit(f"Error: {exc}") from None
+    except click.ClickException as exc:
+        exc.show()
+        raise SystemExit(exc.exit_code) from None
 
 
 if __name__ == "__main__":
