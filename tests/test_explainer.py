@@ -475,3 +475,52 @@ def test_acquisition_statements_are_restated_only_where_confined(classifier, gen
     unconfined = get_method("trajectory", swap_steps=[2, 0]).trajectory(context, anywhere, "remove")
     unconfined_plain = get_method("trajectory", swap_steps=[2, 0], restate=False).trajectory(context, anywhere, "remove")
     assert torch.equal(unconfined.points, unconfined_plain.points)
+
+
+class _MeanBrightness:
+    """A stand-in classifier whose margin grows with an image's mean brightness (threshold `cut`)."""
+
+    def __init__(self, cut: float):
+        self.cut = cut
+
+    def margins(self, images: torch.Tensor) -> torch.Tensor:
+        return ((images.float().mean(dim=(1, 2, 3)) - self.cut) * 1e4)[:, None]
+
+
+@pytest.mark.parametrize("shown", ["sample", "crossing"])
+def test_a_flip_is_shown_with_the_first_swap_step_sample_that_flips(generator, attributes, scan, shown):
+    """Default: the counterfactual image is the first swap-step sample past the threshold (a whole generator
+    output, not a blend of latents on the Bézier curve); the minimal strength is still the curve's crossing,
+    at or below the sample's strength. `shown="crossing"` shows the curve there instead."""
+    from xcounter.methods import EditContext, get_method
+    from xcounter.search import Trajectory
+
+    inversion = generator.invert(torch.from_numpy(scan / 255.0).float()[None, None], "chest radiograph", STEPS)
+    base = inversion.prefix[-1]
+    step = torch.randn(base.shape, generator=torch.Generator().manual_seed(0))
+    candidates = torch.cat([base + k * step for k in range(5)])
+    with torch.no_grad():
+        means = generator.decode(candidates).clamp(0, 1).mean(dim=(1, 2, 3))
+    points = candidates[means.argsort()]  # brightest last: the control points' decisions are monotone
+    with torch.no_grad():
+        images = generator.decode(points).clamp(0, 1)
+    ordered = images.mean(dim=(1, 2, 3))
+    strengths = [0.0, 0.25, 0.5, 0.75, 1.0]
+    trajectory = Trajectory(attribute="pacemaker", sign="add", swap_steps=[STEPS, 3, 2, 1, 0], strengths=strengths,
+                            points=points, images=images, nfe=0, region=None)
+    classifier = _MeanBrightness(float(ordered[1] + ordered[2]) / 2)  # flips from the third point on
+    context = EditContext(classifier=classifier, generator=generator, attributes=attributes, inversion=inversion,
+                          source_embedding=generator.embed(["chest radiograph"])[0], target="Effusion",
+                          target_index=0, steps=STEPS, flip_margin=1.0)
+    method = get_method("trajectory", shown=shown)
+    method.trajectory = lambda *args, **kwargs: trajectory
+    cf = method.generate(context, attributes["pacemaker"], "add")
+    assert cf.flipped and 0.0 < cf.minimal_strength <= 0.5 + 1e-6
+    if shown == "sample":
+        assert cf.image_strength == 0.5 and cf.shown_past_crossing == (cf.minimal_strength < 0.495)
+        assert np.allclose(cf.image, images[2].permute(1, 2, 0).numpy())
+        assert cf.probability_after == pytest.approx(float(torch.sigmoid(classifier.margins(images[2:3])[0, 0])))
+    else:
+        assert cf.image_strength == cf.minimal_strength and not cf.shown_past_crossing
+    with pytest.raises(XCounterError, match="shown"):
+        get_method("trajectory", shown="blend")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 #: "mediated": the edit flips the decision, but an oracle saw it also make another attribute's flipping edit
 #: (`AttributeResult.mediator`; see `xcounter.mediation`)
 VERDICTS = ("shortcut", "drives", "mediated", "does not drive")
@@ -55,7 +55,7 @@ class Counterfactual:
     minimal_strength: float | None  # smallest strength that flips the decision (None: no flip)
     flipped: bool
     probability_before: float
-    probability_after: float  # at the minimal flip, or at the strongest edit if no flip
+    probability_after: float  # on `image`: the flip shown, or the strongest edit if no flip
     image: np.ndarray | None = None  # counterfactual image, HxWxC in [0, 1]
     difference: np.ndarray | None = None  # counterfactual - reconstruction, HxWxC
     film: list[np.ndarray] = field(default_factory=list)  # images along the trajectory
@@ -68,10 +68,20 @@ class Counterfactual:
     #: H x W in {0, 1}: where the edit was allowed to act (DiffEdit region; outside it the counterfactual is
     #: the reconstruction). None = the edit acted on the whole image.
     region: np.ndarray | None = None
+    #: the edit strength of `image`: the trajectory method shows the first swap-step sample that flips (a whole
+    #: generator output), at or past `minimal_strength` (the crossing on the Bézier curve between samples);
+    #: None where a method does not say (schema 1.2 and older)
+    image_strength: float | None = None
 
     @property
     def delta_probability(self) -> float:
         return self.probability_after - self.probability_before
+
+    @property
+    def shown_past_crossing(self) -> bool:
+        """Whether the image shown is a sample stronger than the minimal flip (so say both strengths)."""
+        return bool(self.flipped and self.image_strength is not None and self.minimal_strength is not None
+                    and self.image_strength - self.minimal_strength > 0.005)
 
 
 @dataclass

@@ -128,6 +128,7 @@ class FlipResult:
     latent: torch.Tensor  # the counterfactual latent: B(t) at the flip, the strongest point otherwise
     margin: float
     evaluations: int  # VAE decode + classifier probes spent on the refinement
+    point: int | None = None  # the first control point whose own decision is flipped (None: no flip)
 
 
 def minimal_flip(points: torch.Tensor, strengths: Sequence[float], point_margins: Sequence[float],
@@ -167,10 +168,10 @@ def minimal_flip(points: torch.Tensor, strengths: Sequence[float], point_margins
         hi, margin_hi = 1.0, float(point_margins[-1])  # B(1) is the last control point
         if not flipped(margin_hi):
             return FlipResult(True, parameters[first], float(strengths[first]), points[first],
-                              float(point_margins[first]), probes)
+                              float(point_margins[first]), probes, first)
     if lo > 0 and flipped(decision(lo)):
         lo = 0.0  # B(0) is the reconstruction, never flipped
     found = bisect_flip(decision, lo, hi, reference_positive=reference_positive, tol=tol, max_iter=max_iter,
                         margin_hi=margin_hi, flip_margin=flip_margin)
     strength = float(bezier(strength_curve, found.t))
-    return FlipResult(True, found.t, strength, bezier(points, found.t).to(points.dtype), found.margin, probes)
+    return FlipResult(True, found.t, strength, bezier(points, found.t).to(points.dtype), found.margin, probes, first)

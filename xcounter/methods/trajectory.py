@@ -101,15 +101,25 @@ class TrajectoryMethod:
         oracle: an attribute oracle (`measure(images) -> {attr: Tensor[B]}`) for `oracle_change` and CFRT.
         restate: edit from the report with the attribute's sentence swapped (see `restates`).
         localise: signs whose edits act only inside their DiffEdit region (`edit_region`); True = both.
+        shown: which image a flip is shown with. "sample" (default): the first swap-step sample that flips, a
+            whole generator output; "crossing": the Bézier curve at the minimal flip, a blend of the samples'
+            latents. Either way `minimal_strength` is the crossing. Why "sample": a blend of two z_0 decodes as
+            a double exposure (a half-faded tube, a haze where an effusion was, which the oracle reads as
+            consolidation), and the oracle saw the intended change with everything else kept more often on
+            the sample (docs/CONTRACTS.md, Engine).
     """
 
     name = "trajectory"
+    SHOWN = ("sample", "crossing")
 
     def __init__(self, alpha: float | None = None, strengths: Sequence[float] = DEFAULT_STRENGTHS,
                  swap_steps: Sequence[int] | None = None, tolerance: float = DEFAULT_TOLERANCE,
                  max_nfe: int | None = DEFAULT_MAX_NFE, oracle=None,
                  edit_guidance: float | None = None, restate: bool = True,
-                 localise: Sequence[str] = LOCALISED_SIGNS):
+                 localise: Sequence[str] = LOCALISED_SIGNS, shown: str = "sample"):
+        if shown not in self.SHOWN:
+            raise XCounterError(f"shown must be one of {', '.join(self.SHOWN)}, got {shown!r}")
+        self.shown = shown
         self.alpha = None if alpha is None else float(alpha)
         self.localise = localised_signs(localise)
         self.restate = bool(restate)
@@ -194,15 +204,21 @@ class TrajectoryMethod:
         flip = minimal_flip(trajectory.points, trajectory.strengths, point_margins.tolist(), margin_of,
                             tol=self.tolerance, flip_margin=context.flip_margin)
         with torch.no_grad():
-            image = generator.decode(flip.latent.reshape(1, *trajectory.points.shape[1:])).clamp(0, 1)
-            probability_after = float(torch.sigmoid(classifier.margins(image)[0, index]))
+            if flip.flipped and self.shown == "sample":
+                image = trajectory.images[flip.point:flip.point + 1]
+                probability_after = float(torch.sigmoid(point_margins[flip.point]))
+                image_strength = float(trajectory.strengths[flip.point])
+            else:
+                image = generator.decode(flip.latent.reshape(1, *trajectory.points.shape[1:])).clamp(0, 1)
+                probability_after = float(torch.sigmoid(classifier.margins(image)[0, index]))
+                image_strength = flip.strength if flip.flipped else float(trajectory.strengths[-1])
         reference = to_hwc(trajectory.images[0])
         counterfactual_image = to_hwc(image)
         counterfactual = Counterfactual(
             attribute=attribute.name, sign=sign, method=self.name,
             strengths=[float(s) for s in trajectory.strengths],
             probabilities=[float(p) for p in torch.sigmoid(point_margins)],
-            minimal_strength=flip.strength, flipped=flip.flipped,
+            minimal_strength=flip.strength, image_strength=image_strength, flipped=flip.flipped,
             probability_before=float(torch.sigmoid(point_margins[0])), probability_after=probability_after,
             image=counterfactual_image, difference=counterfactual_image - reference,
             film=[to_hwc(trajectory.images[k]) for k in film_indices(len(trajectory.strengths))],

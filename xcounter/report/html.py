@@ -105,8 +105,10 @@ def _sentence(result: AttributeResult, best: Counterfactual | None, positive: bo
         change = ""
         if positive is not None:
             change = f" from {'positive' if positive else 'negative'} to {'negative' if positive else 'positive'}"
-        sentence = (f"{verb} {name} flips {result.target}{change} at edit strength {result.minimal_strength:.2f} "
-                    f"(probability {best.probability_before:.2f} → {best.probability_after:.2f}).")
+        sentence = f"{verb} {name} flips {result.target}{change} at edit strength {result.minimal_strength:.2f} "
+        sentence += (f"(shown: the generator's first sample past it, strength {best.image_strength:.2f}, probability "
+                     f"{best.probability_before:.2f} → {best.probability_after:.2f})." if best.shown_past_crossing else
+                     f"(probability {best.probability_before:.2f} → {best.probability_after:.2f}).")
         if result.verdict == "mediated" and result.mediator:
             mediator = result.mediator.replace("_", " ")
             sentence += (f" The edit also changed {mediator}, whose own edit flips {result.target}: "
@@ -138,6 +140,8 @@ def _counterfactual_view(result: AttributeResult, best: Counterfactual) -> dict:
     attribute, target = result.attribute, result.target
     where = f"at strength {best.minimal_strength:.2f}" if best.flipped and best.minimal_strength is not None \
         else "at the strongest edit (no flip)"
+    if best.shown_past_crossing:
+        where = f"at strength {best.image_strength:.2f} (the decision changes at {best.minimal_strength:.2f})"
     view: dict[str, Any] = {
         "method": best.method, "sign": best.sign, "nfe": best.nfe,
         "probability_before": _fmt(best.probability_before, 2), "probability_after": _fmt(best.probability_after, 2),
