@@ -487,11 +487,10 @@ class _MeanBrightness:
         return ((images.float().mean(dim=(1, 2, 3)) - self.cut) * 1e4)[:, None]
 
 
-@pytest.mark.parametrize("shown", ["sample", "crossing"])
-def test_a_flip_is_shown_with_the_first_swap_step_sample_that_flips(generator, attributes, scan, shown):
+def test_a_flip_is_shown_with_the_first_swap_step_sample_that_flips(generator, attributes, scan):
     """Default: the counterfactual image is the first swap-step sample past the threshold (a whole generator
-    output, not a blend of latents on the Bézier curve); the minimal strength is still the curve's crossing,
-    at or below the sample's strength. `shown="crossing"` shows the curve there instead."""
+    output, not a blend of latents on the Bézier curve); the minimal strength, and the L1 the ranking compares,
+    are still the curve's crossing, at or below the sample's strength. `shown="crossing"` shows the curve there."""
     from xcounter.methods import EditContext, get_method
     from xcounter.search import Trajectory
 
@@ -505,22 +504,24 @@ def test_a_flip_is_shown_with_the_first_swap_step_sample_that_flips(generator, a
     with torch.no_grad():
         images = generator.decode(points).clamp(0, 1)
     ordered = images.mean(dim=(1, 2, 3))
-    strengths = [0.0, 0.25, 0.5, 0.75, 1.0]
-    trajectory = Trajectory(attribute="pacemaker", sign="add", swap_steps=[STEPS, 3, 2, 1, 0], strengths=strengths,
-                            points=points, images=images, nfe=0, region=None)
+    trajectory = Trajectory(attribute="pacemaker", sign="add", swap_steps=[STEPS, 3, 2, 1, 0],
+                            strengths=[0.0, 0.25, 0.5, 0.75, 1.0], points=points, images=images, nfe=0)
     classifier = _MeanBrightness(float(ordered[1] + ordered[2]) / 2)  # flips from the third point on
     context = EditContext(classifier=classifier, generator=generator, attributes=attributes, inversion=inversion,
                           source_embedding=generator.embed(["chest radiograph"])[0], target="Effusion",
                           target_index=0, steps=STEPS, flip_margin=1.0)
-    method = get_method("trajectory", shown=shown)
-    method.trajectory = lambda *args, **kwargs: trajectory
-    cf = method.generate(context, attributes["pacemaker"], "add")
-    assert cf.flipped and 0.0 < cf.minimal_strength <= 0.5 + 1e-6
-    if shown == "sample":
-        assert cf.image_strength == 0.5 and cf.shown_past_crossing == (cf.minimal_strength < 0.495)
-        assert np.allclose(cf.image, images[2].permute(1, 2, 0).numpy())
-        assert cf.probability_after == pytest.approx(float(torch.sigmoid(classifier.margins(images[2:3])[0, 0])))
-    else:
-        assert cf.image_strength == cf.minimal_strength and not cf.shown_past_crossing
+    shown = {}
+    for how in ("sample", "crossing"):
+        method = get_method("trajectory", shown=how)
+        method.trajectory = lambda *args, **kwargs: trajectory
+        shown[how] = method.generate(context, attributes["pacemaker"], "add")
+    sample, crossing = shown["sample"], shown["crossing"]
+    assert sample.flipped and 0.0 < sample.minimal_strength <= 0.5 + 1e-6
+    assert sample.minimal_strength == crossing.minimal_strength
+    assert sample.image_strength == 0.5 and sample.shown_past_crossing == (sample.minimal_strength < 0.495)
+    assert np.allclose(sample.image, images[2].permute(1, 2, 0).numpy())
+    assert sample.probability_after == pytest.approx(float(torch.sigmoid(classifier.margins(images[2:3])[0, 0])))
+    assert sample.minimal_edit_l1 == pytest.approx(crossing.l1) and crossing.crossing_l1 is None
+    assert crossing.image_strength == crossing.minimal_strength and not crossing.shown_past_crossing
     with pytest.raises(XCounterError, match="shown"):
         get_method("trajectory", shown="blend")

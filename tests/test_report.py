@@ -276,3 +276,6 @@ def test_ranking_puts_the_smallest_image_change_first():
     order = [r.attribute for r in explanation.ranking if r.flipped and r.target == a.target]
     assert order.index(b.attribute) < order.index(a.attribute)
     assert all(r.flipped for r in explanation.ranking[:len(flips)])
+    a.best.crossing_l1 = 0.001  # a's image is a later sample; its minimal edit changed the image least
+    order = [r.attribute for r in explanation.ranking if r.flipped and r.target == a.target]
+    assert order.index(a.attribute) < order.index(b.attribute)

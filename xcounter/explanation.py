@@ -72,6 +72,15 @@ class Counterfactual:
     #: generator output), at or past `minimal_strength` (the crossing on the Bézier curve between samples);
     #: None where a method does not say (schema 1.2 and older)
     image_strength: float | None = None
+    #: L1 of the minimal edit itself (the curve at the crossing) when `image` is a stronger sample: what the
+    #: ranking compares, since a sample's strength is one of a few swap steps and says less about how little
+    #: of the image had to change. None: `l1` is the minimal edit's.
+    crossing_l1: float | None = None
+
+    @property
+    def minimal_edit_l1(self) -> float | None:
+        """L1 change of the minimal flipping edit (the crossing's when the image shown is a later sample)."""
+        return self.crossing_l1 if self.crossing_l1 is not None else self.l1
 
     @property
     def delta_probability(self) -> float:
@@ -143,8 +152,8 @@ class Explanation:
     def ranking(self) -> list[AttributeResult]:
         """Attribute results, smallest flipping edit first; mediated flips after them; non-flipping ones last.
 
-        "Smallest" is the counterfactual's mean absolute pixel change from the reconstruction (L1, the
-        proximity of the counterfactual literature), then the edit strength. Why not strength first: a
+        "Smallest" is the minimal edit's mean absolute pixel change from the reconstruction (L1, the
+        proximity of the counterfactual literature; `Counterfactual.minimal_edit_l1`), then the edit strength. Why not strength first: a
         strength is a point on one attribute's own trajectory and says little about how much of the image
         another attribute's edit changed (on 17 effusion phantoms the clean classifier's pleural_effusion
         ranked first on 13 by L1, 10 by strength; chest_tube for the tube-shortcut classifier 16 vs 15).
@@ -152,7 +161,7 @@ class Explanation:
         def key(result: AttributeResult):
             flipped = result.flipped and result.minimal_strength is not None
             best = result.best if flipped else None
-            l1 = best.l1 if best is not None and best.l1 is not None else float("inf")
+            l1 = best.minimal_edit_l1 if best is not None and best.minimal_edit_l1 is not None else float("inf")
             strength = result.minimal_strength if flipped else 2.0
             return (not result.flipped, result.verdict == "mediated", l1, strength, result.target, result.attribute)
         return sorted(self.results, key=key)

@@ -204,10 +204,13 @@ class TrajectoryMethod:
         flip = minimal_flip(trajectory.points, trajectory.strengths, point_margins.tolist(), margin_of,
                             tol=self.tolerance, flip_margin=context.flip_margin)
         with torch.no_grad():
+            crossing_l1 = None
             if flip.flipped and self.shown == "sample":
                 image = trajectory.images[flip.point:flip.point + 1]
                 probability_after = float(torch.sigmoid(point_margins[flip.point]))
                 image_strength = float(trajectory.strengths[flip.point])
+                crossing = generator.decode(flip.latent.reshape(1, *trajectory.points.shape[1:])).clamp(0, 1)
+                crossing_l1 = l1(to_hwc(crossing), to_hwc(trajectory.images[0]))
             else:
                 image = generator.decode(flip.latent.reshape(1, *trajectory.points.shape[1:])).clamp(0, 1)
                 probability_after = float(torch.sigmoid(classifier.margins(image)[0, index]))
@@ -218,7 +221,8 @@ class TrajectoryMethod:
             attribute=attribute.name, sign=sign, method=self.name,
             strengths=[float(s) for s in trajectory.strengths],
             probabilities=[float(p) for p in torch.sigmoid(point_margins)],
-            minimal_strength=flip.strength, image_strength=image_strength, flipped=flip.flipped,
+            minimal_strength=flip.strength, image_strength=image_strength, crossing_l1=crossing_l1,
+            flipped=flip.flipped,
             probability_before=float(torch.sigmoid(point_margins[0])), probability_after=probability_after,
             image=counterfactual_image, difference=counterfactual_image - reference,
             film=[to_hwc(trajectory.images[k]) for k in film_indices(len(trajectory.strengths))],

@@ -141,7 +141,7 @@ def _counterfactual_view(result: AttributeResult, best: Counterfactual) -> dict:
     where = f"at strength {best.minimal_strength:.2f}" if best.flipped and best.minimal_strength is not None \
         else "at the strongest edit (no flip)"
     if best.shown_past_crossing:
-        where = f"at strength {best.image_strength:.2f} (the decision changes at {best.minimal_strength:.2f})"
+        where = f"at strength {best.image_strength:.2f}; the decision changes at {best.minimal_strength:.2f}"
     view: dict[str, Any] = {
         "method": best.method, "sign": best.sign, "nfe": best.nfe,
         "probability_before": _fmt(best.probability_before, 2), "probability_after": _fmt(best.probability_after, 2),
