@@ -51,7 +51,8 @@ def source_prompt(attributes: AttributeSet, predictions: Sequence[Prediction]) -
     """A report-like prompt from the positive findings: the first positive phrase of every pathology
     attribute whose label is positive, in the first template; the neutral prompt when none is."""
     positive = {p.label for p in predictions if p.positive}
-    phrases = [a.positive[0] for a in attributes if a.kind == "pathology" and positive.intersection(a.labels) and a.positive]
+    phrases = [a.positive[0] for a in attributes
+               if a.kind == "pathology" and positive.intersection(a.labels) and a.positive]
     if not phrases or not attributes.templates:
         return attributes.neutral_prompt
     findings = ". ".join(p[:1].upper() + p[1:] for p in phrases)

@@ -153,7 +153,8 @@ class Explanation:
         """Attribute results, smallest flipping edit first; mediated flips after them; non-flipping ones last.
 
         "Smallest" is the minimal edit's mean absolute pixel change from the reconstruction (L1, the
-        proximity of the counterfactual literature; `Counterfactual.minimal_edit_l1`), then the edit strength. Why not strength first: a
+        proximity of the counterfactual literature; `Counterfactual.minimal_edit_l1`), then the edit strength.
+        Why not strength first: a
         strength is a point on one attribute's own trajectory and says little about how much of the image
         another attribute's edit changed (on 17 effusion phantoms the clean classifier's pleural_effusion
         ranked first on 13 by L1, 10 by strength; chest_tube for the tube-shortcut classifier 16 vs 15).

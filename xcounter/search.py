@@ -174,4 +174,5 @@ def minimal_flip(points: torch.Tensor, strengths: Sequence[float], point_margins
     found = bisect_flip(decision, lo, hi, reference_positive=reference_positive, tol=tol, max_iter=max_iter,
                         margin_hi=margin_hi, flip_margin=flip_margin)
     strength = float(bezier(strength_curve, found.t))
-    return FlipResult(True, found.t, strength, bezier(points, found.t).to(points.dtype), found.margin, probes, first)
+    return FlipResult(True, found.t, strength, bezier(points, found.t).to(points.dtype), found.margin, probes,
+                      first)

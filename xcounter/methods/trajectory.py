@@ -203,19 +203,19 @@ class TrajectoryMethod:
             point_margins = classifier.margins(trajectory.images)[:, index].float().cpu()
         flip = minimal_flip(trajectory.points, trajectory.strengths, point_margins.tolist(), margin_of,
                             tol=self.tolerance, flip_margin=context.flip_margin)
+        reference = to_hwc(trajectory.images[0])
         with torch.no_grad():
+            crossing = generator.decode(flip.latent.reshape(1, *trajectory.points.shape[1:])).clamp(0, 1)
             crossing_l1 = None
             if flip.flipped and self.shown == "sample":
                 image = trajectory.images[flip.point:flip.point + 1]
                 probability_after = float(torch.sigmoid(point_margins[flip.point]))
                 image_strength = float(trajectory.strengths[flip.point])
-                crossing = generator.decode(flip.latent.reshape(1, *trajectory.points.shape[1:])).clamp(0, 1)
-                crossing_l1 = l1(to_hwc(crossing), to_hwc(trajectory.images[0]))
+                crossing_l1 = l1(to_hwc(crossing), reference)
             else:
-                image = generator.decode(flip.latent.reshape(1, *trajectory.points.shape[1:])).clamp(0, 1)
+                image = crossing
                 probability_after = float(torch.sigmoid(classifier.margins(image)[0, index]))
                 image_strength = flip.strength if flip.flipped else float(trajectory.strengths[-1])
-        reference = to_hwc(trajectory.images[0])
         counterfactual_image = to_hwc(image)
         counterfactual = Counterfactual(
             attribute=attribute.name, sign=sign, method=self.name,
