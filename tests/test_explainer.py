@@ -435,6 +435,32 @@ def test_a_stated_finding_is_removed_from_the_restated_prompt(classifier, genera
     assert control.search.restate is False
 
 
+def test_further_swap_steps_are_drawn_as_the_trajectory_s_own(classifier, generator, attributes, scan):
+    """The shown sample's refinement draws more swap steps of the same edit: restated, confined to its region,
+    at the same edit guidance. Drawn again, a control point's swap step gives that control point; a new step
+    is drawn once and kept for the scan's other targets."""
+    from xcounter.methods import EditContext, get_method
+
+    report = "PA chest radiograph. Right pleural effusion. Right-sided chest tube."
+    inversion = generator.invert(torch.from_numpy(scan / 255.0).float()[None, None], report, STEPS)
+    context = EditContext(classifier=classifier, generator=generator, attributes=attributes,
+                          inversion=inversion, source_embedding=generator.embed([report])[0].detach(),
+                          target="Effusion", target_index=classifier.target_index("Effusion"), steps=STEPS,
+                          prompt=report)
+    method = get_method("trajectory", swap_steps=[2, 0])
+    trajectory = method.trajectory(context, attributes["pleural_effusion"], "remove")
+    assert trajectory.region is not None and trajectory.sampler.region is trajectory.region
+    for k in (1, 2):
+        latent, image = trajectory.sampler.draw(trajectory.swap_steps[k])
+        assert torch.allclose(latent, trajectory.points[k:k + 1], atol=1e-5)
+        assert torch.allclose(image, trajectory.images[k:k + 1], atol=1e-5)
+    before = generator.nfe
+    image = trajectory.image_at(1)
+    assert generator.nfe - before == trajectory.sampler.cost(1) > 0
+    assert trajectory.image_at(1) is image and generator.nfe - before == trajectory.sampler.cost(1)
+    assert torch.equal(trajectory.image_at(2), trajectory.images[1:2])  # a control point: no UNet call
+
+
 def test_spliced_embedding_changes_only_the_restated_sentence(generator):
     """The edited prompt's states up to the end of the changed sentence, the source's for the rest."""
     from xcounter.disentangle.prompt_edit import spliced_embedding

@@ -109,3 +109,65 @@ def test_is_flipped_in_both_directions():
     assert is_flipped(-0.1, True) and not is_flipped(-0.1, True, flip_margin=0.5)
     assert is_flipped(0.6, False, flip_margin=0.5) and not is_flipped(0.4, False, flip_margin=0.5)
     assert not is_flipped(2.0, True, flip_margin=0.0)
+
+
+class _LinearSampler:
+    """A stand-in for `SwapSampler`: the sample at swap step λ is an 'image' whose value is its strength
+    (1 - λ/steps), at 2 UNet evaluations per step after λ (edit guidance), counting what it draws."""
+
+    def __init__(self, steps):
+        self.steps, self.drawn = steps, []
+
+    def cost(self, swap_step):
+        return swap_cost(swap_step, self.steps, 1.0, 2.0)
+
+    def draw(self, swap_step):
+        self.drawn.append(swap_step)
+        value = torch.full((1, 1, 2, 2), 1.0 - swap_step / self.steps)
+        return value, value
+
+
+def _coarse_trajectory(steps=20):
+    """Control points at strengths 0, 0.25, 0.5, 1.0 (the default budget's), values = strengths."""
+    from xcounter.search import Trajectory
+
+    swap_steps = [steps, 15, 10, 0]
+    strengths = [1.0 - s / steps for s in swap_steps]
+    images = torch.tensor(strengths).reshape(4, 1, 1, 1).expand(4, 1, 2, 2).clone()
+    return Trajectory(attribute="chest_tube", sign="remove", swap_steps=swap_steps, strengths=strengths,
+                      points=images.clone(), images=images, nfe=0, sampler=_LinearSampler(steps))
+
+
+@pytest.mark.parametrize("threshold, crossing, expected", [
+    (0.62, 0.62, 0.65),  # the step just past the crossing flips: one further sample
+    (0.62, 0.55, 0.65),  # the curve crossed early: bisection walks up to the first flipping step
+    (0.93, 0.90, 0.95),
+])
+def test_shown_sample_is_the_weakest_flipping_swap_step_past_the_crossing(threshold, crossing, expected):
+    from xcounter.search import FlipResult, shown_sample
+
+    trajectory = _coarse_trajectory()
+    flip = FlipResult(True, crossing, crossing, trajectory.points[3], -1.0, 0, point=3)
+    margin_of = lambda image: float(threshold - image.mean())  # positive (the reference) below threshold
+    shown = shown_sample(trajectory, flip, margin_of, reference_positive=True, max_nfe=None)
+    assert shown.strength == pytest.approx(expected)
+    assert shown.margin < 0 and shown.image.mean().item() == pytest.approx(expected)
+    assert shown.nfe == sum(trajectory.sampler.cost(s) for s in trajectory.sampler.drawn)
+    assert all(s >= crossing - 1e-9 for s, _ in shown.visited)  # never below the minimal edit
+    # a second target of the same scan reuses the samples: no further UNet call, the same NFE counted
+    drawn = list(trajectory.sampler.drawn)
+    again = shown_sample(trajectory, flip, margin_of, reference_positive=True, max_nfe=None)
+    assert trajectory.sampler.drawn == drawn and again.nfe == shown.nfe and again.strength == shown.strength
+
+
+def test_shown_sample_respects_its_budget_and_falls_back_to_the_control_point():
+    from xcounter.search import FlipResult, shown_sample
+
+    trajectory = _coarse_trajectory()
+    flip = FlipResult(True, 0.55, 0.55, trajectory.points[3], -1.0, 0, point=3)
+    margin_of = lambda image: float(0.97 - image.mean())  # only strength 1.0 flips
+    none = shown_sample(trajectory, flip, margin_of, reference_positive=True, max_nfe=0)
+    assert none.strength == 1.0 and none.nfe == 0 and trajectory.sampler.drawn == []
+    some = shown_sample(trajectory, flip, margin_of, reference_positive=True, max_nfe=60)
+    assert some.nfe <= 60 and some.nfe > 0 and some.strength == 1.0  # probed, nothing weaker flipped
+    assert all(margin > 0 for _, margin in some.visited)

@@ -25,8 +25,8 @@ from xcounter.explanation import AttributeResult, Explanation, Prediction
 from xcounter.mediation import apply_mediation
 from xcounter.methods import get_method
 from xcounter.methods.base import SIGNS, EditContext
-from xcounter.methods.trajectory import (DEFAULT_MAX_NFE, LOCALISED_SIGNS, TrajectoryMethod, localised_signs,
-                                         to_hwc)
+from xcounter.methods.trajectory import (DEFAULT_MAX_NFE, DEFAULT_REFINE_NFE, LOCALISED_SIGNS,
+                                         TrajectoryMethod, localised_signs, to_hwc)
 from xcounter.search import DEFAULT_FLIP_MARGIN, DEFAULT_TOLERANCE
 
 if TYPE_CHECKING:
@@ -106,6 +106,9 @@ class Explainer:
         alpha: edit scale of the language direction (E(src) + sign·α·d_a); None = the generator's own for the
             attribute's kind (`kind_edits` in its xcounter.json), else 2.
         max_nfe: UNet budget per counterfactual (one attribute and sign).
+        refine_nfe: UNet budget per flip for further swap steps between the bracketing samples, so that
+            the flip is shown with the weakest sample found at or past the minimal strength (0 = the first
+            flipping candidate strength; None = no limit). The trajectory method's option.
         flip_margin: logits past the decision threshold an edit must reach to count as a flip (0 = any
             sign change); keeps scans that sit near their threshold from "flipping" for every attribute.
         disentangle: orthogonalise the directions against each other and the anatomy directions.
@@ -134,6 +137,7 @@ class Explainer:
                  attributes: "str | Path | AttributeSet" = "cxr", oracle: Any = None, steps: int | None = None,
                  swap_steps: Sequence[int] | None = None, method: Any = "trajectory", attribution: bool = True, *,
                  alpha: float | None = None, max_nfe: int | None = DEFAULT_MAX_NFE,
+                 refine_nfe: int | None = DEFAULT_REFINE_NFE,
                  tolerance: float = DEFAULT_TOLERANCE, flip_margin: float = DEFAULT_FLIP_MARGIN,
                  disentangle: bool = True, signs: str | Sequence[str] = "auto", examine: Sequence[str] | None = None,
                  edit_guidance: float | None = None, restate: bool = True,
@@ -161,6 +165,7 @@ class Explainer:
         self.explicit_alpha = None if alpha is None else float(alpha)
         self.alpha = DEFAULT_ALPHA if alpha is None else float(alpha)
         self.max_nfe, self.tolerance = max_nfe, float(tolerance)
+        self.refine_nfe = refine_nfe
         self.flip_margin = float(flip_margin)
         self.disentangle = disentangle
         self.explicit_edit_guidance = None if edit_guidance is None else float(edit_guidance)
@@ -204,7 +209,7 @@ class Explainer:
             return method
         options = dict(alpha=self.explicit_alpha, swap_steps=self.swap_steps, tolerance=self.tolerance,
                        max_nfe=self.max_nfe, oracle=self.oracle, edit_guidance=self.explicit_edit_guidance,
-                       restate=self.restate, localise=self.localise)
+                       restate=self.restate, localise=self.localise, refine_nfe=self.refine_nfe)
         if method == "trajectory":
             return TrajectoryMethod(**options)
         if method == "random":  # the control shares every trajectory setting but the direction
@@ -346,7 +351,9 @@ class Explainer:
             steps, DEFAULT_STRENGTHS, self.max_nfe, self.generator.guidance_scale, self.edit_guidance)
         return {"method": getattr(self.method, "name", type(self.method).__name__), "steps": steps,
                 "swap_steps": swap_steps, "guidance_scale": self.generator.guidance_scale, "alpha": self.alpha,
-                "max_nfe": self.max_nfe, "tolerance": self.tolerance, "flip_margin": self.flip_margin,
+                "max_nfe": self.max_nfe,
+                "refine_nfe": getattr(getattr(self.method, "search", self.method), "refine_nfe", None),
+                "tolerance": self.tolerance, "flip_margin": self.flip_margin,
                 "disentangle": self.disentangle,
                 "signs": self.signs if isinstance(self.signs, str) else list(self.signs),
                 "edit_guidance": self.edit_guidance, "kind_edits": self._kind_edits(steps),

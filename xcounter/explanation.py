@@ -68,8 +68,9 @@ class Counterfactual:
     #: H x W in {0, 1}: where the edit was allowed to act (DiffEdit region; outside it the counterfactual is
     #: the reconstruction). None = the edit acted on the whole image.
     region: np.ndarray | None = None
-    #: the edit strength of `image`: the trajectory method shows the first swap-step sample that flips (a whole
-    #: generator output), at or past `minimal_strength` (the crossing on the Bézier curve between samples);
+    #: the edit strength of `image`: the trajectory method shows the weakest swap-step sample found that
+    #: flips (a whole generator output), at or past `minimal_strength` (the crossing on the Bézier curve
+    #: between samples);
     #: None where a method does not say (schema 1.2 and older)
     image_strength: float | None = None
     #: L1 of the minimal edit itself (the curve at the crossing) when `image` is a stronger sample: what the

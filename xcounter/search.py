@@ -5,20 +5,23 @@
 2. Bracket: the first control point whose decision differs from the reconstruction's.
 3. Bisect the Bézier parameter t between the bracketing points; every probe is a VAE decode and a
    classifier call, never a UNet call, so refinement costs no NFE (`minimal_flip`).
+4. Show the flip with a real generator sample: the weakest swap step at or past the crossing that flips,
+   found by a few extra swap steps between the bracketing points within a UNet budget (`shown_sample`).
 
 `bisect_flip` is a pure function over a callable `decision(t) -> margin` so it can be tested
 on synthetic curves.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
 from xcounter.disentangle.edit_region import edit_region
 from xcounter.disentangle.trajectories import (bezier, edited_embedding, point_parameters, strength_of,
-                                               swap_step_points)
+                                               swap_cost, swap_step_points)
 
 if TYPE_CHECKING:
     from xcounter.generators import SDGenerator
@@ -76,6 +79,35 @@ def bisect_flip(decision: Callable[[float], float], lo: float, hi: float, *, ref
 
 
 @dataclass
+class SwapSampler:
+    """What a trajectory's samples were drawn from, kept so that more swap steps can be drawn later exactly as
+    the first ones were (the shown sample's refinement, `shown_sample`)."""
+    generator: "SDGenerator"
+    z_T: torch.Tensor
+    prefix: list[torch.Tensor]
+    source: torch.Tensor
+    edited: torch.Tensor
+    edit_guidance: float = 1.0
+    region: torch.Tensor | None = None
+
+    @property
+    def steps(self) -> int:
+        return len(self.prefix) - 1
+
+    def cost(self, swap_step: int) -> int:
+        """UNet sample-evaluations one more sample at `swap_step` costs off the shared prefix."""
+        return swap_cost(swap_step, self.steps, self.generator.guidance_scale, self.edit_guidance)
+
+    def draw(self, swap_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_0 [1, 4, h, w], decoded image [1, C, H, W] in [0, 1]) of the swap at `swap_step`."""
+        with torch.no_grad():
+            latent = swap_step_points(self.generator, self.z_T, self.source, self.edited, [int(swap_step)],
+                                      prefix=self.prefix, steps=self.steps, edit_guidance=self.edit_guidance,
+                                      region=self.region)
+            return latent, self.generator.decode(latent).clamp(0, 1)
+
+
+@dataclass
 class Trajectory:
     """One attribute edit (one sign): control points P_0 (reconstruction) .. P_K (strongest edit)."""
     attribute: str
@@ -86,6 +118,24 @@ class Trajectory:
     images: torch.Tensor  # [K+1, C, H, W] decoded points in [0, 1]
     nfe: int  # UNet sample-evaluations spent computing the points
     region: torch.Tensor | None = None  # [1, 1, h, w] latent region the edit was confined to (None: everywhere)
+    sampler: SwapSampler | None = None  # draws further swap steps of this same edit (None: it cannot)
+    #: swap step -> decoded image of the further samples drawn so far (shared by every target of the scan)
+    drawn: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def steps(self) -> int:
+        return int(self.swap_steps[0])
+
+    def image_at(self, swap_step: int) -> torch.Tensor:
+        """The decoded sample at `swap_step` [1, C, H, W]: a control point's, else drawn once and kept."""
+        if swap_step in self.swap_steps:
+            k = self.swap_steps.index(swap_step)
+            return self.images[k:k + 1]
+        if swap_step not in self.drawn:
+            if self.sampler is None:
+                raise ValueError("this trajectory cannot draw further samples (no sampler)")
+            self.drawn[swap_step] = self.sampler.draw(swap_step)[1].to(self.images)
+        return self.drawn[swap_step]
 
 
 def build_trajectory(generator: "SDGenerator", z_T: torch.Tensor, prefix: list[torch.Tensor],
@@ -116,7 +166,8 @@ def build_trajectory(generator: "SDGenerator", z_T: torch.Tensor, prefix: list[t
         images = generator.decode(points).clamp(0, 1)
     return Trajectory(attribute=attribute, sign=sign, swap_steps=[steps] + swap_steps,
                       strengths=[strength_of(s, steps) for s in [steps] + swap_steps],
-                      points=points, images=images, nfe=generator.nfe - before, region=region)
+                      points=points, images=images, nfe=generator.nfe - before, region=region,
+                      sampler=SwapSampler(generator, z_T, prefix, source, edited, edit_guidance, region))
 
 
 @dataclass
@@ -176,3 +227,60 @@ def minimal_flip(points: torch.Tensor, strengths: Sequence[float], point_margins
     strength = float(bezier(strength_curve, found.t))
     return FlipResult(True, found.t, strength, bezier(points, found.t).to(points.dtype), found.margin, probes,
                       first)
+
+
+@dataclass
+class ShownSample:
+    """The generator sample a flip is shown with: the weakest swap step found past the crossing that flips."""
+    swap_step: int
+    strength: float
+    image: torch.Tensor  # [1, C, H, W] in [0, 1]
+    margin: float  # target margin on `image`
+    nfe: int  # UNet sample-evaluations of the further samples the search visited (0: a control point)
+    visited: list[tuple[float, float]] = field(default_factory=list)  # (strength, margin) of those samples
+
+
+def shown_sample(trajectory: Trajectory, flip: FlipResult, margin_of_image: Callable[[torch.Tensor], float],
+                 *, reference_positive: bool, flip_margin: float = 0.0,
+                 max_nfe: int | None = None) -> ShownSample:
+    """The weakest swap-step sample at or past `flip`'s crossing that flips, within `max_nfe` more UNet calls.
+
+    The control points are a few swap steps (strengths 0, 0.25, 0.5, 1.0 at the default budget), so the first
+    that flips can be far past the crossing: the edit the curve found at 0.56 is shown at 1.0, with every side
+    effect a full-strength edit has. The swap steps between the bracketing points are searched weakest first:
+    the first probe is the step just past the crossing (where a sample most likely first flips), then bisects
+    towards the flipping control point; every probe is one more sample off the shared prefix, cached on the
+    trajectory for the scan's other targets. Its cost counts in `nfe` either way, so the search (and the
+    budget it stops at) does not depend on the order targets are explained in. Without a flip to refine, or
+    when no probe flips within the budget, the first flipping control point is shown.
+    """
+    if not flip.flipped or flip.point is None:
+        raise ValueError("shown_sample needs a flip")
+    k = flip.point
+    image = trajectory.images[k:k + 1]
+    fallback = ShownSample(trajectory.swap_steps[k], float(trajectory.strengths[k]), image,
+                           float(margin_of_image(image)), 0)
+    if trajectory.sampler is None or k == 0 or flip.strength is None:
+        return fallback
+    stronger, weaker = trajectory.swap_steps[k], trajectory.swap_steps[k - 1]
+    past_crossing = math.floor(trajectory.steps * (1.0 - flip.strength) + 1e-9)  # latest λ at or past it
+    candidates = list(range(min(weaker - 1, past_crossing), stronger, -1))  # weakest first
+    best, spent, visited = fallback, 0, []
+    lo, hi, first = -1, len(candidates), True  # candidates[lo] keeps the decision, candidates[hi] flips
+    while lo + 1 < hi:
+        i = lo + 1 if first else (lo + hi) // 2
+        first = False
+        cost = trajectory.sampler.cost(candidates[i])
+        if max_nfe is not None and spent + cost > max_nfe:
+            break
+        image = trajectory.image_at(candidates[i])
+        spent += cost
+        margin = float(margin_of_image(image))
+        visited.append((strength_of(candidates[i], trajectory.steps), margin))
+        if is_flipped(margin, reference_positive, flip_margin):
+            hi = i
+            best = ShownSample(candidates[i], strength_of(candidates[i], trajectory.steps), image, margin, 0)
+        else:
+            lo = i
+    best.nfe, best.visited = spent, visited
+    return best

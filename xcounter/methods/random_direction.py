@@ -48,7 +48,7 @@ def language_direction(context: EditContext, name: str) -> torch.Tensor:
 class RandomDirection:
     """The "trajectory" method with the attribute's direction d_a replaced by `random_direction(d_a, seed)`.
 
-    Keyword arguments (alpha, strengths, swap_steps, tolerance, max_nfe, oracle) go to
+    Keyword arguments (alpha, strengths, swap_steps, tolerance, max_nfe, refine_nfe, oracle) go to
     `TrajectoryMethod`, so both share every setting but the direction.
     """
 

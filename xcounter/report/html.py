@@ -107,7 +107,8 @@ def _sentence(result: AttributeResult, best: Counterfactual | None, positive: bo
             change = f" from {'positive' if positive else 'negative'} to {'negative' if positive else 'positive'}"
         sentence = f"{verb} {name} flips {result.target}{change} at edit strength {result.minimal_strength:.2f} "
         probabilities = f"{best.probability_before:.2f} → {best.probability_after:.2f}"
-        sentence += (f"(shown: the generator's first sample past it, strength {best.image_strength:.2f}, "
+        sentence += (f"(shown: the weakest generator sample found past it, strength "
+                     f"{best.image_strength:.2f}, "
                      f"probability {probabilities})." if best.shown_past_crossing else f"(probability {probabilities}).")
         if result.verdict == "mediated" and result.mediator:
             mediator = result.mediator.replace("_", " ")
