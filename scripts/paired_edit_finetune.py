@@ -24,6 +24,9 @@ p.add_argument("--out", required=True)
 p.add_argument("--threads", type=int, default=1)
 p.add_argument("--loss", default="cross", choices=("cross", "diff"))
 p.add_argument("--diff-weight", type=float, default=1.0)
+p.add_argument("--trainable", default="all", choices=("all", "cross-attention"),
+               help="cross-attention: only the text keys and values (attn2.to_k / to_v) learn")
+p.add_argument("--std-b", type=int, default=1, help="1: also the epsilon term on (x_t^B, e_B)")
 args = p.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(args.seed)
@@ -70,10 +73,16 @@ zA, zB, eA, eB = map(torch.stack, (zA, zB, eA, eB))
 print("data", zA.shape, eA.shape, f"{time.time()-t0:.0f}s", flush=True)
 
 unet = gen.unet
-unet.train().requires_grad_(True)
+unet.train().requires_grad_(args.trainable == "all")
+if args.trainable == "cross-attention":
+    for name, parameter in unet.named_parameters():
+        if "attn2.to_k" in name or "attn2.to_v" in name:
+            parameter.requires_grad_(True)
+trainable = [q for q in unet.parameters() if q.requires_grad]
+print("trainable parameters", sum(q.numel() for q in trainable), flush=True)
 sched = DDPMScheduler.from_pretrained(zoo / "scheduler")
 abar = sched.alphas_cumprod
-opt = torch.optim.AdamW(unet.parameters(), lr=args.lr, weight_decay=1e-2)
+opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=1e-2)
 g = torch.Generator().manual_seed(args.seed)
 log = []
 for step in range(args.steps):
@@ -89,14 +98,14 @@ for step in range(args.steps):
     x = torch.cat([xa, xb, xa]); c = torch.cat([ca, cb, cb]); tt = torch.cat([t, t, t])
     pred = unet(x, tt, encoder_hidden_states=c).sample
     pa_, pb_, pc_ = pred.chunk(3)
-    std = F.mse_loss(pa_, noise) + F.mse_loss(pb_, noise)
+    std = F.mse_loss(pa_, noise) + (F.mse_loss(pb_, noise) if args.std_b else 0.0 * pb_.sum())
     if args.loss == "cross":
         cross = (weight * (pc_ - target_cross) ** 2).mean()
     else:  # the edit's response alone: eps(x_A, e_B) - eps(x_A, e_A) against sqrt(snr) (z_A - z_B)
         cross = (weight * (pc_ - pa_.detach() - snr.sqrt() * (a0 - b0)) ** 2).mean() * args.diff_weight
     loss = std + args.cross * cross
     opt.zero_grad(); loss.backward()
-    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
     opt.step()
     log.append({"step": step, "std": float(std.detach()) / 2, "cross": float(cross.detach())})
     if step % 100 == 0 or step == args.steps - 1:
