@@ -159,6 +159,33 @@ def test_a_device_that_flips_the_decision_is_a_shortcut(generator, attributes, s
     assert explanation.ranking[0].flipped
 
 
+def test_refining_the_shown_sample_keeps_the_flip_and_counts_its_unet_calls(generator, attributes, scan):
+    """With `refine_nfe`, the sample shown may be a further swap step between the candidates: it still flips,
+    lies at or past the minimal strength and no further than the first flipping candidate, and the UNet calls
+    it took are in the counterfactual's NFE and the explanation's."""
+    from xcounter.classifiers import Classifier, make_profile
+
+    def explain(threshold, **options):
+        classifier = Classifier(_Brightness(), ["Pneumothorax"], [threshold], make_profile("unit"), name="b")
+        options = {"swap_steps": [3, 0], **options}
+        return Explainer(classifier, generator, attributes, attribution=False, flip_margin=0, signs=["add"],
+                         examine=["chest_tube"], **options).explain(scan, target="Pneumothorax")
+
+    # the brightness of the samples at strengths 0.25 and 0.75 (candidates here, a further step below)
+    probe = explain(0.0, swap_steps=[3, 1, 0]).result("Pneumothorax", "chest_tube").counterfactuals[0]
+    assert probe.strengths == [0.0, 0.25, 0.75, 1.0]
+    start, weak, strong = (10 * probe.film[k].mean() for k in (0, 1, 2))
+    assert abs(strong - weak) > 1e-4, "the chest_tube edit must change the image"
+    threshold = float(weak + 0.3 * (strong - weak))  # the 0.25 candidate keeps the decision, 0.75 flips it
+    plain, refined = explain(threshold), explain(threshold, refine_nfe=None)
+    first, shown = plain.ranking[0].best, refined.ranking[0].best
+    assert first.flipped and shown.flipped and first.minimal_strength == shown.minimal_strength
+    assert first.image_strength == 1.0 and shown.minimal_strength - 1e-9 <= shown.image_strength < 1.0
+    assert (10 * shown.image.mean() > threshold) == (10 * first.image.mean() > threshold) != (start > threshold)
+    assert shown.nfe > first.nfe and refined.nfe - plain.nfe == shown.nfe - first.nfe
+    assert refined.settings["refine_nfe"] is None and plain.settings["refine_nfe"] == 0
+
+
 def test_source_prompt_from_positive_findings():
     cxr = load_attributes("cxr")
     predictions = [Prediction("Effusion", 0.9, 2.0, 0.0, True), Prediction("Cardiomegaly", 0.2, -1.0, 0.0, False)]
@@ -551,3 +578,7 @@ def test_a_flip_is_shown_with_the_first_swap_step_sample_that_flips(generator, a
     assert crossing.image_strength == crossing.minimal_strength and not crossing.shown_past_crossing
     with pytest.raises(XCounterError, match="shown"):
         get_method("trajectory", shown="blend")
+    for bad in (-1, 2.5, "many", True):
+        with pytest.raises(XCounterError, match="refine_nfe"):
+            get_method("trajectory", refine_nfe=bad)
+    assert get_method("trajectory", refine_nfe=40.0).refine_nfe == 40

@@ -110,8 +110,8 @@ class TrajectoryMethod:
         localise: signs whose edits act only inside their DiffEdit region (`edit_region`); True = both.
         shown: which image a flip is shown with. "sample" (default): the weakest swap-step sample found that
             flips, a whole generator output; "crossing": the Bézier curve at the minimal flip, a blend of the
-            samples' latents. Either way `minimal_strength` is the crossing. Why "sample": a blend of two z_0 decodes as
-            a double exposure (a half-faded tube, a haze where an effusion was, which the oracle reads as
+            samples' latents. Either way `minimal_strength` is the crossing. Why "sample": a blend of two z_0
+            decodes as a double exposure (a half-faded tube, a haze where an effusion was, which the oracle reads as
             consolidation), and the oracle saw the intended change with everything else kept more often on
             the sample (docs/CONTRACTS.md, Engine).
         refine_nfe: UNet budget per flip for further swap steps between the bracketing samples, so the sample
@@ -130,8 +130,8 @@ class TrajectoryMethod:
                  refine_nfe: int | None = DEFAULT_REFINE_NFE):
         if shown not in self.SHOWN:
             raise XCounterError(f"shown must be one of {', '.join(self.SHOWN)}, got {shown!r}")
-        if refine_nfe is not None and (isinstance(refine_nfe, bool) or int(refine_nfe) != refine_nfe
-                                       or refine_nfe < 0):
+        whole = isinstance(refine_nfe, int) or (isinstance(refine_nfe, float) and refine_nfe.is_integer())
+        if refine_nfe is not None and (isinstance(refine_nfe, bool) or not whole or refine_nfe < 0):
             raise XCounterError(f"refine_nfe must be a whole number >= 0 (or None for no limit), "
                                 f"got {refine_nfe!r}")
         self.refine_nfe = None if refine_nfe is None else int(refine_nfe)
