@@ -358,6 +358,16 @@ def test_a_generator_may_edit_one_kind_of_attribute_with_its_own_alpha_and_guida
                          **examine).explain(scan, target="Effusion", seed=3)
     assert explicit.settings["kind_edits"] == {}
     assert np.array_equal(explicit.result("Effusion", "chest_tube").best.image, plain_tube.image)
+    # "KIND:SIGN" reaches that kind's edits toward that sign only
+    removals = Explainer(classifier, generator({"device:remove": {"alpha": 1.0}}), attributes, **examine).explain(
+        scan, target="Effusion", seed=3)
+    assert np.array_equal(removals.result("Effusion", "chest_tube").best.image, plain_tube.image)
+    additions = Explainer(classifier, generator({"device:add": {"alpha": 1.0}}), attributes, **examine).explain(
+        scan, target="Effusion", seed=3)
+    assert not np.array_equal(additions.result("Effusion", "chest_tube").best.image, plain_tube.image)
+    assert additions.settings["kind_edits"] == {"device:add": {"alpha": 1.0, "edit_guidance": 2.0,
+                                                               "swap_steps": own.settings["swap_steps"]}}
+    assert set(removals.settings["kind_edits"]) == {"device:remove"}
 
 
 def test_stated_in_reads_negations_first():

@@ -197,13 +197,17 @@ def test_a_generator_folder_may_set_the_edit_guidance_its_edits_need(tmp_path):
 
 
 def test_a_generator_folder_may_set_how_each_attribute_kind_is_edited(tmp_path):
-    own = {"pathology": {"alpha": 1, "edit_guidance": 1}, "device": {"edit_guidance": 2.5}}
+    own = {"pathology": {"alpha": 1, "edit_guidance": 1}, "device": {"edit_guidance": 2.5},
+           "pathology:add": {"alpha": 1.5}}
     folder = tiny_generator_dir(tmp_path / "own", settings={"steps": 4, "kind_edits": own})
     loaded = load_generator(folder)
-    assert loaded.kind_edits == {"pathology": {"alpha": 1.0, "edit_guidance": 1.0}, "device": {"edit_guidance": 2.5}}
+    assert loaded.kind_edits == {"pathology": {"alpha": 1.0, "edit_guidance": 1.0}, "device": {"edit_guidance": 2.5},
+                                 "pathology:add": {"alpha": 1.5}}
     assert loaded.identity()["kind_edits"] == loaded.kind_edits
     assert load_generator(tiny_generator_dir(tmp_path / "plain")).kind_edits == {}
     for bad, message in [({"tumour": {"alpha": 1}}, "unknown kind 'tumour'"),
+                         ({"device:both": {"alpha": 1}}, "unknown kind 'device:both'.*:add or :remove"),
+                         ({"device:": {"alpha": 1}}, "unknown kind 'device:'"),
                          ({"device": {"alpha": 0}}, r"\['alpha'\] must be a number > 0"),
                          ({"device": {"edit_guidance": 0.5}}, r"\['edit_guidance'\] must be a number >= 1"),
                          ({"device": {"strength": 1}}, "may set alpha and edit_guidance"),

@@ -83,3 +83,9 @@ def test_edit_settings_come_from_the_caller_then_the_generators_kind_then_its_de
     assert resolve_edit_settings(3.0, None, generator, "pathology") == (3.0, 1.0)  # each value on its own
     assert resolve_edit_settings(None, 1.5, generator, "pathology") == (1.0, 1.5)
     assert resolve_edit_settings(None, None, SimpleNamespace(), "pathology") == (DEFAULT_ALPHA, DEFAULT_EDIT_GUIDANCE)
+    # "KIND:SIGN" sets one sign's edits over its kind's, value by value; the caller still wins
+    generator.kind_edits["pathology:add"] = {"alpha": 1.5}
+    assert resolve_edit_settings(None, None, generator, "pathology", "add") == (1.5, 1.0)
+    assert resolve_edit_settings(None, None, generator, "pathology", "remove") == (1.0, 1.0)
+    assert resolve_edit_settings(None, None, generator, "pathology") == (1.0, 1.0)
+    assert resolve_edit_settings(2.0, None, generator, "pathology", "add") == (2.0, 1.0)

@@ -364,15 +364,21 @@ class Explainer:
 
     def _kind_edits(self, steps: int) -> dict[str, dict]:
         """The attribute kinds examined whose edits the generator draws with their own α and w (`kind_edits`),
-        with the swap steps that buys; empty when every edit uses `alpha` and `edit_guidance`."""
+        with the swap steps that buys; "KIND:SIGN" where one sign differs from its kind. Empty when every edit
+        uses `alpha` and `edit_guidance`."""
         out = {}
         for kind in dict.fromkeys(a.kind for a in self.examined):
-            alpha, edit_guidance = resolve_edit_settings(self.explicit_alpha, self.explicit_edit_guidance,
-                                                         self.generator, kind)
-            if (alpha, edit_guidance) != (self.alpha, self.edit_guidance):
+            settings = resolve_edit_settings(self.explicit_alpha, self.explicit_edit_guidance, self.generator, kind)
+            found = {kind: settings} if settings != (self.alpha, self.edit_guidance) else {}
+            for sign in SIGNS:
+                signed = resolve_edit_settings(self.explicit_alpha, self.explicit_edit_guidance, self.generator,
+                                               kind, sign)
+                if signed != settings:
+                    found[f"{kind}:{sign}"] = signed
+            for key, (alpha, edit_guidance) in found.items():
                 swap_steps = self.swap_steps if self.swap_steps is not None else select_swap_steps(
                     steps, DEFAULT_STRENGTHS, self.max_nfe, self.generator.guidance_scale, edit_guidance)
-                out[kind] = {"alpha": alpha, "edit_guidance": edit_guidance, "swap_steps": swap_steps}
+                out[key] = {"alpha": alpha, "edit_guidance": edit_guidance, "swap_steps": swap_steps}
         return out
 
     def _reconstruction_warnings(self, inversion, predictions: list[Prediction], targets: list[str]) -> list[str]:

@@ -470,8 +470,10 @@ KIND_EDIT_KEYS = {"alpha": (lambda v: v > 0, "> 0"), "edit_guidance": (lambda v:
 
 
 def checked_kind_edits(value: object, source: Path) -> dict[str, dict[str, float]]:
-    """An xcounter.json `kind_edits` ({kind: {"alpha": a, "edit_guidance": w}}), checked, or one-line ModelError."""
+    """An xcounter.json `kind_edits` ({kind: {"alpha": a, "edit_guidance": w}}; a key "KIND:add" or
+    "KIND:remove" sets that kind's additions or removals alone), checked, or one-line ModelError."""
     from xcounter.attributes import KINDS
+    from xcounter.methods.base import SIGNS
 
     if value is None:
         return {}
@@ -479,8 +481,10 @@ def checked_kind_edits(value: object, source: Path) -> dict[str, dict[str, float
         raise ModelError(f"{source}: kind_edits must map attribute kinds to settings, got {value!r}")
     out = {}
     for kind, own in value.items():
-        if kind not in KINDS:
-            raise ModelError(f"{source}: kind_edits names unknown kind '{kind}' (one of {', '.join(KINDS)})")
+        named, _, sign = str(kind).partition(":")
+        if named not in KINDS or (sign and sign not in SIGNS) or (":" in str(kind) and not sign):
+            raise ModelError(f"{source}: kind_edits names unknown kind '{kind}' (one of {', '.join(KINDS)}, "
+                             f"optionally followed by {' or '.join(':' + s for s in SIGNS)})")
         if not isinstance(own, dict) or not own or set(own) - set(KIND_EDIT_KEYS):
             raise ModelError(f"{source}: kind_edits['{kind}'] may set {' and '.join(KIND_EDIT_KEYS)}, got {own!r}")
         for key, number in own.items():

@@ -152,10 +152,11 @@ class TrajectoryMethod:
         self._cache.clear()
 
     # -- trajectories (UNet) --------------------------------------------------------------------------
-    def edit_settings_for(self, generator, attribute: "Attribute | None" = None) -> tuple[float, float]:
-        """(α, w) `attribute`'s edits are drawn with (`resolve_edit_settings`)."""
+    def edit_settings_for(self, generator, attribute: "Attribute | None" = None,
+                          sign: str | None = None) -> tuple[float, float]:
+        """(α, w) `attribute`'s edits toward `sign` are drawn with (`resolve_edit_settings`)."""
         return resolve_edit_settings(self.alpha, self.edit_guidance, generator,
-                                     None if attribute is None else attribute.kind)
+                                     None if attribute is None else attribute.kind, sign)
 
     def candidate_swap_steps(self, context: EditContext, steps: int, edit_guidance: float | None = None) -> list[int]:
         """Swap steps within the UNet budget at the edit guidance the edit is drawn with (w = 1 costs half)."""
@@ -170,7 +171,7 @@ class TrajectoryMethod:
         """The attribute's swap-step trajectory for this scan (cached: independent of the target)."""
         if sign not in SIGNS:
             raise XCounterError(f"sign must be one of {', '.join(SIGNS)}, got '{sign}'")
-        alpha, edit_guidance = self.edit_settings_for(context.generator, attribute)
+        alpha, edit_guidance = self.edit_settings_for(context.generator, attribute, sign)
         key = (id(context.inversion), attribute.name, attribute.where, sign, alpha, edit_guidance,
                self.restate, self.localise)
         cached = self._cache.get(key)
