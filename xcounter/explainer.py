@@ -367,12 +367,15 @@ class Explainer:
         with the swap steps that buys; "KIND:SIGN" where one sign differs from its kind. Empty when every edit
         uses `alpha` and `edit_guidance`."""
         out = {}
+        def resolve(*kind_and_sign: str) -> tuple[float, float]:
+            return resolve_edit_settings(self.explicit_alpha, self.explicit_edit_guidance, self.generator,
+                                         *kind_and_sign)
+
         for kind in dict.fromkeys(a.kind for a in self.examined):
-            settings = resolve_edit_settings(self.explicit_alpha, self.explicit_edit_guidance, self.generator, kind)
+            settings = resolve(kind)
             found = {kind: settings} if settings != (self.alpha, self.edit_guidance) else {}
             for sign in SIGNS:
-                signed = resolve_edit_settings(self.explicit_alpha, self.explicit_edit_guidance, self.generator,
-                                               kind, sign)
+                signed = resolve(kind, sign)
                 if signed != settings:
                     found[f"{kind}:{sign}"] = signed
             for key, (alpha, edit_guidance) in found.items():

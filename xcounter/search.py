@@ -266,10 +266,9 @@ def shown_sample(trajectory: Trajectory, flip: FlipResult, margin_of_image: Call
     past_crossing = math.floor(trajectory.steps * (1.0 - flip.strength) + 1e-9)  # latest λ at or past it
     candidates = list(range(min(weaker - 1, past_crossing), stronger, -1))  # weakest first
     best, spent, visited = fallback, 0, []
-    lo, hi, first = -1, len(candidates), True  # candidates[lo] keeps the decision, candidates[hi] flips
+    lo, hi = -1, len(candidates)  # candidates[lo] keeps the decision, candidates[hi] flips
     while lo + 1 < hi:
-        i = lo + 1 if first else (lo + hi) // 2
-        first = False
+        i = (lo + hi) // 2 if visited else 0  # the first probe: the step just past the crossing
         cost = trajectory.sampler.cost(candidates[i])
         if max_nfe is not None and spent + cost > max_nfe:
             break

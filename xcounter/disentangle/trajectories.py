@@ -43,10 +43,12 @@ def resolve_edit_guidance(explicit: float | None, generator) -> float:
 def resolve_edit_settings(alpha: float | None, edit_guidance: float | None, generator,
                           kind: str | None = None, sign: str | None = None) -> tuple[float, float]:
     """(α, w) an edit of an attribute of `kind` (toward `sign`) is drawn with. Each is the explicit value when
-    given, else the generator's own for that kind and sign (`kind_edits` in its xcounter.json: "KIND:SIGN" over
-    "KIND"), else its own default (`resolve_edit_guidance`; α: `DEFAULT_ALPHA`)."""
+    given, else the generator's own for that kind and sign (`kind_edits` in its xcounter.json: "KIND:SIGN"
+    over "KIND"), else its own default (`resolve_edit_guidance`; α: `DEFAULT_ALPHA`)."""
     edits = getattr(generator, "kind_edits", None) or {}
-    own = {**edits.get(kind, {}), **(edits.get(f"{kind}:{sign}", {}) if sign else {})} if kind is not None else {}
+    own = {}
+    if kind is not None:
+        own = {**edits.get(kind, {}), **(edits.get(f"{kind}:{sign}", {}) if sign else {})}
     alpha = float(alpha) if alpha is not None else float(own.get("alpha", DEFAULT_ALPHA))
     return alpha, resolve_edit_guidance(edit_guidance if edit_guidance is not None else own.get("edit_guidance"),
                                         generator)

@@ -481,8 +481,8 @@ def checked_kind_edits(value: object, source: Path) -> dict[str, dict[str, float
         raise ModelError(f"{source}: kind_edits must map attribute kinds to settings, got {value!r}")
     out = {}
     for kind, own in value.items():
-        named, _, sign = str(kind).partition(":")
-        if named not in KINDS or (sign and sign not in SIGNS) or (":" in str(kind) and not sign):
+        named, colon, sign = str(kind).partition(":")
+        if named not in KINDS or (colon and sign not in SIGNS):
             raise ModelError(f"{source}: kind_edits names unknown kind '{kind}' (one of {', '.join(KINDS)}, "
                              f"optionally followed by {' or '.join(':' + s for s in SIGNS)})")
         if not isinstance(own, dict) or not own or set(own) - set(KIND_EDIT_KEYS):

@@ -111,9 +111,9 @@ class TrajectoryMethod:
         shown: which image a flip is shown with. "sample" (default): the weakest swap-step sample found that
             flips, a whole generator output; "crossing": the Bézier curve at the minimal flip, a blend of the
             samples' latents. Either way `minimal_strength` is the crossing. Why "sample": a blend of two z_0
-            decodes as a double exposure (a half-faded tube, a haze where an effusion was, which the oracle reads as
-            consolidation), and the oracle saw the intended change with everything else kept more often on
-            the sample (docs/CONTRACTS.md, Engine).
+            decodes as a double exposure (a half-faded tube, a haze where an effusion was, which the oracle
+            reads as consolidation), and the oracle saw the intended change with everything else kept more
+            often on the sample (docs/CONTRACTS.md, Engine).
         refine_nfe: UNet budget per flip for further swap steps between the bracketing samples, so the sample
             shown is the weakest one found at or past the crossing (`xcounter.search.shown_sample`); 0 = show
             the first flipping control point; None = no limit.

@@ -107,9 +107,11 @@ def _sentence(result: AttributeResult, best: Counterfactual | None, positive: bo
             change = f" from {'positive' if positive else 'negative'} to {'negative' if positive else 'positive'}"
         sentence = f"{verb} {name} flips {result.target}{change} at edit strength {result.minimal_strength:.2f} "
         probabilities = f"{best.probability_before:.2f} → {best.probability_after:.2f}"
-        sentence += (f"(shown: the weakest generator sample found past it, strength "
-                     f"{best.image_strength:.2f}, "
-                     f"probability {probabilities})." if best.shown_past_crossing else f"(probability {probabilities}).")
+        if best.shown_past_crossing:
+            sentence += (f"(shown: the weakest generator sample found past it, strength "
+                         f"{best.image_strength:.2f}, probability {probabilities}).")
+        else:
+            sentence += f"(probability {probabilities})."
         if result.verdict == "mediated" and result.mediator:
             mediator = result.mediator.replace("_", " ")
             sentence += (f" The edit also changed {mediator}, whose own edit flips {result.target}: "
