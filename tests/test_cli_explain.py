@@ -135,6 +135,16 @@ def test_localise_chooses_which_edits_are_confined(models, tmp_path, capsys):
     assert "--localise" in _refused(capsys, _args(models, models["scan"], "--localise", "everywhere"), tmp_path)
 
 
+def test_inversion_iterations_reach_the_explanation(models, tmp_path, capsys):
+    sidecar = tmp_path / "r.json"
+    extra = ["--out", str(tmp_path / "r.html"), "--json", str(sidecar), "--target", "Effusion"]
+    assert main(_args(models, models["scan"], *extra, "--inversion-iterations", "2")) == 0
+    assert read_json_sidecar(sidecar).settings["inversion_iterations"] == 2
+    capsys.readouterr()
+    assert "--inversion-iterations" in _refused(capsys, _args(models, models["scan"], "--inversion-iterations",
+                                                              "11"), tmp_path)
+
+
 def test_command_line_round_trips_through_the_parser(models):
     from xcounter.cli.explain import command as explain_command
 

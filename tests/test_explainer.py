@@ -592,3 +592,16 @@ def test_a_flip_is_shown_with_the_first_swap_step_sample_that_flips(generator, a
         with pytest.raises(XCounterError, match="refine_nfe"):
             get_method("trajectory", refine_nfe=bad)
     assert get_method("trajectory", refine_nfe=40.0).refine_nfe == 40
+
+
+def test_inversion_iterations_refine_the_shared_inversion_and_are_recorded(classifier, generator, attributes, scan):
+    def explain(**options):
+        return Explainer(classifier, generator, attributes, attribution=False, swap_steps=[2], signs=["add"],
+                         examine=["chest_tube"], **options).explain(scan, target="Pneumothorax")
+
+    plain, refined = explain(), explain(inversion_iterations=2)
+    assert plain.settings["inversion_iterations"] == 0 and refined.settings["inversion_iterations"] == 2
+    assert refined.nfe - plain.nfe == 2 * STEPS  # two more UNet evaluations per inversion step, once per scan
+    assert not np.array_equal(refined.reconstruction, plain.reconstruction)
+    with pytest.raises(XCounterError, match="inversion_iterations must be a whole number"):
+        Explainer(classifier, generator, attributes, inversion_iterations=-1)

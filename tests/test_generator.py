@@ -83,6 +83,46 @@ def test_invert_reports_reconstruction_quality(generator):
     assert inversion.steps == 4 and inversion.prompt == SOURCE and len(inversion.prefix) == 5
 
 
+def test_fixed_point_inversion_lands_closer_to_the_scan_latent():
+    """Plain DDIM inversion predicts each step's noise at the latent it starts from; the refinements predict
+    it again where the step lands, so denoising the inverted noise returns nearer the encoded scan. (A
+    random UNet's noise swings too hard with its input for the refinements to settle, as a trained one's
+    does not: its output is scaled down here.)"""
+    generator = SDGenerator(tiny_pipeline(1), steps=STEPS)
+    with torch.no_grad():
+        generator.unet.conv_out.weight.mul_(0.1)
+        generator.unet.conv_out.bias.mul_(0.1)
+    image = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(4))
+    source = generator.embed([SOURCE])[0]
+    drift = {}
+    for iterations in (0, 3):
+        generator.reset_nfe()
+        inversion = generator.invert(image, SOURCE, steps=4, iterations=iterations)
+        assert generator.nfe == 4 * (1 + iterations) + 4 and inversion.iterations == iterations
+        denoised = generator.denoise_prefix(inversion.z_T, source, steps=4)[-1]
+        drift[iterations] = float((denoised - inversion.z_0).abs().mean())
+    assert drift[3] < 0.5 * drift[0]
+    assert generator.invert(image, SOURCE, steps=4).iterations == generator.inversion_iterations == 0
+
+
+@pytest.mark.parametrize("bad", [-1, 11, 1.5, True, "2"])
+def test_inversion_iterations_out_of_range_are_refused(generator, tmp_path, bad):
+    image = torch.rand(1, 1, 16, 16)
+    with pytest.raises(XCounterError, match="whole number from 0 to 10"):
+        generator.invert(image, SOURCE, steps=2, iterations=bad)
+    folder = tiny_generator_dir(tmp_path / "bad", settings={"inversion_iterations": bad})
+    with pytest.raises(ModelError, match=r"xcounter.json: inversion_iterations must be a whole number"):
+        load_generator(folder)
+
+
+def test_inversion_iterations_come_from_the_folder_settings(tmp_path):
+    loaded = load_generator(tiny_generator_dir(tmp_path / "own", settings={"steps": 2, "inversion_iterations": 2}))
+    assert loaded.inversion_iterations == 2 and loaded.identity()["inversion_iterations"] == 2
+    loaded.reset_nfe()
+    assert loaded.invert(torch.rand(1, 1, 16, 16), SOURCE).iterations == 2
+    assert loaded.nfe == 2 * 3 + 2
+
+
 def test_invert_rejects_values_outside_unit_range(generator):
     with pytest.raises(XCounterError, match=r"\[0, 1\]"):
         generator.invert(torch.full((1, 1, 16, 16), 255.0), SOURCE)

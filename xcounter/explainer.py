@@ -131,6 +131,9 @@ class Explainer:
         mediation: with an oracle, a flip whose counterfactual also made another attribute's own flipping
             edit gets the verdict "mediated" and names that attribute (`xcounter.mediation`); without an
             oracle there is nothing to read it from and verdicts are unchanged.
+        inversion_iterations: fixed-point refinements per DDIM inversion step (`SDGenerator.invert`): a
+            reconstruction that keeps more of the scan for one UNet evaluation more per step each, at some
+            cost to how cleanly edits then draw (docs/CONTRACTS.md); None = the generator's own (default 0).
     """
 
     def __init__(self, classifier: "Classifier", generator: "SDGenerator",
@@ -141,7 +144,8 @@ class Explainer:
                  tolerance: float = DEFAULT_TOLERANCE, flip_margin: float = DEFAULT_FLIP_MARGIN,
                  disentangle: bool = True, signs: str | Sequence[str] = "auto", examine: Sequence[str] | None = None,
                  edit_guidance: float | None = None, restate: bool = True,
-                 localise: Sequence[str] | bool = LOCALISED_SIGNS, mediation: bool = True):
+                 localise: Sequence[str] | bool = LOCALISED_SIGNS, mediation: bool = True,
+                 inversion_iterations: int | None = None):
         self.classifier = classifier
         self.generator = generator
         self.attributes = load_attributes(attributes)
@@ -176,6 +180,10 @@ class Explainer:
         self.restate = bool(restate)
         self.localise = localised_signs(localise)
         self.mediation = bool(mediation)
+        from xcounter.generators.stable_diffusion import checked_inversion_iterations
+        self.inversion_iterations = checked_inversion_iterations(
+            getattr(generator, "inversion_iterations", 0) if inversion_iterations is None else inversion_iterations,
+            "inversion_iterations")
         if isinstance(signs, str) and signs == "auto":
             self.signs: str | tuple[str, ...] = "auto"
         else:
@@ -268,7 +276,7 @@ class Explainer:
         if self.swap_steps is not None and not all(0 <= s < steps for s in self.swap_steps):
             raise XCounterError(f"swap steps must lie in 0..{steps - 1} for {steps} DDIM steps, got {self.swap_steps}")
 
-        inversion = generator.invert(scan.to_tensor(), prompt, steps)
+        inversion = generator.invert(scan.to_tensor(), prompt, steps, iterations=self.inversion_iterations)
         prefix = inversion.prefix if inversion.prefix is not None else \
             generator.denoise_prefix(inversion.z_T, generator.embed([prompt])[0], steps)
         source_embedding = getattr(prefix, "source", None)
@@ -351,7 +359,7 @@ class Explainer:
             steps, DEFAULT_STRENGTHS, self.max_nfe, self.generator.guidance_scale, self.edit_guidance)
         return {"method": getattr(self.method, "name", type(self.method).__name__), "steps": steps,
                 "swap_steps": swap_steps, "guidance_scale": self.generator.guidance_scale, "alpha": self.alpha,
-                "max_nfe": self.max_nfe,
+                "max_nfe": self.max_nfe, "inversion_iterations": self.inversion_iterations,
                 "refine_nfe": getattr(getattr(self.method, "search", self.method), "refine_nfe", None),
                 "tolerance": self.tolerance, "flip_margin": self.flip_margin,
                 "disentangle": self.disentangle,
@@ -386,16 +394,18 @@ class Explainer:
 
     def _reconstruction_warnings(self, inversion, predictions: list[Prediction], targets: list[str]) -> list[str]:
         found = []
+        closer = "" if getattr(inversion, "iterations", 0) else \
+            " (a closer reconstruction: inversion_iterations=2, `--inversion-iterations 2`)"
         if inversion.error > RECONSTRUCTION_WARNING:
             found.append(f"reconstruction error {inversion.error:.3f} is above {RECONSTRUCTION_WARNING}: "
-                         "counterfactuals may reflect the generator, not the scan")
+                         "counterfactuals may reflect the generator, not the scan" + closer)
         recon = self.classifier.predict(inversion.reconstruction)[0]
         for t in targets:
             scan_positive = next(p.positive for p in predictions if p.label == t)
             recon_positive = next(p.positive for p in recon if p.label == t)
             if scan_positive != recon_positive:
                 found.append(f"the reconstruction is {'positive' if recon_positive else 'negative'} for {t} while "
-                             f"the scan is not: flips are measured from the reconstruction's decision")
+                             f"the scan is not: flips are measured from the reconstruction's decision{closer}")
         return found
 
     def _gradient_ranking(self, context: EditContext, trajectories: dict) -> dict[str, float]:
