@@ -141,8 +141,8 @@ def test_inversion_iterations_reach_the_explanation(models, tmp_path, capsys):
     assert main(_args(models, models["scan"], *extra, "--inversion-iterations", "2")) == 0
     assert read_json_sidecar(sidecar).settings["inversion_iterations"] == 2
     capsys.readouterr()
-    assert "--inversion-iterations" in _refused(capsys, _args(models, models["scan"], "--inversion-iterations",
-                                                              "11"), tmp_path)
+    too_many = _args(models, models["scan"], "--inversion-iterations", "11")
+    assert "--inversion-iterations" in _refused(capsys, too_many, tmp_path)
 
 
 def test_command_line_round_trips_through_the_parser(models):

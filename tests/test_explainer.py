@@ -594,7 +594,8 @@ def test_a_flip_is_shown_with_the_first_swap_step_sample_that_flips(generator, a
     assert get_method("trajectory", refine_nfe=40.0).refine_nfe == 40
 
 
-def test_inversion_iterations_refine_the_shared_inversion_and_are_recorded(classifier, generator, attributes, scan):
+def test_inversion_iterations_refine_the_shared_inversion_and_are_recorded(classifier, generator, attributes,
+                                                                           scan):
     def explain(**options):
         return Explainer(classifier, generator, attributes, attribution=False, swap_steps=[2], signs=["add"],
                          examine=["chest_tube"], **options).explain(scan, target="Pneumothorax")

@@ -116,7 +116,8 @@ def test_inversion_iterations_out_of_range_are_refused(generator, tmp_path, bad)
 
 
 def test_inversion_iterations_come_from_the_folder_settings(tmp_path):
-    loaded = load_generator(tiny_generator_dir(tmp_path / "own", settings={"steps": 2, "inversion_iterations": 2}))
+    folder = tiny_generator_dir(tmp_path / "own", settings={"steps": 2, "inversion_iterations": 2})
+    loaded = load_generator(folder)
     assert loaded.inversion_iterations == 2 and loaded.identity()["inversion_iterations"] == 2
     loaded.reset_nfe()
     assert loaded.invert(torch.rand(1, 1, 16, 16), SOURCE).iterations == 2

@@ -181,9 +181,9 @@ class Explainer:
         self.localise = localised_signs(localise)
         self.mediation = bool(mediation)
         from xcounter.generators.stable_diffusion import checked_inversion_iterations
-        self.inversion_iterations = checked_inversion_iterations(
-            getattr(generator, "inversion_iterations", 0) if inversion_iterations is None else inversion_iterations,
-            "inversion_iterations")
+        if inversion_iterations is None:
+            inversion_iterations = getattr(generator, "inversion_iterations", 0)
+        self.inversion_iterations = checked_inversion_iterations(inversion_iterations, "inversion_iterations")
         if isinstance(signs, str) and signs == "auto":
             self.signs: str | tuple[str, ...] = "auto"
         else:
@@ -405,7 +405,7 @@ class Explainer:
             recon_positive = next(p.positive for p in recon if p.label == t)
             if scan_positive != recon_positive:
                 found.append(f"the reconstruction is {'positive' if recon_positive else 'negative'} for {t} while "
-                             f"the scan is not: flips are measured from the reconstruction's decision{closer}")
+                             "the scan is not: flips are measured from the reconstruction's decision" + closer)
         return found
 
     def _gradient_ranking(self, context: EditContext, trajectories: dict) -> dict[str, float]:

@@ -254,7 +254,8 @@ class SDGenerator:
 
     # --- inversion and denoising ---------------------------------------------------------------------
     @torch.no_grad()
-    def invert(self, image, prompt: str, steps: int | None = None, iterations: int | None = None) -> Inversion:
+    def invert(self, image, prompt: str, steps: int | None = None,
+               iterations: int | None = None) -> Inversion:
         """DDIM-invert one image to z_T under `prompt` (no guidance), then measure its reconstruction.
 
         Plain DDIM inversion (`iterations` 0) predicts the noise of each step at the latent it starts
@@ -266,8 +267,9 @@ class SDGenerator:
         point the counterfactuals are made from, so the reported error is the one they inherit.
         """
         steps = int(steps or self.steps)
-        iterations = checked_inversion_iterations(self.inversion_iterations if iterations is None else iterations,
-                                                  "iterations")
+        if iterations is None:
+            iterations = self.inversion_iterations
+        iterations = checked_inversion_iterations(iterations, "iterations")
         image = self.prepare(_as_image_batch(image))
         if not torch.isfinite(image).all() or image.min() < -1e-3 or image.max() > 1 + 1e-3:
             raise InputError("the image to invert must hold finite values in [0, 1]")
@@ -411,14 +413,16 @@ _BOOKKEEPING_KEYS = {"architectures", "dtype", "torch_dtype", "transformers_vers
 
 
 #: the most fixed-point refinements per inversion step: past a few the reconstruction stops improving
-#: (phantom CXR, 10 scans, mean |error|: 0 -> 0.0150, 2 -> 0.0110, 5 -> 0.0108; the VAE's own round trip bounds it)
+#: (phantom CXR, 10 scans, mean |error|: 0 -> 0.0150, 2 -> 0.0110, 5 -> 0.0108; the VAE's own round trip
+#: bounds it)
 MAX_INVERSION_ITERATIONS = 10
 
 
 def checked_inversion_iterations(value: object, what: str) -> int:
-    """A whole number of fixed-point refinements in 0..MAX_INVERSION_ITERATIONS, or a one-line XCounterError."""
+    """A whole number of fixed-point refinements in 0..MAX_INVERSION_ITERATIONS, or a one-line error."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INVERSION_ITERATIONS:
-        raise XCounterError(f"{what} must be a whole number from 0 to {MAX_INVERSION_ITERATIONS}, got {value!r}")
+        raise XCounterError(f"{what} must be a whole number from 0 to {MAX_INVERSION_ITERATIONS}, "
+                            f"got {value!r}")
     return int(value)
 
 
