@@ -300,7 +300,28 @@ def test_scan_lists_manifest_and_cli_errors(tmp_path, capsys):
     assert "--signs" in capsys.readouterr().err
     assert cli_main([*common, "--flip-margin", "-1"]) == 2
     assert "--flip-margin" in capsys.readouterr().err
+    assert cli_main([*common, "--inversion-iterations", "11"]) == 2
+    assert "--inversion-iterations" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+def test_cli_passes_explainer_options_through(tmp_path, monkeypatch):
+    """--signs, --flip-margin and --inversion-iterations reach every scan's Explainer; unset ones stay unset."""
+    from types import SimpleNamespace
+
+    seen = []
+
+    def fake_audit(*args, **kwargs):
+        seen.append(kwargs["explainer_options"])
+        return SimpleNamespace(metadata={"counts": {"scans": 0, "ok": 0, "failed": 0, "resumed": 0}}, alerts=[],
+                               report_html=tmp_path / "audit_report.html")
+
+    monkeypatch.setattr("xcounter.audit.audit", fake_audit)
+    folder = write_scans(tmp_path / "scans", 1)
+    common = ["audit", "--classifier", "x.pt", "--images", str(folder), "--generator", "g", "--out", str(tmp_path / "o")]
+    assert cli_main([*common, "--signs", "add", "--flip-margin", "0.5", "--inversion-iterations", "2"]) == 0
+    assert cli_main(common) == 0
+    assert seen == [{"signs": ["add"], "flip_margin": 0.5, "inversion_iterations": 2}, {}]
 
 
 def test_public_api_is_callable():
