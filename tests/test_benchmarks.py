@@ -8,6 +8,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -81,6 +82,9 @@ def test_quality(out):
         assert any(m.startswith("sdedit@") for m in methods) and "real phantoms (second draw)" in methods
         truth = next(r for r in domain["records"] if r["method"] == "true counterfactual (renderer toggle)")
         assert truth["nfe"] == 0 and truth["l1"] > 0  # the renderer redrew the attribute, no generator
+        # the renderer's "before" image is the scan: against it, "as in the scan" is "all else kept"
+        assert truth["kept_vs_scan"] == (truth["changed"] == [])
+        assert all(isinstance(r["kept_vs_scan"], bool) for r in domain["records"])
         for r in domain["records"]:
             assert r["method"] != "ours, removals unconfined" or r["sign"] == "remove"
         ours = [r for r in domain["records"] if r["method"] == "trajectory"]
@@ -88,12 +92,27 @@ def test_quality(out):
         assert len(full) == len(ours) and all(r["strength"] is None for r in full)  # one strongest edit per edit
         for row in domain["summary"]:
             assert all(unit(row[k]) for k in ("flip_rate", "identity", "edited"))
+            assert row["method"] == "real phantoms (second draw)" or unit(row["kept_vs_scan"])
             assert row["fid"] is None or row["fid"] >= 0
             assert row["ssim_at_flip"] is None or -1 <= row["ssim_at_flip"] <= 1
         nfe = {r["method"]: r["nfe"] for r in domain["summary"]}
         assert nfe["latent_shift"] == 0 and nfe["trajectory"] > 0
         assert nfe["random"] == nfe["trajectory"]  # the control shares every setting but the direction
     assert "ours (trajectory)" in markdown and "Latent Shift" in markdown
+
+
+def test_kept_against_scan_reads_each_attribute_by_its_type():
+    from types import SimpleNamespace
+
+    quality = load("quality")
+    oracle = SimpleNamespace(attributes=["effusion", "nodule", "exposure"],
+                             types={"effusion": "binary", "nodule": "binary", "exposure": "continuous"})
+    logit = lambda p: float(np.log(p / (1 - p)))  # noqa: E731 - features are stored as logits
+    scan = np.array([0.9, 0.2, 0.50])
+    assert quality.kept_against_scan(oracle, scan, [logit(0.1), logit(0.3), logit(0.55)], "effusion")
+    assert not quality.kept_against_scan(oracle, scan, [logit(0.1), logit(0.7), logit(0.55)], "effusion")
+    assert not quality.kept_against_scan(oracle, scan, [logit(0.9), logit(0.2), logit(0.65)], "effusion")
+    assert not quality.kept_against_scan(oracle, scan, [logit(0.1), logit(0.2), logit(0.5)], "nodule")
 
 
 def test_paper_tables(out):
