@@ -252,13 +252,13 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
                         records.append({**task, **record(unconfined, models.oracle, attribute, sign,
                                                          time.perf_counter() - started, method=UNCONFINED)})
             records.append({**task, **true_toggle_record(models, context, phantom_seed, overrides, attribute, sign)})
-        for r in records[first_record:]:
-            r["kept_vs_scan"] = kept_against_scan(models.oracle, scan_values, r["features"], r["attribute"])
             intended = sign == "add"
             base = C.UNSEEN_SEED_BASE + REFERENCE_SEED_OFFSET + 100 * len(reference) + 1000 * args.seed
             reference += reference_features(models, attribute, intended, base, REFERENCE_PER_TASK, constraints)
             reference_second += reference_features(models, attribute, intended, base + 50_000, REFERENCE_PER_TASK,
                                                     constraints)
+        for r in records[first_record:]:
+            r["kept_vs_scan"] = kept_against_scan(models.oracle, scan_values, r["features"], r["attribute"])
         done += 1
         print(f"[{NAME}] {domain} scan {done}/{n} ({total.elapsed:.0f}s)", flush=True)
     result.update(n_scans=done, n_planned=n, budget_limited=budget.stopped_early, records=records,

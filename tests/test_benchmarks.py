@@ -98,6 +98,8 @@ def test_quality(out):
         nfe = {r["method"]: r["nfe"] for r in domain["summary"]}
         assert nfe["latent_shift"] == 0 and nfe["trajectory"] > 0
         assert nfe["random"] == nfe["trajectory"]  # the control shares every setting but the direction
+        # the realism reference: a fixed number of real phantoms per edit, whatever else is recorded per edit
+        assert domain["n_reference"] == load("quality").REFERENCE_PER_TASK * len(domain["tasks"]) * domain["n_scans"]
     assert "ours (trajectory)" in markdown and "Latent Shift" in markdown
 
 
