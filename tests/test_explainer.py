@@ -231,6 +231,27 @@ def test_oracle_change_and_cfrt(classifier, generator, attributes, scan):
             assert result.flipped and e.result(result.target, result.mediator).drives_decision
 
 
+def test_what_the_reconstruction_lost_is_named_with_an_oracle(classifier, generator, attributes, scan):
+    """An oracle reading that moved between the scan and its reconstruction is a warning: it is missing from (or
+    added to) every counterfactual's starting point. Readings that hold stay out of it."""
+    class Reader:
+        attributes = ["nodule", "pacemaker"]
+
+        def measure(self, images):
+            first = torch.zeros(len(images))
+            first[0] = 1.0  # only the first image of a batch (the scan, when it is measured) shows a nodule
+            return {"nodule": first, "pacemaker": torch.full((len(images),), 0.3)}
+
+    def explain(oracle):
+        return Explainer(classifier, generator, attributes, oracle=oracle, attribution=False, swap_steps=[2],
+                         examine=["chest_tube"], signs=["add"]).explain(scan, target="Effusion")
+
+    lost = [w for w in explain(Reader()).warnings if "differs from the scan" in w]
+    assert len(lost) == 1 and "nodule -1.00" in lost[0] and "pacemaker" not in lost[0]
+    assert "--inversion-iterations 2" in lost[0]
+    assert not any("differs from the scan" in w for w in explain(None).warnings)
+
+
 def test_mediation_needs_an_oracle_and_can_be_switched_off(classifier, generator, attributes, scan, monkeypatch):
     import xcounter.explainer as explainer_module
 

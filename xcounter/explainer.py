@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 
 #: above this mean |reconstruction - scan| the counterfactuals may show the generator, not the scan
 RECONSTRUCTION_WARNING = 0.05
+#: with an oracle, an attribute whose reading on the reconstruction differs from the scan's by this much is named
+#: in a warning: every counterfactual starts from the reconstruction, so what it lost (a nodule, on 2 of 10
+#: phantom CXR scans) is missing from every "before" image too (readings are probabilities or values in [0, 1])
+RECONSTRUCTION_ORACLE_CHANGE = 0.25
 #: the engine's UNet budget: average sample-evaluations per examined attribute
 NFE_PER_ATTRIBUTE_BUDGET = 150
 
@@ -406,7 +410,23 @@ class Explainer:
             if scan_positive != recon_positive:
                 found.append(f"the reconstruction is {'positive' if recon_positive else 'negative'} for {t} while "
                              "the scan is not: flips are measured from the reconstruction's decision" + closer)
+        lost = self._reconstruction_oracle_change(inversion)
+        if lost:
+            found.append("the reconstruction already differs from the scan (oracle): " +
+                         ", ".join(f"{name} {change:+.2f}" for name, change in lost.items()) +
+                         "; every counterfactual starts from it" + closer)
         return found
+
+    def _reconstruction_oracle_change(self, inversion) -> dict[str, float]:
+        """{attribute: reconstruction - scan} for the oracle readings that moved at least
+        RECONSTRUCTION_ORACLE_CHANGE, largest first; empty without an oracle."""
+        if self.oracle is None:
+            return {}
+        with torch.no_grad():
+            values = self.oracle.measure(torch.cat([inversion.image, inversion.reconstruction]).float())
+        changes = {name: float(v[1] - v[0]) for name, v in values.items()}
+        return dict(sorted(((k, v) for k, v in changes.items() if abs(v) >= RECONSTRUCTION_ORACLE_CHANGE),
+                           key=lambda kv: -abs(kv[1])))
 
     def _gradient_ranking(self, context: EditContext, trajectories: dict) -> dict[str, float]:
         """Per attribute, the first-order margin change toward the other decision (best sign), largest first."""
