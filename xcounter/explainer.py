@@ -399,7 +399,7 @@ class Explainer:
     def _reconstruction_warnings(self, inversion, predictions: list[Prediction], targets: list[str]) -> list[str]:
         found = []
         closer = "" if getattr(inversion, "iterations", 0) else \
-            " (a closer reconstruction: inversion_iterations=2, `--inversion-iterations 2`)"
+            " (a closer reconstruction may help: `--inversion-iterations 2`, inversion_iterations=2 in Python)"
         if inversion.error > RECONSTRUCTION_WARNING:
             found.append(f"reconstruction error {inversion.error:.3f} is above {RECONSTRUCTION_WARNING}: "
                          "counterfactuals may reflect the generator, not the scan" + closer)
