@@ -162,10 +162,29 @@ def test_report_is_self_contained_with_metadata_and_gallery(reference, loaded):
     assert counterfactual["film"] == [] and counterfactual["image"] is not None  # slim, but the best image kept
 
 
-def test_rerun_with_other_settings_is_refused(loaded, mixed_folder, reference):
+def test_rerun_with_other_settings_is_refused(models, loaded, mixed_folder, reference):
     classifier, generator = loaded
     with pytest.raises(XCounterError, match="seed"):
         audit(classifier, generator, mixed_folder, out_dir=reference.out_dir, seed=4, **OPTIONS)
+    # the generator's own settings (xcounter.json) change every explanation, though not its networks' digest
+    other = xcounter.load_generator(str(models[1]))
+    other.inversion_iterations = 1
+    with pytest.raises(XCounterError, match="generator_settings"):
+        audit(classifier, other, mixed_folder, out_dir=reference.out_dir, seed=3, **OPTIONS)
+
+
+def test_an_audit_written_before_a_config_key_existed_still_resumes(loaded, mixed_folder, reference, tmp_path):
+    import shutil
+
+    classifier, generator = loaded
+    folder = tmp_path / "older"
+    shutil.copytree(reference.out_dir, folder)
+    config = json.loads((folder / "audit.json").read_text())
+    del config["generator_settings"]
+    (folder / "audit.json").write_text(json.dumps(config))
+    again = audit(classifier, generator, mixed_folder, out_dir=folder, seed=3, report=False, **OPTIONS)
+    assert again.metadata["counts"]["explained_now"] == 0  # everything was already in the journal
+    assert "generator_settings" in json.loads((folder / "audit.json").read_text())
 
 
 def test_torn_last_line_is_truncated_and_bad_lines_refused(tmp_path):

@@ -27,8 +27,11 @@ from xcounter.utils.atomic import write_text_atomic
 JOURNAL_NAME = "explanations.jsonl"
 CONFIG_NAME = "audit.json"
 #: settings that must match for a re-run to continue an existing journal
-CONFIG_KEYS = ("classifier_sha256", "classifier_name", "generator_config_sha256", "seed", "targets", "attributes",
-               "steps", "oracle", "explainer_options")
+CONFIG_KEYS = ("classifier_sha256", "classifier_name", "generator_config_sha256", "generator_settings", "seed",
+               "targets", "attributes", "steps", "oracle", "explainer_options")
+#: the generator's own settings (its xcounter.json) that change every explanation: the config digest covers the
+#: networks' configurations only
+GENERATOR_SETTINGS = ("guidance_scale", "edit_guidance", "kind_edits", "inversion_iterations")
 
 
 @dataclass
@@ -95,7 +98,8 @@ def _check_config(out_dir: Path, config: dict, journal_has_records: bool) -> Non
     path = out_dir / CONFIG_NAME
     if journal_has_records and path.exists():
         previous = json.loads(path.read_text(encoding="utf-8"))
-        changed = [k for k in CONFIG_KEYS if previous.get(k) != config.get(k)]
+        # a key an older audit.json lacks is not held against it (it was written before the key existed)
+        changed = [k for k in CONFIG_KEYS if k in previous and previous[k] != config.get(k)]
         if changed:
             raise XCounterError(f"'{out_dir}' holds an audit with different {', '.join(changed)}; "
                                 "use another output folder or start over (resume=False / --fresh)")
@@ -155,7 +159,8 @@ def audit(classifier: Any, generator: Any, scans: "str | os.PathLike | Sequence[
     examined = [a.name for a in job.attributes if a.kind != "anatomy"]
     config = {"classifier_name": classifier_identity.get("name"),
               "classifier_sha256": classifier_identity.get("sha256"),
-              "generator_config_sha256": generator_identity.get("config_sha256"), "seed": int(seed),
+              "generator_config_sha256": generator_identity.get("config_sha256"),
+              "generator_settings": {k: generator_identity.get(k) for k in GENERATOR_SETTINGS}, "seed": int(seed),
               "targets": job.targets, "attributes": examined, "steps": steps,
               "oracle": None if oracle is None else str(oracle), "explainer_options": job.explainer_options}
 
