@@ -51,6 +51,14 @@ def to_batch(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().clamp(0, 1)
 
 
+def same_reading(oracle, name: str, before: float, after: float) -> bool:
+    """Whether the oracle reads one attribute alike: the same side of 0.5 (binary), within the tolerance
+    (continuous)."""
+    if oracle.types.get(name) == "continuous":
+        return abs(before - after) < CONTINUOUS_TOLERANCE
+    return (before > 0.5) == (after > 0.5)
+
+
 def oracle_readout(oracle, before: np.ndarray, after: np.ndarray, attribute: str, sign: str) -> dict:
     """Identity (share of other attributes unchanged) and whether the edited attribute reached its target state."""
     with torch.no_grad():
@@ -60,11 +68,7 @@ def oracle_readout(oracle, before: np.ndarray, after: np.ndarray, attribute: str
     for name, v in values.items():
         if name == attribute:
             continue
-        a, b = float(v[0]), float(v[1])
-        if oracle.types.get(name) == "continuous":
-            kept.append(abs(a - b) < CONTINUOUS_TOLERANCE)
-        else:
-            kept.append((a > 0.5) == (b > 0.5))
+        kept.append(same_reading(oracle, name, float(v[0]), float(v[1])))
         if not kept[-1]:
             changed.append(name)
     edited = bool((float(values[attribute][1]) > 0.5) == (sign == "add")) if attribute in values else None
@@ -76,16 +80,8 @@ def kept_against_scan(oracle, scan_values: np.ndarray, features: Sequence[float]
     """Whether every attribute but the edited one reads on the counterfactual as on the input scan itself (the
     goal's reference is the method's own unedited image; this one also charges what the inversion lost)."""
     after = 1.0 / (1.0 + np.exp(-np.asarray(features, dtype=float)))
-    for j, name in enumerate(oracle.attributes):
-        if name == attribute:
-            continue
-        if oracle.types.get(name) == "continuous":
-            same = abs(scan_values[j] - after[j]) < CONTINUOUS_TOLERANCE
-        else:
-            same = (scan_values[j] > 0.5) == (after[j] > 0.5)
-        if not same:
-            return False
-    return True
+    return all(same_reading(oracle, name, float(scan_values[j]), float(after[j]))
+               for j, name in enumerate(oracle.attributes) if name != attribute)
 
 
 def record(cf, oracle, attribute: str, sign: str, seconds: float | None, method: str | None = None,

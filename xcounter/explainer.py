@@ -184,7 +184,7 @@ class Explainer:
         self.restate = bool(restate)
         self.localise = localised_signs(localise)
         self.mediation = bool(mediation)
-        from xcounter.generators.stable_diffusion import checked_inversion_iterations
+        from xcounter.generators.stable_diffusion import checked_inversion_iterations  # diffusers: load lazily
         if inversion_iterations is None:
             inversion_iterations = getattr(generator, "inversion_iterations", 0)
         self.inversion_iterations = checked_inversion_iterations(inversion_iterations, "inversion_iterations")
