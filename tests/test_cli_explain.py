@@ -192,3 +192,14 @@ def test_device_option_places_the_models_and_is_recorded(models, tmp_path, capsy
     assert "device must be one of" in _refused(capsys, _args(models, models["scan"], "--device", "tpu"), tmp_path)
     if not torch.cuda.is_available():
         assert "no CUDA GPU" in _refused(capsys, _args(models, models["scan"], "--device", "cuda"), tmp_path)
+
+
+def test_inversion_iterations_bounds_match_the_library():
+    """The CLIs state the bound without importing diffusers; it must stay the generator's own."""
+    from xcounter.cli.audit import command as audit_command
+    from xcounter.cli.explain import command as explain_command
+    from xcounter.generators.stable_diffusion import MAX_INVERSION_ITERATIONS
+
+    for command in (explain_command, audit_command):
+        option = next(p for p in command.params if p.name == "inversion_iterations")
+        assert (option.type.min, option.type.max) == (0, MAX_INVERSION_ITERATIONS)
