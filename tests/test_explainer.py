@@ -93,7 +93,7 @@ def test_explanation_fields_are_filled(explanation, classifier, attributes):
     assert any("reconstruction error" in w for w in e.warnings) == (e.reconstruction_error > 0.05)
 
 
-def test_nfe_is_recorded_and_under_budget(explanation):
+def test_nfe_is_recorded_and_under_budget(explanation, attributes):
     # post-swap steps off the shared prefix, two UNet evaluations each under edit guidance
     per_sign = EDITED_STEP_COST * sum(STEPS - s for s in (3, 2, 1, 0))
     # a removal first reads its DiffEdit region: 2 evaluations per probe step
@@ -101,7 +101,9 @@ def test_nfe_is_recorded_and_under_budget(explanation):
     first_target = [r for r in explanation.results if r.target == explanation.targets[0]]
     assert all(c.nfe == per_sign + (region_probes if c.sign == "remove" else 0)
                for r in first_target for c in r.counterfactuals)
-    assert all((c.region is not None) == (c.sign == "remove") for r in first_target for c in r.counterfactuals)
+    # a region: a removal's DiffEdit mask, or where the attribute can be (the chest tube's box), additions too
+    assert all((c.region is not None) == (c.sign == "remove" or attributes[r.attribute].where != "anywhere")
+               for r in first_target for c in r.counterfactuals)
     # inversion + source prefix once, each attribute and sign once (shared by every target)
     assert explanation.nfe == 2 * STEPS + sum(c.nfe for r in first_target for c in r.counterfactuals)
     assert explanation.nfe / 3 <= NFE_PER_ATTRIBUTE_BUDGET
