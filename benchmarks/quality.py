@@ -36,6 +36,8 @@ UNCONFINED = "ours, removals unconfined"
 FULL_EDIT = "ours at full strength (trajectory end)"
 CROSSING = "ours, shown at the Bézier crossing (latent blend)"
 TRUE_TOGGLE = "true counterfactual (renderer toggle)"
+#: the inversion the generator does not use by default (`SDGenerator.inversion`), as an ablation row
+OTHER_INVERSION = {"ddim": "ours, DDPM inversion (edit-friendly noise)", "ddpm": "ours, DDIM inversion"}
 #: (classifier, target label, edited attribute) per domain: the planted shortcut and a real cause (the CXR
 #: effusion; the skin veil for the 7-point-checklist model's "Blue-white veil", an output that follows it alone)
 TASKS = {"cxr": [("cxr-shortcut", "Pneumothorax", "chest_tube"), ("cxr-clean", "Effusion", "pleural_effusion")],
@@ -130,15 +132,16 @@ def full_edit_record(cf, oracle, attribute: str, sign: str) -> dict:
 
 
 def contexts_for_scan(models: C.DomainModels, pixels: np.ndarray, report: str, seed: int, directions: dict,
-                      tasks: list[tuple[str, str, str]]):
-    """One inversion per scan; an EditContext per (classifier, target)."""
+                      tasks: list[tuple[str, str, str]], inversion_method: str | None = None):
+    """One inversion per scan (`inversion_method`: None = the generator's own); an EditContext per
+    (classifier, target)."""
     from xcounter.methods.base import EditContext
     from xcounter.methods.trajectory import DEFAULT_MAX_NFE
     from xcounter.search import DEFAULT_FLIP_MARGIN
 
     generator = models.generator
     image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
-    inversion = generator.invert(image, report, generator.steps)
+    inversion = generator.invert(image, report, generator.steps, method=inversion_method, seed=seed)
     with torch.no_grad():
         source = generator.embed([report])[0]
     contexts = {}
@@ -212,6 +215,9 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
             break
         pixels, truth, report = C.phantom(domain, phantom_seed, **overrides)
         inversion, contexts = contexts_for_scan(models, pixels, report, args.seed, directions, tasks)
+        own_inversion = getattr(models.generator, "inversion", "ddim")
+        other_inversion = "ddpm" if own_inversion == "ddim" else "ddim"
+        _, other_contexts = contexts_for_scan(models, pixels, report, args.seed, directions, tasks, other_inversion)
         with torch.no_grad():  # the oracle on the input scan at the generator's resolution
             scan_values = torch.sigmoid(models.oracle.logits(
                 C.phantom_tensor(domain, phantom_seed, models.generator, **overrides)))[0].numpy()
@@ -219,6 +225,7 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
         methods = {"trajectory": get_method("trajectory", max_nfe=DEFAULT_MAX_NFE),
                    UNCONFINED: get_method("trajectory", max_nfe=DEFAULT_MAX_NFE, localise=False),
                    CROSSING: get_method("trajectory", max_nfe=DEFAULT_MAX_NFE, shown="crossing"),
+                   OTHER_INVERSION[own_inversion]: get_method("trajectory", max_nfe=DEFAULT_MAX_NFE),
                    "random": get_method("random", max_nfe=DEFAULT_MAX_NFE),
                    "latent_shift": get_method("latent_shift"), "sdedit": get_method("sdedit")}
         for name, label, attribute in tasks:
@@ -242,6 +249,10 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
                     blend = methods[CROSSING].generate(context, models.attributes[attribute], sign)
                     records.append({**task, **record(blend, models.oracle, attribute, sign,
                                                      time.perf_counter() - started, method=CROSSING)})
+                    started, other = time.perf_counter(), OTHER_INVERSION[own_inversion]
+                    redone = methods[other].generate(other_contexts[(name, label)], models.attributes[attribute], sign)
+                    records.append({**task, **record(redone, models.oracle, attribute, sign,
+                                                     time.perf_counter() - started, method=other)})
                     if sign == "remove":  # additions are never confined: the ablation is the same edit
                         started = time.perf_counter()
                         unconfined = methods[UNCONFINED].generate(context, models.attributes[attribute], sign)
@@ -365,7 +376,11 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
               f"never confined, so they are not repeated). Ours shows a flip with the first swap-step sample that "
               "flips (a whole generator output; its minimal strength is still the crossing on the "
               f"Bézier curve); *{CROSSING}*: the curve itself at the crossing, a blend of two samples' latents (the "
-              f"`shown` ablation). *{FULL_EDIT}*: the same trajectory's strongest edit "
+              f"`shown` ablation). *{OTHER_INVERSION['ddim']}* (or *{OTHER_INVERSION['ddpm']}*, for a generator "
+              "that inverts with DDPM): ours from the inversion the generator does not use by default, with its own "
+              "reconstruction as the unedited image (DDPM inversion's is the VAE's round trip of the scan; its noisy "
+              "latents are drawn with the benchmark seed, and which draw it is moves this row by several points). "
+              f"*{FULL_EDIT}*: the same trajectory's strongest edit "
               "instead of its flip (how clean the generator's whole edit is; the goal is read at the flip shown). "
               f"*{TRUE_TOGGLE}*: the phantom redrawn with only the attribute toggled, no generator involved; "
               "its 'all else kept' is how far the oracle lets this score go. *all else as in the scan*: every "

@@ -171,6 +171,10 @@ def test_rerun_with_other_settings_is_refused(models, loaded, mixed_folder, refe
     other.inversion_iterations = 1
     with pytest.raises(XCounterError, match="generator_settings"):
         audit(classifier, other, mixed_folder, out_dir=reference.out_dir, seed=3, **OPTIONS)
+    other = xcounter.load_generator(str(models[1]))
+    other.inversion = "ddpm" if other.inversion == "ddim" else "ddim"
+    with pytest.raises(XCounterError, match="generator_settings"):
+        audit(classifier, other, mixed_folder, out_dir=reference.out_dir, seed=3, **OPTIONS)
 
 
 def test_an_audit_written_before_a_config_key_existed_still_resumes(loaded, mixed_folder, reference, tmp_path):
@@ -340,7 +344,8 @@ def test_cli_passes_explainer_options_through(tmp_path, monkeypatch):
     common = ["audit", "--classifier", "x.pt", "--images", str(folder), "--generator", "g", "--out", str(tmp_path / "o")]
     assert cli_main([*common, "--signs", "add", "--flip-margin", "0.5", "--inversion-iterations", "2"]) == 0
     assert cli_main(common) == 0
-    assert seen == [{"signs": ["add"], "flip_margin": 0.5, "inversion_iterations": 2}, {}]
+    assert cli_main([*common, "--inversion", "ddpm"]) == 0
+    assert seen == [{"signs": ["add"], "flip_margin": 0.5, "inversion_iterations": 2}, {}, {"inversion": "ddpm"}]
 
 
 def test_public_api_is_callable():

@@ -143,6 +143,12 @@ def test_inversion_iterations_reach_the_explanation(models, tmp_path, capsys):
     capsys.readouterr()
     too_many = _args(models, models["scan"], "--inversion-iterations", "11")
     assert "--inversion-iterations" in _refused(capsys, too_many, tmp_path)
+    assert main(_args(models, models["scan"], *extra, "--inversion", "ddpm")) == 0
+    assert read_json_sidecar(sidecar).settings["inversion"] == "ddpm"
+    capsys.readouterr()
+    both = _args(models, models["scan"], "--inversion", "ddpm", "--inversion-iterations", "2")
+    assert "DDPM inversion is exact already" in _refused(capsys, both, tmp_path)
+    assert "--inversion" in _refused(capsys, _args(models, models["scan"], "--inversion", "exact"), tmp_path)
 
 
 def test_command_line_round_trips_through_the_parser(models):
@@ -195,11 +201,12 @@ def test_device_option_places_the_models_and_is_recorded(models, tmp_path, capsy
 
 
 def test_inversion_iterations_bounds_match_the_library():
-    """The CLIs state the bound without importing diffusers; it must stay the generator's own."""
+    """The CLIs state the bound and the methods without importing diffusers; they must stay the generator's own."""
     from xcounter.cli.audit import command as audit_command
     from xcounter.cli.explain import command as explain_command
-    from xcounter.generators.stable_diffusion import MAX_INVERSION_ITERATIONS
+    from xcounter.generators.stable_diffusion import INVERSION_METHODS, MAX_INVERSION_ITERATIONS
 
     for command in (explain_command, audit_command):
         option = next(p for p in command.params if p.name == "inversion_iterations")
         assert (option.type.min, option.type.max) == (0, MAX_INVERSION_ITERATIONS)
+        assert tuple(next(p for p in command.params if p.name == "inversion").type.choices) == INVERSION_METHODS

@@ -250,7 +250,7 @@ def test_what_the_reconstruction_lost_is_named_with_an_oracle(classifier, genera
 
     lost = [w for w in explain(Reader()).warnings if "differs from the scan" in w]
     assert len(lost) == 1 and "nodule -1.00" in lost[0] and "pacemaker" not in lost[0]
-    assert "--inversion-iterations 2" in lost[0]
+    assert "--inversion ddpm" in lost[0]
     assert not any("differs from the scan" in w for w in explain(None).warnings)
 
 
@@ -629,3 +629,31 @@ def test_inversion_iterations_refine_the_shared_inversion_and_are_recorded(class
     assert not np.array_equal(refined.reconstruction, plain.reconstruction)
     with pytest.raises(XCounterError, match="inversion_iterations must be a whole number"):
         Explainer(classifier, generator, attributes, inversion_iterations=-1)
+
+
+def test_ddpm_inversion_is_chosen_recorded_and_refuses_refinements(classifier, attributes, scan):
+    from tiny_generator import tiny_pipeline
+    from xcounter.generators import SDGenerator
+
+    ddpm = SDGenerator(tiny_pipeline(1, seed=0), steps=STEPS, name="tiny-sd", inversion="ddpm")
+
+    def explain(**options):
+        return Explainer(classifier, ddpm, attributes, attribution=False, swap_steps=[2], signs=["add"],
+                         examine=["chest_tube"], **options).explain(scan, target="Pneumothorax", seed=5)
+
+    own = explain()
+    assert own.settings["inversion"] == "ddpm" and own.settings["inversion_eta"] == ddpm.inversion_eta
+    with torch.no_grad():  # the reconstruction is the VAE's own round trip
+        image = torch.from_numpy(own.image).permute(2, 0, 1)[None]
+        round_trip = ddpm.decode(ddpm.encode(image))[0].permute(1, 2, 0).numpy()
+    assert np.allclose(own.reconstruction, round_trip, atol=1e-5)
+    again = explain()  # the noisy latents are drawn from the explanation's seed
+    assert np.array_equal(again.results[0].counterfactuals[0].image, own.results[0].counterfactuals[0].image)
+    refined = explain(inversion_iterations=2)  # refinements ask for DDIM inversion
+    assert refined.settings["inversion"] == "ddim" and refined.settings["inversion_iterations"] == 2
+    assert not np.allclose(refined.reconstruction, own.reconstruction, atol=1e-3)
+    assert explain(inversion="ddim").settings["inversion"] == "ddim"
+    with pytest.raises(XCounterError, match="DDPM inversion is exact already"):
+        Explainer(classifier, ddpm, attributes, inversion="ddpm", inversion_iterations=2)
+    with pytest.raises(XCounterError, match="inversion must be one of"):
+        Explainer(classifier, ddpm, attributes, inversion="exact")

@@ -357,3 +357,63 @@ def test_ship_script_writes_a_loadable_fp16_copy_without_checkpoints(tmp_path):
     assert all(torch.allclose(weights[k].float(), original[k], atol=1e-3, rtol=1e-3) for k in original)
     generator = load_generator(shipped)
     assert next(generator.unet.parameters()).dtype == torch.float32  # cast back on load
+
+
+def test_ddpm_inversion_returns_the_scan_latent_through_every_branch(generator, texts):
+    """Edit-friendly DDPM inversion keeps, per step, the noise that links its independently drawn noisy latents:
+    the source path returns z_0 exactly from any swap step (the reconstruction is the VAE's own), so what an
+    edit does not touch can stay the scan's."""
+    source, edited, _ = texts
+    image = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(5))
+    generator.reset_nfe()
+    inversion = generator.invert(image, SOURCE, steps=4, method="ddpm", seed=7)
+    assert generator.nfe == 4  # one UNet evaluation per step; no separate reconstruction pass
+    assert inversion.method == "ddpm" and inversion.seed == 7 and inversion.eta == generator.inversion_eta
+    prefix = inversion.prefix
+    assert len(prefix) == 5 and len(prefix.residuals) == 4 and torch.equal(prefix[-1], inversion.z_0)
+    with torch.no_grad():
+        assert torch.allclose(inversion.reconstruction, generator.decode(inversion.z_0), atol=1e-6)
+    kept = generator.sample(inversion.z_T, [SwapSchedule(source, source, swap_step=k) for k in range(5)], steps=4,
+                            prefix=prefix)
+    assert torch.allclose(kept, inversion.z_0.expand(5, -1, -1, -1), atol=1e-5)
+    changed = generator.sample(inversion.z_T, [SwapSchedule(source, edited, swap_step=0)], steps=4, prefix=prefix)
+    assert not torch.allclose(changed, inversion.z_0, atol=1e-3)
+    # without the residuals the same latents are an ordinary DDIM path that does not come back
+    plain = generator.sample(inversion.z_T, [SwapSchedule(source, source, swap_step=0)], steps=4, prefix=list(prefix))
+    assert not torch.allclose(plain, inversion.z_0, atol=1e-2)
+
+
+def test_ddpm_inversion_is_seeded_and_rereads_its_path_under_another_prompt(generator, texts):
+    _, edited, _ = texts
+    image = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(6))
+    first, again, other = (generator.invert(image, SOURCE, steps=4, method="ddpm", seed=s) for s in (1, 1, 2))
+    assert torch.equal(first.z_T, again.z_T) and not torch.allclose(first.z_T, other.z_T)
+    assert torch.equal(first.reconstruction, other.reconstruction)
+    assert generator.source_path(first, generator.embed([SOURCE])[0], 4) is first.prefix
+    generator.reset_nfe()
+    path = generator.source_path(first, edited, 4)
+    assert generator.nfe == 4 and all(torch.equal(a, b) for a, b in zip(path, first.prefix))
+    assert not torch.allclose(path.residuals[0], first.prefix.residuals[0])
+    back = generator.sample(first.z_T, [SwapSchedule(edited, edited, swap_step=0)], steps=4, prefix=path)
+    assert torch.allclose(back, first.z_0, atol=1e-5)
+    longer = generator.source_path(first, edited, 6)  # another step count: drawn again with the same seed
+    assert len(longer) == 7 and torch.equal(longer[-1], first.z_0)
+
+
+def test_ddpm_inversion_settings_come_from_the_folder_and_are_checked(generator, tmp_path):
+    folder = tiny_generator_dir(tmp_path / "own", settings={"steps": 2, "inversion": "ddpm", "inversion_eta": 0.5})
+    loaded = load_generator(folder)
+    assert (loaded.inversion, loaded.inversion_eta) == ("ddpm", 0.5)
+    assert loaded.identity()["inversion"] == "ddpm" and loaded.identity()["inversion_eta"] == 0.5
+    inversion = loaded.invert(torch.rand(1, 1, 16, 16), SOURCE)
+    assert inversion.method == "ddpm" and inversion.eta == 0.5 and inversion.prefix.eta == 0.5
+    assert loaded.invert(torch.rand(1, 1, 16, 16), SOURCE, method="ddim").prefix.residuals is None
+    with pytest.raises(XCounterError, match="refine DDIM inversion"):
+        loaded.invert(torch.rand(1, 1, 16, 16), SOURCE, iterations=2)
+    for k, (settings, message) in enumerate((({"inversion": "ddpx"}, "inversion must be one of ddim, ddpm"),
+                                             ({"inversion_eta": 1.5}, "inversion_eta must be a number from 0 to 1"),
+                                             ({"inversion_eta": "1"}, "inversion_eta must be a number from 0 to 1"))):
+        with pytest.raises(ModelError, match=message):
+            load_generator(tiny_generator_dir(tmp_path / f"bad{k}", settings=settings))
+    with pytest.raises(XCounterError, match="method must be one of"):
+        generator.invert(torch.rand(1, 1, 16, 16), SOURCE, method="exact")

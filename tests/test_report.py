@@ -96,6 +96,16 @@ def test_card_states_the_generators_own_settings_per_attribute_kind():
     assert "<th>kind edits</th><td>–</td>" in render_html(explanation)
 
 
+def test_card_names_the_inversion_the_edits_started_from():
+    explanation = sample_explanation(size=16)
+    explanation.settings.pop("inversion", None)  # an explanation from before the setting existed
+    assert "latent space (DDIM)" in render_html(explanation)
+    explanation.settings["inversion"] = "ddpm"
+    html = render_html(explanation)
+    assert "latent space (edit-friendly DDPM inversion, which keeps the noise of the scan)" in html
+    assert "<th>inversion</th><td>ddpm</td>" in html
+
+
 def test_untrusted_text_is_escaped():
     html = render_html(hostile_explanation())
     assert HOSTILE_LABEL not in html and "<script" not in html.lower()

@@ -135,6 +135,9 @@ class Explainer:
         mediation: with an oracle, a flip whose counterfactual also made another attribute's own flipping
             edit gets the verdict "mediated" and names that attribute (`xcounter.mediation`); without an
             oracle there is nothing to read it from and verdicts are unchanged.
+        inversion: how the scan is inverted (`SDGenerator.invert`): "ddpm" (edit-friendly noise maps: the
+            reconstruction is the VAE's own and edits keep the scan's noise) or "ddim"; None = the generator's
+            own (`inversion` in its xcounter.json), or "ddim" when `inversion_iterations` > 0 is asked for.
         inversion_iterations: fixed-point refinements per DDIM inversion step (`SDGenerator.invert`): a
             reconstruction that keeps more of the scan for one UNet evaluation more per step each, at some
             cost to how cleanly edits then draw (docs/CONTRACTS.md); None = the generator's own (default 0).
@@ -149,7 +152,7 @@ class Explainer:
                  disentangle: bool = True, signs: str | Sequence[str] = "auto", examine: Sequence[str] | None = None,
                  edit_guidance: float | None = None, restate: bool = True,
                  localise: Sequence[str] | bool = LOCALISED_SIGNS, mediation: bool = True,
-                 inversion_iterations: int | None = None):
+                 inversion_iterations: int | None = None, inversion: str | None = None):
         self.classifier = classifier
         self.generator = generator
         self.attributes = load_attributes(attributes)
@@ -184,9 +187,18 @@ class Explainer:
         self.restate = bool(restate)
         self.localise = localised_signs(localise)
         self.mediation = bool(mediation)
-        from xcounter.generators.stable_diffusion import checked_inversion_iterations  # diffusers: load lazily
+        # diffusers: load lazily
+        from xcounter.generators.stable_diffusion import checked_inversion_iterations, checked_inversion_method
+        if inversion_iterations is not None:
+            checked_inversion_iterations(inversion_iterations, "inversion_iterations")
+        if inversion is None:  # refinements are asked for DDIM inversion, whatever the generator's own
+            inversion = "ddim" if inversion_iterations else getattr(generator, "inversion", "ddim")
+        self.inversion = checked_inversion_method(inversion, "inversion")
+        if self.inversion == "ddpm" and inversion_iterations:
+            raise XCounterError("inversion_iterations refine DDIM inversion; DDPM inversion is exact already: "
+                                "pass inversion='ddim' with them, or leave them out")
         if inversion_iterations is None:
-            inversion_iterations = getattr(generator, "inversion_iterations", 0)
+            inversion_iterations = getattr(generator, "inversion_iterations", 0) if self.inversion == "ddim" else 0
         self.inversion_iterations = checked_inversion_iterations(inversion_iterations, "inversion_iterations")
         if isinstance(signs, str) and signs == "auto":
             self.signs: str | tuple[str, ...] = "auto"
@@ -280,9 +292,10 @@ class Explainer:
         if self.swap_steps is not None and not all(0 <= s < steps for s in self.swap_steps):
             raise XCounterError(f"swap steps must lie in 0..{steps - 1} for {steps} DDIM steps, got {self.swap_steps}")
 
-        inversion = generator.invert(scan.to_tensor(), prompt, steps, iterations=self.inversion_iterations)
+        inversion = generator.invert(scan.to_tensor(), prompt, steps, iterations=self.inversion_iterations,
+                                     method=self.inversion, seed=seed)
         prefix = inversion.prefix if inversion.prefix is not None else \
-            generator.denoise_prefix(inversion.z_T, generator.embed([prompt])[0], steps)
+            generator.source_path(inversion, generator.embed([prompt])[0], steps)
         source_embedding = getattr(prefix, "source", None)
         if source_embedding is None:
             source_embedding = generator.embed([prompt])[0]
@@ -363,7 +376,9 @@ class Explainer:
             steps, DEFAULT_STRENGTHS, self.max_nfe, self.generator.guidance_scale, self.edit_guidance)
         return {"method": getattr(self.method, "name", type(self.method).__name__), "steps": steps,
                 "swap_steps": swap_steps, "guidance_scale": self.generator.guidance_scale, "alpha": self.alpha,
-                "max_nfe": self.max_nfe, "inversion_iterations": self.inversion_iterations,
+                "max_nfe": self.max_nfe, "inversion": self.inversion,
+                **({"inversion_eta": getattr(self.generator, "inversion_eta", None)} if self.inversion == "ddpm" else {}),
+                "inversion_iterations": self.inversion_iterations,
                 "refine_nfe": getattr(getattr(self.method, "search", self.method), "refine_nfe", None),
                 "tolerance": self.tolerance, "flip_margin": self.flip_margin,
                 "disentangle": self.disentangle,
@@ -398,8 +413,9 @@ class Explainer:
 
     def _reconstruction_warnings(self, inversion, predictions: list[Prediction], targets: list[str]) -> list[str]:
         found = []
-        closer = "" if getattr(inversion, "iterations", 0) else \
-            " (a closer reconstruction may help: `--inversion-iterations 2`, inversion_iterations=2 in Python)"
+        closer = " (with DDPM inversion the reconstruction is the generator's VAE round trip)" \
+            if getattr(inversion, "method", "ddim") == "ddpm" else \
+            " (a closer reconstruction may help: `--inversion ddpm`, inversion='ddpm' in Python)"
         if inversion.error > RECONSTRUCTION_WARNING:
             found.append(f"reconstruction error {inversion.error:.3f} is above {RECONSTRUCTION_WARNING}: "
                          "counterfactuals may reflect the generator, not the scan" + closer)

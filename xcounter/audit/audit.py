@@ -31,7 +31,8 @@ CONFIG_KEYS = ("classifier_sha256", "classifier_name", "generator_config_sha256"
                "targets", "attributes", "steps", "oracle", "explainer_options")
 #: the generator's own settings (its xcounter.json) that change every explanation: the config digest covers the
 #: networks' configurations only
-GENERATOR_SETTINGS = ("guidance_scale", "edit_guidance", "kind_edits", "inversion_iterations")
+GENERATOR_SETTINGS = ("guidance_scale", "edit_guidance", "kind_edits", "inversion", "inversion_eta",
+                      "inversion_iterations")
 
 
 @dataclass

@@ -60,9 +60,12 @@ def _default_generator(classifier_spec: str, trust_pickle: bool) -> str:
                    "rest; both when unknown), or add, remove or add,remove.")
 @click.option("--flip-margin", type=click.FloatRange(min=0), default=None,
               help="Logits past the threshold an edit must reach to count as a flip (default 1).")
+@click.option("--inversion", type=click.Choice(["ddim", "ddpm"]),
+              help="How scans are inverted: ddpm (edit-friendly noise maps; the reconstruction is the VAE's own) or "
+                   "ddim (default: the generator's).")
 @click.option("--inversion-iterations", type=click.IntRange(0, 10), metavar="N",
-              help="Fixed-point refinements per DDIM inversion step: reconstructions closer to the scans, "
-                   "N more UNet evaluations per step (default: the generator's, 0).")
+              help="Fixed-point refinements per DDIM inversion step (implies --inversion ddim): reconstructions "
+                   "closer to the scans, N more UNet evaluations per step (default: the generator's, 0).")
 @click.option("--oracle", help="Attribute oracle (cxr, skin or a file) for CFRT.")
 @click.option("--trust-pickle", is_flag=True, help="Allow pickled classifier files (runs code from the file).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Shortcut alert: lower bound of the flip-rate interval above this (default 0.1).")
@@ -71,7 +74,7 @@ def _default_generator(classifier_spec: str, trust_pickle: bool) -> str:
               help="Where a serial audit's models run (auto: the GPU when torch sees one); Ray workers use the GPUs "
                    "Ray gives them (none with cpu; cuda refuses a cluster without GPUs).")
 def command(classifier, images, manifest, dataset, generator, targets, attributes, only, out_dir, limit, seed, steps,
-            resume, retry_failed, workers, ray_address, signs, flip_margin, inversion_iterations, oracle,
+            resume, retry_failed, workers, ray_address, signs, flip_margin, inversion, inversion_iterations, oracle,
             trust_pickle, threshold, quiet, device) -> None:
     """Audit a classifier over many scans; write explanations.jsonl and audit_report.html/.json to --out.
 
@@ -93,8 +96,9 @@ def command(classifier, images, manifest, dataset, generator, targets, attribute
                    seed=seed, executor=make_executor(workers, ray_address, device), resume=resume,
                    retry_failed=retry_failed,
                    limit=limit, steps=steps, oracle=oracle, trust_pickle=trust_pickle,
-                   explainer_options={**_signs(signs), **{k: v for k, v in (("flip_margin", flip_margin), (
-                       "inversion_iterations", inversion_iterations)) if v is not None}},
+                   explainer_options={**_signs(signs), **{k: v for k, v in (
+                       ("flip_margin", flip_margin), ("inversion", inversion),
+                       ("inversion_iterations", inversion_iterations)) if v is not None}},
                    threshold=ALERT_THRESHOLD if threshold is None else threshold, progress=progress)
     counts = result.metadata["counts"]
     click.echo(f"Audited {counts['scans']} scans ({counts['ok']} ok, {counts['failed']} failed, "

@@ -60,7 +60,7 @@ def run_explain(classifier: str, image: str | Path, *, generator: str | None = N
                 json_path: str | Path | None = None, embed_images: bool = False, seed: int = 0,
                 steps: int | None = None, trust_pickle: bool = False, oracle: str | None = None,
                 alpha: float | None = None, flip_margin: float | None = None, localise: str | None = None,
-                inversion_iterations: int | None = None, device: str = "auto",
+                inversion: str | None = None, inversion_iterations: int | None = None, device: str = "auto",
                 progress: Callable[[str], None] | None = None) -> ExplainRun:
     """Load everything, explain, render the card (and sidecar) atomically. Raises XCounterError on user mistakes.
 
@@ -86,7 +86,8 @@ def run_explain(classifier: str, image: str | Path, *, generator: str | None = N
         model.target_index(target)
     sd = xcounter.load_generator(generator or _default_generator(model), steps=steps, device=place)
     tuning = {k: v for k, v in (("alpha", alpha), ("flip_margin", flip_margin),
-                                ("inversion_iterations", inversion_iterations)) if v is not None}
+                                ("inversion", inversion), ("inversion_iterations", inversion_iterations))
+              if v is not None}
     if localise is not None:
         tuning["localise"] = LOCALISE_CHOICES[localise]
     explainer = xcounter.Explainer(model, sd, attributes or _default_attributes(model, sd), oracle=oracle, steps=steps,
@@ -162,17 +163,20 @@ LOCALISE_CHOICES = {"remove": ("remove",), "add": ("add",), "both": ("add", "rem
               help="Logits past the threshold an edit must reach to count as a flip (default 1).")
 @click.option("--localise", type=click.Choice(list(LOCALISE_CHOICES)),
               help="Which edits act only where the prompts disagree (DiffEdit region); default: remove.")
+@click.option("--inversion", type=click.Choice(["ddim", "ddpm"]),
+              help="How the scan is inverted: ddpm (edit-friendly noise maps; the reconstruction is the VAE's own) or "
+                   "ddim (default: the generator's).")
 @click.option("--inversion-iterations", type=click.IntRange(0, 10), metavar="N",
-              help="Fixed-point refinements per DDIM inversion step: a reconstruction closer to the scan, "
-                   "N more UNet evaluations per step (default: the generator's, 0).")
+              help="Fixed-point refinements per DDIM inversion step (implies --inversion ddim): a reconstruction "
+                   "closer to the scan, N more UNet evaluations per step (default: the generator's, 0).")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
               help="Where the classifier and the generator run (auto: the GPU when torch sees one).")
 def command(classifier, image, generator, targets, attributes, report_text, out, json_path, embed_images, seed,
-            steps, trust_pickle, oracle, alpha, flip_margin, localise, inversion_iterations, device) -> None:
+            steps, trust_pickle, oracle, alpha, flip_margin, localise, inversion, inversion_iterations, device) -> None:
     """Explain a classifier's decision on one scan with counterfactual attribute edits."""
     run = run_explain(classifier, image, generator=generator, targets=targets, attributes=attributes,
                       report_text=report_text, out=out, json_path=json_path, embed_images=embed_images, seed=seed,
                       steps=steps, trust_pickle=trust_pickle, oracle=oracle, alpha=alpha, flip_margin=flip_margin,
-                      localise=localise, inversion_iterations=inversion_iterations, device=device,
+                      localise=localise, inversion=inversion, inversion_iterations=inversion_iterations, device=device,
                       progress=lambda message: click.echo(message, err=True))
     print_run(run)

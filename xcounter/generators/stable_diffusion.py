@@ -23,6 +23,11 @@ from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 from xcounter.errors import InputError, ModelError, XCounterError
 
+#: how `SDGenerator.invert` maps a scan to noise (see there)
+INVERSION_METHODS = ("ddim", "ddpm")
+#: DDPM inversion's default eta: 1 is the paper's DDPM sampler
+DEFAULT_INVERSION_ETA = 1.0
+
 
 @dataclass
 class SwapSchedule:
@@ -48,19 +53,30 @@ class Inversion:
     prompt: str
     steps: int
     guidance_scale: float = 1.0  # guidance used for the reconstruction (and `prefix`)
-    prefix: list[torch.Tensor] | None = None  # denoise_prefix(z_T, embed(prompt)): reuse it in `sample`
+    prefix: list[torch.Tensor] | None = None  # the source path (`DenoisePrefix`): reuse it in `sample`
     iterations: int = 0  # fixed-point refinements per inversion step (`SDGenerator.invert`)
+    method: str = "ddim"  # "ddim" (deterministic inversion) | "ddpm" (edit-friendly noise maps)
+    eta: float | None = None  # "ddpm": the DDIM eta whose noise the residuals stand for
+    seed: int | None = None  # "ddpm": the seed of the noisy latents
 
 
 class DenoisePrefix(list):
     """`latents[i]` = latent before denoising step i (`latents[steps]` = z_0), remembering how it was made
-    so `sample` can refuse a prefix computed for other settings."""
+    so `sample` can refuse a prefix computed for other settings.
 
-    def __init__(self, latents: Sequence[torch.Tensor], steps: int, guidance_scale: float, source: torch.Tensor):
+    `residuals` (edit-friendly DDPM inversion): `residuals[i]` = latents[i + 1] minus the DDIM(`eta`) step
+    from latents[i] under the source embedding. `sample` adds it after every step of every branch, so the
+    source path returns exactly and an edit keeps the scan's own noise.
+    """
+
+    def __init__(self, latents: Sequence[torch.Tensor], steps: int, guidance_scale: float, source: torch.Tensor,
+                 residuals: Sequence[torch.Tensor] | None = None, eta: float = 0.0):
         super().__init__(latents)
         self.steps = steps
         self.guidance_scale = guidance_scale
         self.source = source
+        self.residuals = None if residuals is None else list(residuals)
+        self.eta = float(eta)
 
 
 def adapt_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -113,7 +129,8 @@ class SDGenerator:
     def __init__(self, pipe, *, name: str = "stable-diffusion", domain: str | None = None, steps: int = 50,
                  guidance_scale: float = 1.0, image_channels: int | None = None, device: str | torch.device = "cpu",
                  source: str | None = None, max_batch: int = 16, edit_guidance: float | None = None,
-                 kind_edits: dict[str, dict[str, float]] | None = None, inversion_iterations: int = 0):
+                 kind_edits: dict[str, dict[str, float]] | None = None, inversion_iterations: int = 0,
+                 inversion: str = "ddim", inversion_eta: float = DEFAULT_INVERSION_ETA):
         self.pipe = pipe.to(device)
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoder, self.tokenizer = pipe.text_encoder, pipe.tokenizer
@@ -141,6 +158,9 @@ class SDGenerator:
                            for kind, own in (kind_edits or {}).items()}
         # fixed-point refinements per DDIM inversion step (`invert`); 0 = the plain diffusers inversion
         self.inversion_iterations = checked_inversion_iterations(inversion_iterations, "inversion_iterations")
+        # how real scans are inverted (`invert`): "ddim" or "ddpm" (edit-friendly noise maps), and the latter's eta
+        self.inversion = checked_inversion_method(inversion, "inversion")
+        self.inversion_eta = checked_inversion_eta(inversion_eta, "inversion_eta")
         self.max_batch = max_batch
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         size = self.unet.config.sample_size
@@ -164,7 +184,8 @@ class SDGenerator:
                 "image_channels": self.image_channels, "latent_shape": list(self.latent_shape),
                 "steps": self.steps, "guidance_scale": self.guidance_scale, "edit_guidance": self.edit_guidance,
                 **({"kind_edits": self.kind_edits} if self.kind_edits else {}),
-                "inversion_iterations": self.inversion_iterations,
+                "inversion_iterations": self.inversion_iterations, "inversion": self.inversion,
+                **({"inversion_eta": self.inversion_eta} if self.inversion == "ddpm" else {}),
                 "scheduler": "DDIM (eta 0)", "prediction_type": self.scheduler.config.prediction_type,
                 "config_sha256": digest}
 
@@ -255,14 +276,22 @@ class SDGenerator:
     # --- inversion and denoising ---------------------------------------------------------------------
     @torch.no_grad()
     def invert(self, image, prompt: str, steps: int | None = None,
-               iterations: int | None = None) -> Inversion:
-        """DDIM-invert one image to z_T under `prompt` (no guidance), then measure its reconstruction.
+               iterations: int | None = None, method: str | None = None, seed: int = 0) -> Inversion:
+        """Invert one image under `prompt`, then measure its reconstruction.
 
-        Plain DDIM inversion (`iterations` 0) predicts the noise of each step at the latent it starts
-        from, an approximation that drifts: on the phantom CXR model the reconstruction lost a nodule
-        the scan shows on 2 of 10 scans. Each of `iterations` fixed-point refinements predicts it again
-        at the latent just reached, so the forward step lands back where inversion started (one UNet
-        evaluation more per step and refinement; default: the generator's `inversion_iterations`).
+        `method` (default: the generator's `inversion`):
+        - "ddim": DDIM inversion to z_T (no guidance). Plain DDIM inversion (`iterations` 0) predicts the
+          noise of each step at the latent it starts from, an approximation that drifts: on the phantom CXR
+          model the reconstruction lost a nodule the scan shows on 2 of 10 scans. Each of `iterations`
+          fixed-point refinements predicts it again at the latent just reached, so the forward step lands
+          back where inversion started (one UNet evaluation more per step and refinement; default: the
+          generator's `inversion_iterations`).
+        - "ddpm": edit-friendly DDPM inversion (Huberman-Spiegelglas et al., CVPR 2024, as LEDITS++): every
+          step's noisy latent is drawn from q(x_t | z_0) on its own (seeded by `seed`) and the noise that
+          links it to the next is kept (`DenoisePrefix.residuals`). The source path then returns the VAE's
+          own reconstruction exactly, and edits keep the scan's noise, so what they do not touch stays put
+          (phantom CXR: every other attribute kept on 0.85 of edits, DDIM 0.65). Costs `steps` UNet
+          evaluations, as DDIM inversion does.
         The reconstruction is denoised with the generator's own guidance scale, i.e. exactly the start
         point the counterfactuals are made from, so the reported error is the one they inherit.
         """
@@ -270,23 +299,76 @@ class SDGenerator:
         if iterations is None:
             iterations = self.inversion_iterations
         iterations = checked_inversion_iterations(iterations, "iterations")
+        method = checked_inversion_method(self.inversion if method is None else method, "method")
+        if method == "ddpm" and iterations:
+            raise XCounterError("inversion iterations refine DDIM inversion; DDPM inversion is exact already "
+                                "(pass the DDIM method, or 0 iterations)")
         image = self.prepare(_as_image_batch(image))
         if not torch.isfinite(image).all() or image.min() < -1e-3 or image.max() > 1 + 1e-3:
             raise InputError("the image to invert must hold finite values in [0, 1]")
         z_0 = self.encode(image)
         source = self.embed([prompt])
-        self.inverse_scheduler.set_timesteps(steps)
-        z = z_0
-        for t in self.inverse_scheduler.timesteps:
-            start = z
-            for _ in range(1 + iterations):
-                z = self.inverse_scheduler.step(self._unet(z, t, source), t, start).prev_sample
-        prefix = self.denoise_prefix(z, source[0], steps)
+        if method == "ddpm":
+            prefix = self.ddpm_path(z_0, source[0], steps, seed=seed)
+            z = prefix[0]
+        else:
+            self.inverse_scheduler.set_timesteps(steps)
+            z = z_0
+            for t in self.inverse_scheduler.timesteps:
+                start = z
+                for _ in range(1 + iterations):
+                    z = self.inverse_scheduler.step(self._unet(z, t, source), t, start).prev_sample
+            prefix = self.denoise_prefix(z, source[0], steps)
         reconstruction = self.decode(prefix[-1])
         error = float((reconstruction - image).abs().mean())
         return Inversion(z_T=z, z_0=z_0, reconstruction=reconstruction, image=image, error=error,
                          ssim=structural_similarity(reconstruction, image), prompt=prompt, steps=steps,
-                         guidance_scale=self.guidance_scale, prefix=prefix, iterations=iterations)
+                         guidance_scale=self.guidance_scale, prefix=prefix, iterations=iterations, method=method,
+                         eta=self.inversion_eta if method == "ddpm" else None,
+                         seed=int(seed) if method == "ddpm" else None)
+
+    @torch.no_grad()
+    def ddpm_path(self, z_0: torch.Tensor, embedding: torch.Tensor, steps: int | None = None, *, seed: int = 0,
+                  eta: float | None = None, latents: Sequence[torch.Tensor] | None = None) -> DenoisePrefix:
+        """The edit-friendly DDPM source path of z_0 under `embedding`: noisy latents drawn independently per
+        step (or `latents`, another path's, to re-read it under a new embedding) and the residuals that make
+        the DDIM(`eta`) steps land on them (`DenoisePrefix`). `steps` UNet evaluations (twice with guidance)."""
+        steps = int(steps or self.steps)
+        eta = self.inversion_eta if eta is None else checked_inversion_eta(eta, "eta")
+        source = self._embedding(embedding)
+        timesteps = self._timesteps(steps)
+        z_0 = z_0.to(self.device, torch.float32).reshape(1, *self.latent_shape)
+        if latents is None:
+            draw = torch.Generator().manual_seed(int(seed))  # on the CPU: the same draw on every device
+            noise = torch.randn((steps, *self.latent_shape), generator=draw).to(self.device)
+            latents = [self.scheduler.add_noise(z_0, noise[i:i + 1], t.reshape(1)) for i, t in enumerate(timesteps)]
+            latents.append(z_0)
+        elif len(latents) != steps + 1:
+            raise XCounterError(f"the path has {len(latents)} latents, {steps + 1} are needed for {steps} steps")
+        latents = [x.to(self.device, torch.float32) for x in latents]
+        residuals = []
+        for i, t in enumerate(timesteps):
+            x = latents[i]
+            mean = self.scheduler.step(self._predict(x, t, source[None], self.guidance_scale), t, x, eta=eta,
+                                       variance_noise=torch.zeros_like(x)).prev_sample
+            residuals.append(latents[i + 1] - mean)
+        return DenoisePrefix(latents, steps, self.guidance_scale, source, residuals=residuals, eta=eta)
+
+    def source_path(self, inversion: Inversion, embedding: torch.Tensor, steps: int | None = None) -> DenoisePrefix:
+        """The inversion's source path under `embedding` (the prompt's, usually): its own prefix when that is
+        what it was made with, else made again the way the inversion was (DDIM: denoised from z_T; DDPM: the
+        same noisy latents with their residuals read under `embedding`)."""
+        steps = int(steps or inversion.steps)
+        embedding = self._embedding(embedding)
+        prefix = inversion.prefix
+        if isinstance(prefix, DenoisePrefix) and len(prefix) == steps + 1 and \
+                prefix.guidance_scale == self.guidance_scale and torch.equal(prefix.source.to(embedding), embedding):
+            return prefix
+        if inversion.method == "ddpm":
+            same_steps = prefix is not None and len(prefix) == steps + 1
+            return self.ddpm_path(inversion.z_0, embedding, steps, seed=inversion.seed or 0, eta=inversion.eta,
+                                  latents=list(prefix) if same_steps else None)
+        return self.denoise_prefix(inversion.z_T, embedding, steps)
 
     @torch.no_grad()
     def denoise_prefix(self, z_T: torch.Tensor, embedding: torch.Tensor, steps: int | None = None,
@@ -325,6 +407,9 @@ class SDGenerator:
 
         A schedule's `region` confines its edit: after every step the latent outside the region is reset to
         the source path at that step (`prefix[i + 1]`), which needs the full source prefix.
+
+        A prefix from DDPM inversion (`DenoisePrefix.residuals`) carries the scan's noise: every step of every
+        branch adds the residual of that step (the branches differ only in what the UNet predicts).
         """
         steps = int(steps or self.steps)
         scale = self.guidance_scale if guidance_scale is None else float(guidance_scale)
@@ -335,6 +420,8 @@ class SDGenerator:
                 raise XCounterError(f"swap_step must be between 0 and {steps}, got {s.swap_step}")
         regional = any(s.region is not None for s in schedules)
         group_of, prefixes = self._prefixes(z_T, schedules, steps, scale, prefix, full=regional)
+        residuals = getattr(prefix, "residuals", None)
+        eta = float(getattr(prefix, "eta", 0.0)) if residuals is not None else 0.0
 
         timesteps = self._timesteps(steps)
         edited = torch.stack([self._embedding(s.edited) for s in schedules])
@@ -354,7 +441,11 @@ class SDGenerator:
                     out = out_source + edit_guidance * (out_edited - out_source)
                 else:
                     out = self._predict(z, t, edited[active], scale)
-                z = self.scheduler.step(out, t, z, eta=0.0).prev_sample
+                if residuals is None:
+                    z = self.scheduler.step(out, t, z, eta=0.0).prev_sample
+                else:
+                    z = self.scheduler.step(out, t, z, eta=eta, variance_noise=torch.zeros_like(z)).prev_sample \
+                        + residuals[i].to(z)
                 if regional:
                     z = self._blend_regions(z, [schedules[k] for k in active],
                                             [prefixes[group_of[k]][i + 1] for k in active])
@@ -416,6 +507,18 @@ _BOOKKEEPING_KEYS = {"architectures", "dtype", "torch_dtype", "transformers_vers
 #: (phantom CXR, 10 scans, mean |error|: 0 -> 0.0150, 2 -> 0.0110, 5 -> 0.0108; the VAE's own round trip
 #: bounds it)
 MAX_INVERSION_ITERATIONS = 10
+
+
+def checked_inversion_method(value: object, what: str) -> str:
+    if value not in INVERSION_METHODS:
+        raise XCounterError(f"{what} must be one of {', '.join(INVERSION_METHODS)}, got {value!r}")
+    return str(value)
+
+
+def checked_inversion_eta(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise XCounterError(f"{what} must be a number from 0 to 1, got {value!r}")
+    return float(value)
 
 
 def checked_inversion_iterations(value: object, what: str) -> int:
@@ -532,7 +635,8 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
     `unet` swaps in another UNet (folder or weights file). An `xcounter.json` in the folder may set
     `domain`, `steps`, `guidance_scale`, `edit_guidance` (the explainer's default for this model),
     `kind_edits` (per attribute kind, the `alpha` and `edit_guidance` that kind's edits are drawn with),
-    `inversion_iterations` (fixed-point refinements per DDIM inversion step, `SDGenerator.invert`) and
+    `inversion` ("ddim" or "ddpm", how scans are inverted, `SDGenerator.invert`), `inversion_eta` (DDPM
+    inversion's eta, 0..1), `inversion_iterations` (fixed-point refinements per DDIM inversion step) and
     `image_channels`; `steps` here overrides it.
     """
     from xcounter.generators import zoo
@@ -571,6 +675,8 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
     try:
         inversion_iterations = checked_inversion_iterations(settings.get("inversion_iterations", 0),
                                                             "inversion_iterations")
+        inversion = checked_inversion_method(settings.get("inversion", "ddim"), "inversion")
+        inversion_eta = checked_inversion_eta(settings.get("inversion_eta", DEFAULT_INVERSION_ETA), "inversion_eta")
     except XCounterError as error:
         raise ModelError(f"{folder / 'xcounter.json'}: {error}") from None
 
@@ -592,4 +698,5 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
                        guidance_scale=float(settings.get("guidance_scale", 1.0)),
                        image_channels=image_channels, device=device, edit_guidance=edit_guidance,
                        kind_edits=kind_edits, inversion_iterations=inversion_iterations,
+                       inversion=inversion, inversion_eta=inversion_eta,
                        source=str(folder.resolve()) + (f" + unet {unet}" if unet is not None else ""))

@@ -184,7 +184,7 @@ class TrajectoryMethod:
             made_from is not None and not torch.equal(made_from.to(context.source_embedding),
                                                       context.source_embedding.reshape(made_from.shape))))
         if prefix is None or stale:  # the shared prefix must come from this source embedding and step count
-            prefix = generator.denoise_prefix(context.inversion.z_T, context.source_embedding, context.steps)
+            prefix = generator.source_path(context.inversion, context.source_embedding, context.steps)
         direction = context.directions.get(attribute.name)
         if direction is None:
             from xcounter.disentangle.directions import LanguageDirections

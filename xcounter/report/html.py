@@ -283,6 +283,7 @@ def card_context(explanation: Explanation) -> dict:
         "seed": explanation.seed, "created": explanation.created or "–", "nfe": explanation.nfe,
         "prompt": explanation.prompt,
         "settings": [(str(k).replace("_", " "), _fmt(v)) for k, v in sorted(explanation.settings.items())],
+        "inversion": INVERSION_NAMES.get(str(explanation.settings.get("inversion", "ddim")), "DDIM"),
         "scan": _figure(plots.png_bytes(explanation.image), f"Input scan {source_name} as the generator sees it",
                         "Input scan"),
         "reconstruction": _figure(plots.png_bytes(explanation.reconstruction),
@@ -299,6 +300,10 @@ def card_context(explanation: Explanation) -> dict:
         "schema_version": explanation.schema_version,
         "diverging_legend": plots.data_uri(plots.colorbar_png(plots.DIVERGING, signed=True)),
     }
+
+
+#: how the card names the inversion (`Explanation.settings["inversion"]`; explanations before it existed: DDIM)
+INVERSION_NAMES = {"ddim": "DDIM", "ddpm": "edit-friendly DDPM inversion, which keeps the noise of the scan"}
 
 
 def _identity(identity: dict) -> dict:
