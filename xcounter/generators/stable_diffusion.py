@@ -289,9 +289,9 @@ class SDGenerator:
         - "ddpm": edit-friendly DDPM inversion (Huberman-Spiegelglas et al., CVPR 2024, as LEDITS++): every
           step's noisy latent is drawn from q(x_t | z_0) on its own (seeded by `seed`) and the noise that
           links it to the next is kept (`DenoisePrefix.residuals`). The source path then returns the VAE's
-          own reconstruction exactly, and edits keep the scan's noise, so what they do not touch stays put
-          (phantom CXR: every other attribute kept on 0.85 of edits, DDIM 0.65). Costs `steps` UNet
-          evaluations, as DDIM inversion does.
+          own reconstruction exactly (phantom CXR: every attribute of the scan kept on 10 of 10, DDIM 8) and
+          edits keep the scan's noise; on the phantom models they flip sooner, not cleaner
+          (docs/CONTRACTS.md, Engine). Costs `steps` UNet evaluations, as DDIM inversion does.
         The reconstruction is denoised with the generator's own guidance scale, i.e. exactly the start
         point the counterfactuals are made from, so the reported error is the one they inherit.
         """
