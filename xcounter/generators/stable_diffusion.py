@@ -161,6 +161,8 @@ class SDGenerator:
         # how real scans are inverted (`invert`): "ddim" or "ddpm" (edit-friendly noise maps), and the latter's eta
         self.inversion = checked_inversion_method(inversion, "inversion")
         self.inversion_eta = checked_inversion_eta(inversion_eta, "inversion_eta")
+        if self.inversion == "ddpm" and self.inversion_iterations:
+            raise XCounterError("inversion_iterations refine DDIM inversion; with inversion 'ddpm' leave them at 0")
         self.max_batch = max_batch
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         size = self.unet.config.sample_size
@@ -677,6 +679,8 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
                                                             "inversion_iterations")
         inversion = checked_inversion_method(settings.get("inversion", "ddim"), "inversion")
         inversion_eta = checked_inversion_eta(settings.get("inversion_eta", DEFAULT_INVERSION_ETA), "inversion_eta")
+        if inversion == "ddpm" and inversion_iterations:
+            raise XCounterError("inversion_iterations refine DDIM inversion; with inversion 'ddpm' leave them at 0")
     except XCounterError as error:
         raise ModelError(f"{folder / 'xcounter.json'}: {error}") from None
 
