@@ -414,7 +414,7 @@ def test_ddpm_inversion_settings_come_from_the_folder_and_are_checked(generator,
                                              ({"inversion_eta": 1.5}, "inversion_eta must be a number from 0 to 1"),
                                              ({"inversion_eta": "1"}, "inversion_eta must be a number from 0 to 1"),
                                              ({"inversion": "ddpm", "inversion_iterations": 2},
-                                              "with inversion 'ddpm' leave them at 0"))):
+                                              "DDPM inversion is exact already"))):
         with pytest.raises(ModelError, match=message):
             load_generator(tiny_generator_dir(tmp_path / f"bad{k}", settings=settings))
     with pytest.raises(XCounterError, match="method must be one of"):

@@ -188,18 +188,14 @@ class Explainer:
         self.localise = localised_signs(localise)
         self.mediation = bool(mediation)
         # diffusers: load lazily
-        from xcounter.generators.stable_diffusion import checked_inversion_iterations, checked_inversion_method
+        from xcounter.generators.stable_diffusion import checked_inversion, checked_inversion_iterations
         if inversion_iterations is not None:
             checked_inversion_iterations(inversion_iterations, "inversion_iterations")
         if inversion is None:  # refinements are asked for DDIM inversion, whatever the generator's own
             inversion = "ddim" if inversion_iterations else getattr(generator, "inversion", "ddim")
-        self.inversion = checked_inversion_method(inversion, "inversion")
-        if self.inversion == "ddpm" and inversion_iterations:
-            raise XCounterError("inversion_iterations refine DDIM inversion; DDPM inversion is exact already: "
-                                "pass inversion='ddim' with them, or leave them out")
         if inversion_iterations is None:
-            inversion_iterations = getattr(generator, "inversion_iterations", 0) if self.inversion == "ddim" else 0
-        self.inversion_iterations = checked_inversion_iterations(inversion_iterations, "inversion_iterations")
+            inversion_iterations = getattr(generator, "inversion_iterations", 0) if inversion == "ddim" else 0
+        self.inversion, self.inversion_iterations = checked_inversion(inversion, inversion_iterations)
         if isinstance(signs, str) and signs == "auto":
             self.signs: str | tuple[str, ...] = "auto"
         else:

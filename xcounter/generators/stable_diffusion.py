@@ -161,8 +161,7 @@ class SDGenerator:
         # how real scans are inverted (`invert`): "ddim" or "ddpm" (edit-friendly noise maps), and the latter's eta
         self.inversion = checked_inversion_method(inversion, "inversion")
         self.inversion_eta = checked_inversion_eta(inversion_eta, "inversion_eta")
-        if self.inversion == "ddpm" and self.inversion_iterations:
-            raise XCounterError("inversion_iterations refine DDIM inversion; with inversion 'ddpm' leave them at 0")
+        checked_inversion(self.inversion, self.inversion_iterations)
         self.max_batch = max_batch
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         size = self.unet.config.sample_size
@@ -301,10 +300,7 @@ class SDGenerator:
         if iterations is None:
             iterations = self.inversion_iterations
         iterations = checked_inversion_iterations(iterations, "iterations")
-        method = checked_inversion_method(self.inversion if method is None else method, "method")
-        if method == "ddpm" and iterations:
-            raise XCounterError("inversion iterations refine DDIM inversion; DDPM inversion is exact already "
-                                "(pass the DDIM method, or 0 iterations)")
+        method, iterations = checked_inversion(self.inversion if method is None else method, iterations, "method")
         image = self.prepare(_as_image_batch(image))
         if not torch.isfinite(image).all() or image.min() < -1e-3 or image.max() > 1 + 1e-3:
             raise InputError("the image to invert must hold finite values in [0, 1]")
@@ -523,6 +519,17 @@ def checked_inversion_eta(value: object, what: str) -> float:
     return float(value)
 
 
+def checked_inversion(method: object, iterations: object, what: str = "inversion") -> tuple[str, int]:
+    """A known inversion method and a refinement count that go with it, or a one-line error: refinements
+    solve DDIM inversion's steps, DDPM inversion has nothing left to refine."""
+    method = checked_inversion_method(method, what)
+    iterations = checked_inversion_iterations(iterations, "inversion_iterations")
+    if method == "ddpm" and iterations:
+        raise XCounterError("inversion_iterations refine DDIM inversion; DDPM inversion is exact already: "
+                            "choose 'ddim' with them, or leave them at 0")
+    return method, iterations
+
+
 def checked_inversion_iterations(value: object, what: str) -> int:
     """A whole number of fixed-point refinements in 0..MAX_INVERSION_ITERATIONS, or a one-line error."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INVERSION_ITERATIONS:
@@ -679,8 +686,7 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
                                                             "inversion_iterations")
         inversion = checked_inversion_method(settings.get("inversion", "ddim"), "inversion")
         inversion_eta = checked_inversion_eta(settings.get("inversion_eta", DEFAULT_INVERSION_ETA), "inversion_eta")
-        if inversion == "ddpm" and inversion_iterations:
-            raise XCounterError("inversion_iterations refine DDIM inversion; with inversion 'ddpm' leave them at 0")
+        checked_inversion(inversion, inversion_iterations)
     except XCounterError as error:
         raise ModelError(f"{folder / 'xcounter.json'}: {error}") from None
 
