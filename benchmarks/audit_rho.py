@@ -114,6 +114,7 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
             "should_alert": SHOULD_ALERT[rho],
             # every examined attribute's rate and interval, so another alert rule can be checked from the JSON
             "examined_stats": {s.attribute: {"scans": s.scans, "flip_rate": s.flip_rate, "mediated": s.mediated,
+                                             "unconfirmed": s.unconfirmed,
                                              "flip_rate_ci": list(s.flip_rate_ci), "alert": bool(s.alert)}
                                for s in outcome.aggregate.stats if s.target == target}})
     result.update(n_scans=outcome.aggregate.ok, n_planned=n, failed=outcome.aggregate.failed, examined=only,
@@ -179,7 +180,10 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
               "acquisition attribute (any of them may raise an alert)"
               + (", and every pathology, with the domain's attribute oracle: flips it traces to another examined "
                  "attribute's own flip are *mediated* and left out of the flip rate and the alerts"
-                 if getattr(args, "mediation", False) else "") + f". Alert rule: {rule}.", ""]
+                 if getattr(args, "mediation", False) else "")
+              + ". Flips the explainer left *unconfirmed* (the edit's own strongest pixels alone do not flip the "
+                "decision; the generator's `confirm_shortcuts` setting, on for CXR) are not in the rate either"
+              + f". Alert rule: {rule}.", ""]
     rows = []
     for domain, result in domains.items():
         for r in result["rows"]:
@@ -188,10 +192,11 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
                          f"{r['attribute']} -> {r['label']}", r["scans"], r["flip_rate"],
                          "n/a" if ci[0] is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]",
                          (r.get("examined_stats", {}).get(r["attribute"], {}).get("mediated", 0)),
+                         (r.get("examined_stats", {}).get(r["attribute"], {}).get("unconfirmed", 0)),
                          "yes" if r["planted_alert"] else "no", ", ".join(r["alerts"]) or "none",
                          "yes" if r["should_alert"] else "no"])
     lines += C.table(["domain", "classifier", "rho", "planted", "N scans", "flip rate", "95% CI",
-                      "mediated flips (not in the rate)", "planted alert", "all alerts", "alert expected"], rows)
+                      "mediated flips (not in the rate)", "unconfirmed flips (not in the rate)", "planted alert", "all alerts", "alert expected"], rows)
     lines += C.missing_models(domains)
     return lines + C.closing(goal_rows, figure, "audits by rho")
 

@@ -101,11 +101,13 @@ def score_target(explanation, row: dict, truth: dict, margins: dict, classifier)
 
 
 def without_mediation(explanation) -> None:
-    """Undo the oracle's mediation check in place: the verdicts the explainer gives without an oracle."""
+    """Undo the oracle's mediation check in place: the verdicts the explainer gives without an oracle
+    (a shortcut flag's check on the edit's own pixels needs no oracle and is kept)."""
     from xcounter.explainer import verdict_of
 
     for result in explanation.results:
-        result.verdict, result.mediator = verdict_of(result.kind, result.flipped), None
+        core_flipped = None if result.core is None else result.core.flipped
+        result.verdict, result.mediator = verdict_of(result.kind, result.flipped, core_flipped), None
 
 
 def _share(values: list[bool]) -> float | None:

@@ -175,6 +175,10 @@ def test_rerun_with_other_settings_is_refused(models, loaded, mixed_folder, refe
     other.inversion = "ddpm" if other.inversion == "ddim" else "ddim"
     with pytest.raises(XCounterError, match="generator_settings"):
         audit(classifier, other, mixed_folder, out_dir=reference.out_dir, seed=3, **OPTIONS)
+    other = xcounter.load_generator(str(models[1]))
+    other.confirm_shortcuts = not other.confirm_shortcuts
+    with pytest.raises(XCounterError, match="generator_settings"):
+        audit(classifier, other, mixed_folder, out_dir=reference.out_dir, seed=3, **OPTIONS)
 
 
 def test_an_audit_written_before_a_config_key_existed_still_resumes(loaded, mixed_folder, reference, tmp_path):
@@ -184,11 +188,17 @@ def test_an_audit_written_before_a_config_key_existed_still_resumes(loaded, mixe
     folder = tmp_path / "older"
     shutil.copytree(reference.out_dir, folder)
     config = json.loads((folder / "audit.json").read_text())
-    del config["generator_settings"]
+    settings = config.pop("generator_settings")
     (folder / "audit.json").write_text(json.dumps(config))
     again = audit(classifier, generator, mixed_folder, out_dir=folder, seed=3, report=False, **OPTIONS)
     assert again.metadata["counts"]["explained_now"] == 0  # everything was already in the journal
     assert "generator_settings" in json.loads((folder / "audit.json").read_text())
+    # nor a generator setting added since, left unset
+    assert "confirm_shortcuts" in settings and not generator.confirm_shortcuts
+    config["generator_settings"] = {k: v for k, v in settings.items() if k != "confirm_shortcuts"}
+    (folder / "audit.json").write_text(json.dumps(config))
+    again = audit(classifier, generator, mixed_folder, out_dir=folder, seed=3, report=False, **OPTIONS)
+    assert again.metadata["counts"]["explained_now"] == 0
 
 
 def test_torn_last_line_is_truncated_and_bad_lines_refused(tmp_path):
@@ -281,6 +291,13 @@ def test_mediated_flips_are_not_the_attributes_own_and_raise_no_alert(tmp_path):
                 "versions": {"xcounter": "0"}, "created": "now"}
     html_path, _ = write_audit_report(tmp_path, aggregate, metadata, lambda: iter(records))
     assert "(+6 mediated)" in html_path.read_text()
+    for record in records[:6]:  # flips the edit's own pixels did not make: not the pacemaker's either
+        record["explanation"]["results"][0]["verdict"] = "unconfirmed"
+    unconfirmed = aggregate_records(records, seed=0, n_resamples=300)
+    pacemaker = unconfirmed.stat(TARGET, "pacemaker")
+    assert (pacemaker.flips, pacemaker.unconfirmed, pacemaker.mediated, pacemaker.alert) == (2, 6, 0, False)
+    html_path, _ = write_audit_report(tmp_path, unconfirmed, metadata, lambda: iter(records))
+    assert "(+6 unconfirmed)" in html_path.read_text()
 
 
 def test_report_shows_alerts_with_their_evidence(tmp_path):
@@ -345,7 +362,9 @@ def test_cli_passes_explainer_options_through(tmp_path, monkeypatch):
     assert cli_main([*common, "--signs", "add", "--flip-margin", "0.5", "--inversion-iterations", "2"]) == 0
     assert cli_main(common) == 0
     assert cli_main([*common, "--inversion", "ddpm"]) == 0
-    assert seen == [{"signs": ["add"], "flip_margin": 0.5, "inversion_iterations": 2}, {}, {"inversion": "ddpm"}]
+    assert cli_main([*common, "--no-confirm-shortcuts"]) == 0
+    assert seen == [{"signs": ["add"], "flip_margin": 0.5, "inversion_iterations": 2}, {}, {"inversion": "ddpm"},
+                    {"confirm_shortcuts": False}]
 
 
 def test_public_api_is_callable():

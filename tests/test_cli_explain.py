@@ -149,18 +149,21 @@ def test_inversion_iterations_reach_the_explanation(models, tmp_path, capsys):
     both = _args(models, models["scan"], "--inversion", "ddpm", "--inversion-iterations", "2")
     assert "DDPM inversion is exact already" in _refused(capsys, both, tmp_path)
     assert "--inversion" in _refused(capsys, _args(models, models["scan"], "--inversion", "exact"), tmp_path)
+    assert main(_args(models, models["scan"], *extra, "--confirm-shortcuts")) == 0
+    assert read_json_sidecar(sidecar).settings["confirm_shortcuts"] is True
 
 
 def test_command_line_round_trips_through_the_parser(models):
     from xcounter.cli.explain import command as explain_command
 
     line = command_line(models["classifier"], models["scan"], generator="phantom-cxr", targets=["Pneumothorax"],
-                        out="a b.html", json_path=None, seed=1, trust_pickle=False)
+                        out="a b.html", json_path=None, seed=1, trust_pickle=False, confirm_shortcuts=False)
     words = line.split(" ", 2)
     assert words[:2] == ["xcounter", "explain"] and "'a b.html'" in line and "--json" not in line
     context = explain_command.make_context("explain", shlex.split(line)[2:])
     assert context.params["targets"] == ("Pneumothorax",) and context.params["out"] == "a b.html"
     assert context.params["seed"] == 1 and context.params["generator"] == "phantom-cxr"
+    assert context.params["confirm_shortcuts"] is False and context.params["trust_pickle"] is False
     assert shutil.which("xcounter") is not None  # the command the demo prints is installed
 
 

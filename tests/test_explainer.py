@@ -657,3 +657,35 @@ def test_ddpm_inversion_is_chosen_recorded_and_refuses_refinements(classifier, a
         Explainer(classifier, ddpm, attributes, inversion="ddpm", inversion_iterations=2)
     with pytest.raises(XCounterError, match="inversion must be one of"):
         Explainer(classifier, ddpm, attributes, inversion="exact")
+
+
+class _Brightness(torch.nn.Module):
+    """One unsaturated logit, the image's mean brightness: any edit moves it."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return 20 * (images.mean(dim=(1, 2, 3)) - 0.5)[:, None]
+
+
+def test_shortcut_flags_are_confirmed_on_the_edits_own_pixels(generator, attributes, scan):
+    """With the threshold put between the reconstruction's logit and the chest tube edit's, the edit flips; the
+    flag then carries its check on the edit's strongest pixels, and its verdict follows that check."""
+    from xcounter.classifiers import Classifier, logit
+
+    def explain(threshold, **options):
+        model = Classifier(_Brightness(), ["Pneumothorax"], [threshold], name="brightness")
+        return Explainer(model, generator, attributes, attribution=False, swap_steps=[2], signs=["add"],
+                         examine=["chest_tube"], flip_margin=0.0, **options).explain(scan, target="Pneumothorax",
+                                                                                     seed=3)
+
+    first = explain(0.0)
+    assert first.settings["confirm_shortcuts"] is False and first.results[0].core is None  # the generator's default
+    probabilities = first.results[0].counterfactuals[0].probabilities  # from the reconstruction (strength 0) on
+    before, after = logit(probabilities[0])[0], logit(probabilities[-1])[0]  # threshold 0: the logits themselves
+    assert abs(after - before) > 1e-3
+    threshold = (before + after) / 2
+    flagged = explain(threshold, confirm_shortcuts=True)
+    result = flagged.results[0]
+    assert flagged.settings["confirm_shortcuts"] is True and result.flipped
+    assert result.core is not None and result.verdict == ("shortcut" if result.core.flipped else "unconfirmed")
+    assert 0 < result.core.share <= 1
+    assert explain(threshold).results[0].verdict == "shortcut"  # unchecked: the flip alone decides

@@ -419,3 +419,26 @@ def test_ddpm_inversion_settings_come_from_the_folder_and_are_checked(generator,
             load_generator(tiny_generator_dir(tmp_path / f"bad{k}", settings=settings))
     with pytest.raises(XCounterError, match="method must be one of"):
         generator.invert(torch.rand(1, 1, 16, 16), SOURCE, method="exact")
+
+
+def test_confirm_shortcuts_comes_from_the_folder_and_is_checked(tmp_path):
+    from xcounter.explainer import Explainer
+
+    loaded = load_generator(tiny_generator_dir(tmp_path / "own", settings={"steps": 2, "confirm_shortcuts": True}))
+    assert loaded.confirm_shortcuts and loaded.identity()["confirm_shortcuts"] is True
+    plain = load_generator(tiny_generator_dir(tmp_path / "plain", settings={"steps": 2}))
+    assert not plain.confirm_shortcuts and "confirm_shortcuts" not in plain.identity()
+    assert Explainer(None, loaded, "cxr").confirm_shortcuts  # the explainer's default is the generator's
+    assert not Explainer(None, loaded, "cxr", confirm_shortcuts=False).confirm_shortcuts
+    with pytest.raises(ModelError, match="confirm_shortcuts must be true or false"):
+        load_generator(tiny_generator_dir(tmp_path / "bad", settings={"confirm_shortcuts": "yes"}))
+
+
+def test_the_phantom_cxr_generator_confirms_shortcuts_and_the_skin_one_does_not():
+    """Measured per domain (`xcounter.confirmation`): the check discriminates on CXR phantoms only."""
+    from xcounter.generators import zoo
+
+    settings = {name: json.loads((zoo.resolve_generator(name) / "xcounter.json").read_text())
+                for name in ("phantom-cxr", "phantom-skin")}
+    assert settings["phantom-cxr"].get("confirm_shortcuts") is True
+    assert not settings["phantom-skin"].get("confirm_shortcuts", False)

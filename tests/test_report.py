@@ -87,6 +87,24 @@ def test_card_shows_a_mediated_flip_and_its_credit():
     assert facts and not any("</span><span>" in line for line in facts)
 
 
+def test_card_and_summary_show_an_unconfirmed_shortcut_and_why():
+    from xcounter.report.text import text_summary
+
+    names = ("chest_tube", "pneumothorax", "pacemaker", "central_line", "portable_label")
+    explanation = sample_explanation(attribute_names=names)
+    html = render_html(explanation)
+    assert 'class="badge v-unconfirmed"' in html and 'class="attr v-unconfirmed-box"' in html
+    assert "strongest pixels (2.0% of the image)" in html and "probability 0.70" in html
+    assert "not from the portable label itself" in html
+    assert "Confirmed on the edit's own pixels" not in html  # the shortcut was not checked
+    explanation.results[0].core = dataclasses.replace(explanation.results[4].core, flipped=True, probability=0.3)
+    assert "flips it too (probability 0.30)" in render_html(explanation)
+    summary = text_summary(explanation)
+    line = next(row for row in summary.splitlines() if "portable_label" in row)
+    assert "unconfirmed" in line and "its own pixels alone do not flip it (p 0.70)" in line
+    assert "SHORTCUT ALERT" not in line
+
+
 def test_card_states_the_generators_own_settings_per_attribute_kind():
     explanation = sample_explanation(size=16)
     explanation.settings["kind_edits"] = {"pathology": {"alpha": 1.0, "edit_guidance": 1.0, "swap_steps": [15, 0]}}

@@ -13,13 +13,15 @@ from xcounter.testing import assert_driven_by, assert_not_driven_by, check_drive
 TARGET = "Pneumothorax"
 
 
-def constructed_result(flips: list[bool], attribute: str = "chest_tube") -> AuditResult:
-    """An audit of len(flips) scans where `attribute` flips the target on the scans marked True."""
+def constructed_result(flips: list[bool], attribute: str = "chest_tube", verdicts: dict | None = None) -> AuditResult:
+    """An audit of len(flips) scans where `attribute` flips the target on the scans marked True (verdict
+    "shortcut", or `verdicts[index]`)."""
     records = []
     for index, flipped in enumerate(flips):
         counterfactual = {"sign": "remove", "flipped": flipped, "minimal_strength": 0.25 if flipped else None,
                           "probability_before": 0.9, "probability_after": 0.2 if flipped else 0.85, "cfrt": None}
-        result = {"target": TARGET, "attribute": attribute, "kind": "device", "flipped": flipped,
+        verdict = (verdicts or {}).get(index, "shortcut" if flipped else "does not drive")
+        result = {"target": TARGET, "attribute": attribute, "kind": "device", "flipped": flipped, "verdict": verdict,
                   "minimal_strength": counterfactual["minimal_strength"], "sign": "remove",
                   "counterfactuals": [counterfactual]}
         records.append(make_record(f"scan{index:02d}.png", f"scan{index:02d}.png", "ok",
@@ -73,3 +75,12 @@ def test_end_to_end_on_tiny_models(tmp_path):
     with pytest.raises(AssertionError, match=f"flip rate {stat.flip_rate:.2f}"):  # resumes: no second explaining
         assert_driven_by(str(classifier), str(generator), scans, "chest_tube", TARGET, min_flip_rate=1.01,
                          out_dir=tmp_path / "audit", **options)
+
+
+def test_a_failure_names_the_flips_not_counted():
+    """Flips the explanations did not credit to the attribute are left out of the rate, and the message says so."""
+    result = constructed_result([i % 5 != 0 for i in range(20)], verdicts={i: "unconfirmed" for i in (1, 2, 3, 4, 6, 7, 8, 9)})
+    stat = result.stat(TARGET, "chest_tube")
+    assert (stat.flips, stat.unconfirmed) == (8, 8)
+    with pytest.raises(AssertionError, match=r"8 of 20 scans; 8 more unconfirmed, not counted"):
+        check_not_driven_by(result, "chest_tube", TARGET, max_flip_rate=0.05)

@@ -20,6 +20,7 @@ from xcounter.attributes import AttributeSet, load_attributes
 from xcounter.disentangle.directions import GradientProjection, LanguageDirections
 from xcounter.disentangle.trajectories import (DEFAULT_ALPHA, DEFAULT_STRENGTHS, resolve_edit_guidance,
                                                resolve_edit_settings, select_swap_steps)
+from xcounter.confirmation import confirm_shortcuts
 from xcounter.errors import XCounterError
 from xcounter.explanation import AttributeResult, Explanation, Prediction
 from xcounter.mediation import apply_mediation
@@ -43,12 +44,15 @@ RECONSTRUCTION_ORACLE_CHANGE = 0.25
 NFE_PER_ATTRIBUTE_BUDGET = 150
 
 
-def verdict_of(attribute_kind: str, flipped: bool) -> str:
-    """"shortcut" when a device/artifact/acquisition edit flips the decision, "drives" for any other flip."""
+def verdict_of(attribute_kind: str, flipped: bool, core_flipped: bool | None = None) -> str:
+    """"shortcut" when a device/artifact/acquisition edit flips the decision, "drives" for any other flip;
+    "unconfirmed" for a shortcut whose edit's own pixels, checked (`core_flipped`), do not flip it."""
     from xcounter.attributes import SPURIOUS_KINDS
     if not flipped:
         return "does not drive"
-    return "shortcut" if attribute_kind in SPURIOUS_KINDS else "drives"
+    if attribute_kind not in SPURIOUS_KINDS:
+        return "drives"
+    return "unconfirmed" if core_flipped is False else "shortcut"
 
 
 def source_prompt(attributes: AttributeSet, predictions: Sequence[Prediction]) -> str:
@@ -135,6 +139,10 @@ class Explainer:
         mediation: with an oracle, a flip whose counterfactual also made another attribute's own flipping
             edit gets the verdict "mediated" and names that attribute (`xcounter.mediation`); without an
             oracle there is nothing to read it from and verdicts are unchanged.
+        confirm_shortcuts: re-ask every shortcut flag on the reconstruction with only the edit's strongest
+            pixels pasted (the drawn device); when that leaves the decision, the verdict is "unconfirmed"
+            (`xcounter.confirmation`). None = the generator's own (`confirm_shortcuts` in its xcounter.json,
+            on for the phantom CXR generator, whose device edits also brighten the lungs).
         inversion: how the scan is inverted (`SDGenerator.invert`): "ddpm" (edit-friendly noise maps: the
             reconstruction is the VAE's own and edits keep the scan's noise) or "ddim"; None = the generator's
             own (`inversion` in its xcounter.json), or "ddim" when `inversion_iterations` > 0 is asked for.
@@ -152,7 +160,8 @@ class Explainer:
                  disentangle: bool = True, signs: str | Sequence[str] = "auto", examine: Sequence[str] | None = None,
                  edit_guidance: float | None = None, restate: bool = True,
                  localise: Sequence[str] | bool = LOCALISED_SIGNS, mediation: bool = True,
-                 inversion_iterations: int | None = None, inversion: str | None = None):
+                 inversion_iterations: int | None = None, inversion: str | None = None,
+                 confirm_shortcuts: bool | None = None):
         self.classifier = classifier
         self.generator = generator
         self.attributes = load_attributes(attributes)
@@ -187,6 +196,8 @@ class Explainer:
         self.restate = bool(restate)
         self.localise = localised_signs(localise)
         self.mediation = bool(mediation)
+        self.confirm_shortcuts = bool(getattr(generator, "confirm_shortcuts", False)
+                                      if confirm_shortcuts is None else confirm_shortcuts)
         # diffusers: load lazily
         from xcounter.generators.stable_diffusion import checked_inversion, checked_inversion_iterations
         if inversion_iterations is not None:
@@ -321,6 +332,8 @@ class Explainer:
             for attribute in self.examined:
                 counterfactuals = [self.method.generate(contexts[t], attribute, s) for s in signs[attribute.name]]
                 results.append(self._result(t, attribute, counterfactuals, gradient_ranking.get(t, {})))
+        if self.confirm_shortcuts:  # before mediation, so every flag has its check whatever the oracle says
+            confirm_shortcuts(results, classifier, to_hwc(inversion.reconstruction), flip_margin=self.flip_margin)
         if self.oracle is not None and self.mediation:
             apply_mediation(results, keep=self._own_findings)
 
@@ -383,6 +396,7 @@ class Explainer:
                 "restate": self.restate, "localise": list(self.localise),
                 "attributes": self.attributes.domain,
                 "oracle": self.oracle is not None, "mediation": self.oracle is not None and self.mediation,
+                "confirm_shortcuts": self.confirm_shortcuts,
                 "device": str(getattr(self.generator, "device", "cpu"))}
 
     def _kind_edits(self, steps: int) -> dict[str, dict]:

@@ -13,10 +13,14 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 #: "mediated": the edit flips the decision, but an oracle saw it also make another attribute's flipping edit
-#: (`AttributeResult.mediator`; see `xcounter.mediation`)
-VERDICTS = ("shortcut", "drives", "mediated", "does not drive")
+#: (`AttributeResult.mediator`; see `xcounter.mediation`).
+#: "unconfirmed": a device/artifact edit flips the decision, but its own strongest pixels pasted onto the
+#: reconstruction do not (`AttributeResult.core`; see `xcounter.confirmation`)
+VERDICTS = ("shortcut", "drives", "mediated", "unconfirmed", "does not drive")
+#: verdicts of a flip the explanation does not credit to the attribute itself (ranked after the credited ones)
+UNCREDITED = ("mediated", "unconfirmed")
 
 
 def encode_array(array: np.ndarray | None) -> dict | None:
@@ -95,6 +99,15 @@ class Counterfactual:
 
 
 @dataclass
+class CoreCheck:
+    """A shortcut flag re-asked on the edit's own pixels (`xcounter.confirmation`)."""
+    fraction: float  # pixels whose change reached this share of the largest change were pasted
+    share: float  # the share of the image they cover
+    probability: float  # the target probability on the reconstruction with only them pasted
+    flipped: bool  # whether that still flips the reconstruction's decision
+
+
+@dataclass
 class AttributeResult:
     """The verdict on one attribute for one target label."""
     target: str
@@ -108,6 +121,8 @@ class AttributeResult:
     counterfactuals: list[Counterfactual] = field(default_factory=list)
     #: the attribute this flip is traced to when the verdict is "mediated" (needs an oracle)
     mediator: str | None = None
+    #: the check on the edit's own pixels, where one was made (shortcut flags with `confirm_shortcuts`)
+    core: CoreCheck | None = None
 
     @property
     def drives_decision(self) -> bool:
@@ -151,7 +166,8 @@ class Explanation:
 
     @property
     def ranking(self) -> list[AttributeResult]:
-        """Attribute results, smallest flipping edit first; mediated flips after them; non-flipping ones last.
+        """Attribute results, smallest flipping edit first; mediated and unconfirmed flips after them;
+        non-flipping ones last.
 
         "Smallest" is the minimal edit's mean absolute pixel change from the reconstruction (L1, the
         proximity of the counterfactual literature; `Counterfactual.minimal_edit_l1`), then the edit strength.
@@ -165,7 +181,7 @@ class Explanation:
             best = result.best if flipped else None
             l1 = best.minimal_edit_l1 if best is not None and best.minimal_edit_l1 is not None else float("inf")
             strength = result.minimal_strength if flipped else 2.0
-            return (not result.flipped, result.verdict == "mediated", l1, strength, result.target, result.attribute)
+            return (not result.flipped, result.verdict in UNCREDITED, l1, strength, result.target, result.attribute)
         return sorted(self.results, key=key)
 
     def ranking_for(self, target: str) -> list[AttributeResult]:
@@ -222,7 +238,8 @@ def _result_from_dict(data: dict) -> AttributeResult:
         c.pop("delta_probability", None)
         counterfactuals.append(Counterfactual(**c))
     data.pop("best", None)
-    return AttributeResult(counterfactuals=counterfactuals, **data)
+    core = data.pop("core", None)
+    return AttributeResult(counterfactuals=counterfactuals, core=None if core is None else CoreCheck(**core), **data)
 
 
 def _to_jsonable(value: Any) -> Any:

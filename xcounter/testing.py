@@ -31,7 +31,10 @@ def _stat(result: AuditResult, attribute: str, target: str) -> AttributeStat:
 def _describe(stat: AttributeStat, level: float) -> str:
     low, high = stat.flip_rate_ci
     interval = "no interval" if low is None else f"{level:.0%} CI {low:.2f}-{high:.2f}"
-    return f"flip rate {stat.flip_rate:.2f} ({interval}; {stat.flips} of {stat.scans} scans)"
+    uncredited = ", ".join(f"{count} more {what}" for count, what in ((stat.mediated, "mediated"),
+                                                                       (stat.unconfirmed, "unconfirmed")) if count)
+    return (f"flip rate {stat.flip_rate:.2f} ({interval}; {stat.flips} of {stat.scans} scans"
+            f"{'; ' + uncredited + ', not counted' if uncredited else ''})")
 
 
 def _example(stat: AttributeStat, flipped: bool) -> str:

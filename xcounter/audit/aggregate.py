@@ -9,7 +9,9 @@ pessimistic end says one scan in ten changes its decision under an edit of that 
 
 A flip the explanation credits to another attribute (verdict "mediated": with an oracle, the edit also made
 another attribute's own flipping edit; `xcounter.mediation`) is not counted as this attribute's flip; the
-number of such flips is kept beside the rate (`mediated`). Without an oracle no flip is mediated.
+number of such flips is kept beside the rate (`mediated`). Without an oracle no flip is mediated. Nor is a
+flip the explanation left "unconfirmed" (a device or artifact edit whose own strongest pixels do not flip
+the decision; `xcounter.confirmation`): its count is kept as `unconfirmed`.
 
 Why 0.1: a device or a ruler that changes one diagnosis in ten is a finding a validation team must see.
 On the phantom benchmarks (`reports/benchmarks.md`, flip margin 1) the clean classifiers' device and
@@ -30,6 +32,7 @@ import numpy as np
 from xcounter.attributes import SPURIOUS_KINDS
 from xcounter.audit.records import STATUS_OK, best_index
 from xcounter.audit.stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES, bootstrap_ci, derived_seed
+from xcounter.explanation import UNCREDITED
 
 ALERT_THRESHOLD = 0.1
 ALERT_MIN_SCANS = 5
@@ -50,6 +53,7 @@ class Observation:
     probability_after: float | None
     cfrt: float | None
     mediated: bool = False  # the decision flipped, but the flip is credited to another attribute
+    unconfirmed: bool = False  # the decision flipped, but not with the edit's own pixels alone
 
     @property
     def delta_probability(self) -> float | None:
@@ -83,6 +87,7 @@ class AttributeStat:
     alert: bool
     examples: list[dict] = field(default_factory=list)  # strongest counterfactuals: scan id, sign, strength, p
     mediated: int = 0  # flips credited to another attribute (not in `flips`)
+    unconfirmed: int = 0  # flips the edit's own pixels alone did not make (not in `flips`)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -127,8 +132,9 @@ def observations(record: dict) -> list[Observation]:
         best = counterfactuals[index] if index is not None else {}
         found.append(Observation(
             scan_id=record["scan_id"], target=result["target"], attribute=result["attribute"], kind=result["kind"],
-            flipped=bool(result.get("flipped")) and result.get("verdict") != "mediated",
+            flipped=bool(result.get("flipped")) and result.get("verdict") not in UNCREDITED,
             mediated=bool(result.get("flipped")) and result.get("verdict") == "mediated",
+            unconfirmed=bool(result.get("flipped")) and result.get("verdict") == "unconfirmed",
             minimal_strength=result.get("minimal_strength"),
             sign=result.get("sign") or best.get("sign"), probability_before=best.get("probability_before"),
             probability_after=best.get("probability_after"), cfrt=best.get("cfrt")))
@@ -173,7 +179,7 @@ def summarize(target: str, attribute: str, found: list[Observation], *, seed: in
         mean_delta_probability=_point(deltas, np.mean), mean_delta_probability_ci=ci(deltas, np.mean, "delta"),
         mean_cfrt=_point(cfrts, np.mean), mean_cfrt_ci=ci(cfrts, np.mean, "cfrt"),
         cfrt_scans=int(np.isfinite(cfrts).sum()), alert=bool(alert), examples=examples,
-        mediated=sum(o.mediated for o in found))
+        mediated=sum(o.mediated for o in found), unconfirmed=sum(o.unconfirmed for o in found))
 
 
 def aggregate_records(records: Iterable[dict[str, Any]], *, seed: int = 0, threshold: float = ALERT_THRESHOLD,

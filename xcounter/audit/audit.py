@@ -32,7 +32,7 @@ CONFIG_KEYS = ("classifier_sha256", "classifier_name", "generator_config_sha256"
 #: the generator's own settings (its xcounter.json) that change every explanation: the config digest covers the
 #: networks' configurations only
 GENERATOR_SETTINGS = ("guidance_scale", "edit_guidance", "kind_edits", "inversion", "inversion_eta",
-                      "inversion_iterations")
+                      "inversion_iterations", "confirm_shortcuts")
 
 
 @dataclass
@@ -95,12 +95,18 @@ def _default_attributes(classifier: Any, generator: Any) -> str:
     raise XCounterError("cannot tell which attribute vocabulary to use; pass attributes='cxr', 'skin' or a YAML file")
 
 
+def _settled(value: Any) -> Any:
+    """A config value as compared on resume: a dict without its unset (None) entries."""
+    return {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
+
+
 def _check_config(out_dir: Path, config: dict, journal_has_records: bool) -> None:
     path = out_dir / CONFIG_NAME
     if journal_has_records and path.exists():
         previous = json.loads(path.read_text(encoding="utf-8"))
-        # a key an older audit.json lacks is not held against it (it was written before the key existed)
-        changed = [k for k in CONFIG_KEYS if k in previous and previous[k] != config.get(k)]
+        # a key an older audit.json lacks is not held against it (it was written before the key existed), nor a
+        # generator setting it lacks that is unset now
+        changed = [k for k in CONFIG_KEYS if k in previous and _settled(previous[k]) != _settled(config.get(k))]
         if changed:
             raise XCounterError(f"'{out_dir}' holds an audit with different {', '.join(changed)}; "
                                 "use another output folder or start over (resume=False / --fresh)")

@@ -122,7 +122,7 @@ def _interval(ci: tuple) -> str:
 
 def _stat_view(stat: AttributeStat) -> dict:
     return {"attribute": stat.attribute, "kind": stat.kind, "scans": stat.scans, "flips": stat.flips,
-            "mediated": stat.mediated,
+            "mediated": stat.mediated, "unconfirmed": stat.unconfirmed,
             "flip_rate": _fmt(stat.flip_rate), "flip_rate_ci": _interval(stat.flip_rate_ci),
             "strength": _fmt(stat.median_minimal_strength), "strength_ci": _interval(stat.median_minimal_strength_ci),
             "delta": _fmt(stat.mean_delta_probability), "delta_ci": _interval(stat.mean_delta_probability_ci),

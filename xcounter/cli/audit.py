@@ -66,6 +66,9 @@ def _default_generator(classifier_spec: str, trust_pickle: bool) -> str:
 @click.option("--inversion-iterations", type=click.IntRange(0, 10), metavar="N",
               help="Fixed-point refinements per DDIM inversion step (implies --inversion ddim): reconstructions "
                    "closer to the scans, N more UNet evaluations per step (default: the generator's, 0).")
+@click.option("--confirm-shortcuts/--no-confirm-shortcuts", default=None,
+              help="Re-ask each shortcut flag with only the edit's strongest pixels pasted; flips that do not survive "
+                   "are 'unconfirmed', not in the flip rate (default: the generator's, on for phantom-cxr).")
 @click.option("--oracle", help="Attribute oracle (cxr, skin or a file) for CFRT.")
 @click.option("--trust-pickle", is_flag=True, help="Allow pickled classifier files (runs code from the file).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Shortcut alert: lower bound of the flip-rate interval above this (default 0.1).")
@@ -74,8 +77,8 @@ def _default_generator(classifier_spec: str, trust_pickle: bool) -> str:
               help="Where a serial audit's models run (auto: the GPU when torch sees one); Ray workers use the GPUs "
                    "Ray gives them (none with cpu; cuda refuses a cluster without GPUs).")
 def command(classifier, images, manifest, dataset, generator, targets, attributes, only, out_dir, limit, seed, steps,
-            resume, retry_failed, workers, ray_address, signs, flip_margin, inversion, inversion_iterations, oracle,
-            trust_pickle, threshold, quiet, device) -> None:
+            resume, retry_failed, workers, ray_address, signs, flip_margin, inversion, inversion_iterations,
+            confirm_shortcuts, oracle, trust_pickle, threshold, quiet, device) -> None:
     """Audit a classifier over many scans; write explanations.jsonl and audit_report.html/.json to --out.
 
     Killed or interrupted audits continue where they stopped when run again with the same --out.
@@ -98,7 +101,8 @@ def command(classifier, images, manifest, dataset, generator, targets, attribute
                    limit=limit, steps=steps, oracle=oracle, trust_pickle=trust_pickle,
                    explainer_options={**_signs(signs), **{k: v for k, v in (
                        ("flip_margin", flip_margin), ("inversion", inversion),
-                       ("inversion_iterations", inversion_iterations)) if v is not None}},
+                       ("inversion_iterations", inversion_iterations),
+                       ("confirm_shortcuts", confirm_shortcuts)) if v is not None}},
                    threshold=ALERT_THRESHOLD if threshold is None else threshold, progress=progress)
     counts = result.metadata["counts"]
     click.echo(f"Audited {counts['scans']} scans ({counts['ok']} ok, {counts['failed']} failed, "

@@ -130,7 +130,8 @@ class SDGenerator:
                  guidance_scale: float = 1.0, image_channels: int | None = None, device: str | torch.device = "cpu",
                  source: str | None = None, max_batch: int = 16, edit_guidance: float | None = None,
                  kind_edits: dict[str, dict[str, float]] | None = None, inversion_iterations: int = 0,
-                 inversion: str = "ddim", inversion_eta: float = DEFAULT_INVERSION_ETA):
+                 inversion: str = "ddim", inversion_eta: float = DEFAULT_INVERSION_ETA,
+                 confirm_shortcuts: bool = False):
         self.pipe = pipe.to(device)
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoder, self.tokenizer = pipe.text_encoder, pipe.tokenizer
@@ -162,6 +163,9 @@ class SDGenerator:
         self.inversion = checked_inversion_method(inversion, "inversion")
         self.inversion_eta = checked_inversion_eta(inversion_eta, "inversion_eta")
         checked_inversion(self.inversion, self.inversion_iterations)
+        # whether this generator's device edits draw enough besides the device that a shortcut flag must be
+        # confirmed on the edit's own pixels (`xcounter.confirmation`): the explainer's default
+        self.confirm_shortcuts = bool(confirm_shortcuts)
         self.max_batch = max_batch
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         size = self.unet.config.sample_size
@@ -187,6 +191,7 @@ class SDGenerator:
                 **({"kind_edits": self.kind_edits} if self.kind_edits else {}),
                 "inversion_iterations": self.inversion_iterations, "inversion": self.inversion,
                 **({"inversion_eta": self.inversion_eta} if self.inversion == "ddpm" else {}),
+                **({"confirm_shortcuts": True} if self.confirm_shortcuts else {}),
                 "scheduler": "DDIM (eta 0)", "prediction_type": self.scheduler.config.prediction_type,
                 "config_sha256": digest}
 
@@ -645,8 +650,9 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
     `domain`, `steps`, `guidance_scale`, `edit_guidance` (the explainer's default for this model),
     `kind_edits` (per attribute kind, the `alpha` and `edit_guidance` that kind's edits are drawn with),
     `inversion` ("ddim" or "ddpm", how scans are inverted, `SDGenerator.invert`), `inversion_eta` (DDPM
-    inversion's eta, 0..1), `inversion_iterations` (fixed-point refinements per DDIM inversion step) and
-    `image_channels`; `steps` here overrides it.
+    inversion's eta, 0..1), `inversion_iterations` (fixed-point refinements per DDIM inversion step),
+    `confirm_shortcuts` (true: shortcut flags are checked on the edit's own pixels, `xcounter.confirmation`)
+    and `image_channels`; `steps` here overrides it.
     """
     from xcounter.generators import zoo
 
@@ -681,6 +687,10 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
                                       or not math.isfinite(edit_guidance) or edit_guidance < 1):
         raise ModelError(f"{folder / 'xcounter.json'}: edit_guidance must be a number >= 1, got {edit_guidance!r}")
     kind_edits = checked_kind_edits(settings.get("kind_edits"), folder / "xcounter.json")
+    confirm_shortcuts = settings.get("confirm_shortcuts", False)
+    if not isinstance(confirm_shortcuts, bool):
+        raise ModelError(f"{folder / 'xcounter.json'}: confirm_shortcuts must be true or false, "
+                         f"got {confirm_shortcuts!r}")
     try:
         inversion_iterations = checked_inversion_iterations(settings.get("inversion_iterations", 0),
                                                             "inversion_iterations")
@@ -708,5 +718,5 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
                        guidance_scale=float(settings.get("guidance_scale", 1.0)),
                        image_channels=image_channels, device=device, edit_guidance=edit_guidance,
                        kind_edits=kind_edits, inversion_iterations=inversion_iterations,
-                       inversion=inversion, inversion_eta=inversion_eta,
+                       inversion=inversion, inversion_eta=inversion_eta, confirm_shortcuts=confirm_shortcuts,
                        source=str(folder.resolve()) + (f" + unet {unet}" if unet is not None else ""))

@@ -28,6 +28,7 @@ VERDICT_STYLE = {
     "shortcut": ("v-shortcut", "Shortcut alert"),
     "drives": ("v-drives", "Drives the decision"),
     "mediated": ("v-mediated", "Mediated"),
+    "unconfirmed": ("v-unconfirmed", "Unconfirmed shortcut"),
     "does not drive": ("v-none", "Does not drive"),
 }
 ATTRIBUTION_NAMES = {"integrated_gradients": "Integrated Gradients", "gradcam": "Grad-CAM"}
@@ -116,6 +117,14 @@ def _sentence(result: AttributeResult, best: Counterfactual | None, positive: bo
             mediator = result.mediator.replace("_", " ")
             sentence += (f" The edit also changed {mediator}, whose own edit flips {result.target}: "
                          f"the change is credited to {mediator}.")
+        if result.verdict == "shortcut" and result.core is not None and result.core.flipped:
+            sentence += (f" Confirmed on the edit's own pixels: pasting only its strongest change "
+                         f"({result.core.share:.1%} of the image) onto the reconstruction flips it too "
+                         f"(probability {result.core.probability:.2f}).")
+        if result.verdict == "unconfirmed" and result.core is not None:
+            sentence += (f" Pasting only the edit's strongest pixels ({result.core.share:.1%} of the image) onto the "
+                         f"reconstruction leaves the decision (probability {result.core.probability:.2f}): the flip "
+                         f"comes from what the generator changed around the {name}, not from the {name} itself.")
         return sentence
     return (f"No edit of {name} up to full strength flips {result.target} "
             f"(largest change: probability {best.probability_before:.2f} → {best.probability_after:.2f}).")

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from xcounter.explanation import AttributeResult, Counterfactual, Explanation, Prediction
+from xcounter.explanation import AttributeResult, CoreCheck, Counterfactual, Explanation, Prediction
 
 
 def _blob(size: int, centre: tuple[float, float], radius: float) -> np.ndarray:
@@ -42,16 +42,16 @@ def sample_explanation(seed: int = 0, size: int = 48, label: str = "Pneumothorax
                        attribute_names: tuple[str, ...] = ("chest_tube", "pneumothorax", "pacemaker"),
                        source_name: str = "scan.png") -> Explanation:
     """A small explanation: a shortcut, a driving and a non-driving attribute, with images and maps; a fourth
-    name gets a flip mediated by the driving one."""
+    name gets a flip mediated by the driving one, a fifth an unconfirmed shortcut."""
     rng = np.random.default_rng(seed)
     body = 0.15 + 0.6 * _blob(size, (0.5, 0.5), 0.3)
     scan = np.clip(body + 0.03 * rng.standard_normal((size, size)), 0, 1).astype(np.float32)[..., None]
     reconstruction = np.clip(scan + 0.01 * rng.standard_normal(scan.shape), 0, 1).astype(np.float32)
-    kinds = ["device", "pathology", "device", "device"]
-    verdicts = ["shortcut", "drives", "does not drive", "mediated"]
+    kinds = ["device", "pathology", "device", "device", "device"]
+    verdicts = ["shortcut", "drives", "does not drive", "mediated", "unconfirmed"]
     results = []
     for index, name in enumerate(attribute_names):
-        kind, verdict = kinds[index % 4], verdicts[index % 4]
+        kind, verdict = kinds[index % len(kinds)], verdicts[index % len(verdicts)]
         flips = verdict != "does not drive"
         sign = "remove" if index % 2 == 0 else "add"
         counterfactual = _counterfactual(rng, reconstruction, name, sign, flips, 0.82)
@@ -59,7 +59,9 @@ def sample_explanation(seed: int = 0, size: int = 48, label: str = "Pneumothorax
             target=label, attribute=name, kind=kind, verdict=verdict,
             minimal_strength=counterfactual.minimal_strength, flipped=counterfactual.flipped, sign=sign,
             gradient_sensitivity=float(rng.uniform(-1, 1)), counterfactuals=[counterfactual],
-            mediator=attribute_names[1] if verdict == "mediated" and len(attribute_names) > 1 else None))
+            mediator=attribute_names[1] if verdict == "mediated" and len(attribute_names) > 1 else None,
+            core=CoreCheck(fraction=0.15, share=0.02, probability=0.7, flipped=False)
+            if verdict == "unconfirmed" else None))
     predictions = [Prediction(label, 0.82, 1.9, 0.4, True), Prediction("Effusion", 0.21, -1.2, 0.1, False),
                    Prediction("Cardiomegaly", 0.47, -0.1, 0.02, False)]
     ig = (_blob(size, (0.4, 0.6), 0.1) - _blob(size, (0.6, 0.3), 0.1)).astype(np.float32)

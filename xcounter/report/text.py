@@ -5,7 +5,7 @@ from xcounter.explanation import Explanation
 from xcounter.report.html import poor_reconstruction, reconstruction_already_warned
 
 VERDICT_WORDS = {"shortcut": "SHORTCUT ALERT", "drives": "drives", "mediated": "mediated",
-                 "does not drive": "does not drive"}
+                 "unconfirmed": "unconfirmed", "does not drive": "does not drive"}
 #: an oracle reading that moved this much under the edit is named beside it: the flip may come from that
 #: change rather than from the attribute (a binary attribute read on the other side of 0.5, or about)
 ENTANGLED_CHANGE = 0.5
@@ -42,6 +42,8 @@ def text_summary(explanation: Explanation) -> str:
                     how += _also_changed(best.oracle_change, result.attribute)
                 if result.verdict == "mediated" and result.mediator:
                     how += f"; credited to {_flat(result.mediator)}"
+                if result.verdict == "unconfirmed" and result.core is not None:
+                    how += f"; its own pixels alone do not flip it (p {result.core.probability:.2f})"
             elif best is not None:
                 how = f"no flip (largest change {best.delta_probability:+.2f})"
             else:
