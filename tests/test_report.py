@@ -96,6 +96,8 @@ def test_card_and_summary_show_an_unconfirmed_shortcut_and_why():
     assert 'class="badge v-unconfirmed"' in html and 'class="attr v-unconfirmed-box"' in html
     assert "strongest pixels (2.0% of the image)" in html and "probability 0.70" in html
     assert "not from the portable label itself" in html
+    assert "Strongest change only: does not flip (p 0.70)" in html  # the image the check was made on
+    assert html.count("Strongest change only") == 1
     assert "Confirmed on the edit's own pixels" not in html  # the shortcut was not checked
     explanation.results[0].core = dataclasses.replace(explanation.results[4].core, flipped=True, probability=0.3)
     assert "flips it too (probability 0.30)" in render_html(explanation)

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 
 from xcounter.attributes import AttributeSet, load_attributes
+from xcounter.confirmation import confirm_shortcuts
 from xcounter.disentangle.directions import GradientProjection, LanguageDirections
 from xcounter.disentangle.trajectories import (DEFAULT_ALPHA, DEFAULT_STRENGTHS, resolve_edit_guidance,
                                                resolve_edit_settings, select_swap_steps)
-from xcounter.confirmation import confirm_shortcuts
 from xcounter.errors import XCounterError
 from xcounter.explanation import AttributeResult, Explanation, Prediction
 from xcounter.mediation import apply_mediation

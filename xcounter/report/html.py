@@ -183,7 +183,25 @@ def _counterfactual_view(result: AttributeResult, best: Counterfactual) -> dict:
                                      "Counterfactual − reconstruction" + (" (edit confined to the outlined region)"
                                                                           if confined else ""))
         view["difference_scale"] = f"{scale:.3f}"
+    view["core"] = _core_figure(result, best)
     return view
+
+
+def _core_figure(result: AttributeResult, best: Counterfactual) -> dict | None:
+    """The image a shortcut flag was re-asked on (`xcounter.confirmation`): the reconstruction with only the edit's
+    strongest pixels, so the reader sees what the classifier saw when the device alone was drawn."""
+    from xcounter.confirmation import core_image
+
+    core = result.core
+    if core is None or best.image is None or best.difference is None:
+        return None
+    image, _ = core_image(best.image - best.difference, best.image, core.fraction)
+    outcome = "flips" if core.flipped else "does not flip"
+    return _figure(plots.png_bytes(image),
+                   f"The reconstruction with only the {result.attribute} edit's strongest pixels "
+                   f"({core.share:.1%} of the image); the {result.target} decision {outcome} "
+                   f"(probability {core.probability:.2f})",
+                   f"Strongest change only: {outcome} (p {core.probability:.2f})")
 
 
 def _attribution_views(explanation: Explanation, target: str) -> list[dict]:
