@@ -659,13 +659,6 @@ def test_ddpm_inversion_is_chosen_recorded_and_refuses_refinements(classifier, a
         Explainer(classifier, ddpm, attributes, inversion="exact")
 
 
-class _Brightness(torch.nn.Module):
-    """One unsaturated logit, the image's mean brightness: any edit moves it."""
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return 20 * (images.mean(dim=(1, 2, 3)) - 0.5)[:, None]
-
-
 def test_shortcut_flags_are_confirmed_on_the_edits_own_pixels(generator, attributes, scan):
     """With the threshold put between the reconstruction's logit and the chest tube edit's, the edit flips; the
     flag then carries its check on the edit's strongest pixels, and its verdict follows that check."""
