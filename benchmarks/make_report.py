@@ -57,7 +57,9 @@ pathologies examined too (`python benchmarks/audit_rho.py --mediation --domains 
 `reports/audit_rho_mediation_cxr.md` and `reports/audit_rho_mediation_skin.md`: 2 of their 20 goals missed, as
 without the oracle, and the same two (every clean and rho-0.5 control is silent; missed: no alert for the rho-0.75
 chest_tube and portable_label models, whose toggles flip 40% and 17% of decisions, at the CXR generator's edit
-guidance of 2).
+guidance of 2). CXR shortcut flags are checked on the edit's own pixels (the CXR generator's `confirm_shortcuts`,
+`xcounter.confirmation`): a flip the drawn device alone does not make is *unconfirmed*, neither a flag nor in an
+audit's flip rate; the numbers with and without the check are in `docs/CONTRACTS.md` (Engine).
 """
 
 
