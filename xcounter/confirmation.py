@@ -66,12 +66,14 @@ def confirm_shortcuts(results: Iterable[AttributeResult], classifier: "Classifie
     hybrids, masks = zip(*(core_image(reconstruction, r.best.image, fraction) for r in flagged))
     batch = torch.from_numpy(np.stack([reconstruction, *hybrids])).permute(0, 3, 1, 2).float()
     with torch.no_grad():
-        margins = classifier.margins(batch).float().cpu().numpy()
+        margins = classifier.margins(batch).float().cpu()
+    probabilities = torch.sigmoid(margins).numpy()  # the classifier's own: 0.5 at the threshold
+    margins = margins.numpy()
     for row, (result, mask) in enumerate(zip(flagged, masks), start=1):
         index = classifier.target_index(result.target)
         before, after = float(margins[0, index]), float(margins[row, index])
         flipped = is_flipped(after, before > 0, flip_margin)
         result.core = CoreCheck(fraction=float(fraction), share=float(mask.mean()),
-                                probability=float(1.0 / (1.0 + np.exp(-after))), flipped=bool(flipped))
+                                probability=float(probabilities[row, index]), flipped=bool(flipped))
         if not flipped:
             result.verdict = "unconfirmed"
