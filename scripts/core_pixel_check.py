@@ -1,9 +1,11 @@
 """Does a shortcut flag survive when only the edit's strongest pixels (the drawn device) are pasted onto the
 reconstruction? Per flag of the faithfulness benchmark's scans, against the renderer's own confirmation.
 
-A lead for false shortcut alarms (seventeenth session; numbers in that session's issue note): the CXR generator's
-device additions also brighten the lungs, which the classifiers read as opacity; the device's own pixels alone
-often do not flip. Hybrids at |difference| >= q * max for q in QS, then the same dilated by one pixel.
+The measurement behind `xcounter.confirmation` (the rule since the eighteenth session, fraction 0.15; numbers in
+docs/CONTRACTS.md, Engine, `confirm_shortcuts`): the CXR generator's device additions also brighten the lungs,
+which the classifiers read as opacity; the device's own pixels alone often do not flip. The explainer runs with
+the check off so every flag is measured. Hybrids at |difference| >= q * max for q in QS, then the same dilated by
+one pixel.
 Usage: python scripts/core_pixel_check.py cxr|skin N_SCANS OUT.json [SKIP_FIRST_N]
 """
 import json, sys
@@ -22,7 +24,8 @@ models = C.load_domain(domain, "shipped", wanted, need_oracle=True)
 rows = F.classifier_rows(domain, models)
 parts = {(r["classifier"], r["label"]): models.classifiers[r["classifier"]] for r in rows}
 combined = C.combine(domain, [(name, clf, label) for (name, label), clf in parts.items()])
-ex = Explainer(combined, models.generator, models.attributes, attribution=False, oracle=models.oracle)
+ex = Explainer(combined, models.generator, models.attributes, attribution=False, oracle=models.oracle,
+               confirm_shortcuts=False)
 targets = list(dict.fromkeys(r["target"] for r in rows))
 found = []
 skip = int(sys.argv[4]) if len(sys.argv) > 4 else 0
