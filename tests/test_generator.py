@@ -430,6 +430,8 @@ def test_confirm_shortcuts_comes_from_the_folder_and_is_checked(tmp_path):
     assert not plain.confirm_shortcuts and "confirm_shortcuts" not in plain.identity()
     assert Explainer(None, loaded, "cxr").confirm_shortcuts  # the explainer's default is the generator's
     assert not Explainer(None, loaded, "cxr", confirm_shortcuts=False).confirm_shortcuts
+    with pytest.raises(XCounterError, match="confirm_shortcuts must be True, False or None"):
+        Explainer(None, loaded, "cxr", confirm_shortcuts="no")
     with pytest.raises(ModelError, match="confirm_shortcuts must be true or false"):
         load_generator(tiny_generator_dir(tmp_path / "bad", settings={"confirm_shortcuts": "yes"}))
 

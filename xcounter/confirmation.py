@@ -59,6 +59,8 @@ def confirm_shortcuts(results: Iterable[AttributeResult], classifier: "Classifie
                       *, flip_margin: float = 0.0, fraction: float = CORE_FRACTION) -> None:
     """Check every "shortcut" result in place: record its `core` check, and make the verdict "unconfirmed"
     when the edit's own pixels alone leave the reconstruction's decision as it was (by `flip_margin` logits)."""
+    from xcounter.explainer import verdict_of  # the one rule for verdicts (the explainer imports this module)
+
     flagged = [r for r in results if r.verdict == "shortcut" and r.best is not None and r.best.flipped
                and r.best.image is not None]
     if not flagged:
@@ -75,5 +77,4 @@ def confirm_shortcuts(results: Iterable[AttributeResult], classifier: "Classifie
         flipped = is_flipped(after, before > 0, flip_margin)
         result.core = CoreCheck(fraction=float(fraction), share=float(mask.mean()),
                                 probability=float(probabilities[row, index]), flipped=bool(flipped))
-        if not flipped:
-            result.verdict = "unconfirmed"
+        result.verdict = verdict_of(result.kind, result.flipped, result.core.flipped)

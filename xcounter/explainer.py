@@ -196,6 +196,8 @@ class Explainer:
         self.restate = bool(restate)
         self.localise = localised_signs(localise)
         self.mediation = bool(mediation)
+        if confirm_shortcuts is not None and not isinstance(confirm_shortcuts, bool):
+            raise XCounterError(f"confirm_shortcuts must be True, False or None, got {confirm_shortcuts!r}")
         self.confirm_shortcuts = bool(getattr(generator, "confirm_shortcuts", False)
                                       if confirm_shortcuts is None else confirm_shortcuts)
         # diffusers: load lazily
