@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 import torch
 
-from xcounter.explanation import AttributeResult, CoreCheck
+from xcounter.explanation import AttributeResult, CoreCheck, verdict_of
 from xcounter.search import is_flipped
 
 if TYPE_CHECKING:
@@ -59,8 +59,6 @@ def confirm_shortcuts(results: Iterable[AttributeResult], classifier: "Classifie
                       *, flip_margin: float = 0.0, fraction: float = CORE_FRACTION) -> None:
     """Check every "shortcut" result in place: record its `core` check, and make the verdict "unconfirmed"
     when the edit's own pixels alone leave the reconstruction's decision as it was (by `flip_margin` logits)."""
-    from xcounter.explainer import verdict_of  # the one rule for verdicts (the explainer imports this module)
-
     flagged = [r for r in results if r.verdict == "shortcut" and r.best is not None and r.best.flipped
                and r.best.image is not None]
     if not flagged:

@@ -22,7 +22,7 @@ from xcounter.disentangle.directions import GradientProjection, LanguageDirectio
 from xcounter.disentangle.trajectories import (DEFAULT_ALPHA, DEFAULT_STRENGTHS, resolve_edit_guidance,
                                                resolve_edit_settings, select_swap_steps)
 from xcounter.errors import XCounterError
-from xcounter.explanation import AttributeResult, Explanation, Prediction
+from xcounter.explanation import AttributeResult, Explanation, Prediction, verdict_of
 from xcounter.mediation import apply_mediation
 from xcounter.methods import get_method
 from xcounter.methods.base import SIGNS, EditContext
@@ -42,17 +42,6 @@ RECONSTRUCTION_WARNING = 0.05
 RECONSTRUCTION_ORACLE_CHANGE = 0.25
 #: the engine's UNet budget: average sample-evaluations per examined attribute
 NFE_PER_ATTRIBUTE_BUDGET = 150
-
-
-def verdict_of(attribute_kind: str, flipped: bool, core_flipped: bool | None = None) -> str:
-    """"shortcut" when a device/artifact/acquisition edit flips the decision, "drives" for any other flip;
-    "unconfirmed" for a shortcut whose edit's own pixels, checked (`core_flipped`), do not flip it."""
-    from xcounter.attributes import SPURIOUS_KINDS
-    if not flipped:
-        return "does not drive"
-    if attribute_kind not in SPURIOUS_KINDS:
-        return "drives"
-    return "unconfirmed" if core_flipped is False else "shortcut"
 
 
 def source_prompt(attributes: AttributeSet, predictions: Sequence[Prediction]) -> str:

@@ -23,6 +23,17 @@ VERDICTS = ("shortcut", "drives", "mediated", "unconfirmed", "does not drive")
 UNCREDITED = ("mediated", "unconfirmed")
 
 
+def verdict_of(attribute_kind: str, flipped: bool, core_flipped: bool | None = None) -> str:
+    """"shortcut" when a device/artifact/acquisition edit flips the decision, "drives" for any other flip;
+    "unconfirmed" for a shortcut whose edit's own pixels, checked (`core_flipped`), do not flip it."""
+    from xcounter.attributes import SPURIOUS_KINDS
+    if not flipped:
+        return "does not drive"
+    if attribute_kind not in SPURIOUS_KINDS:
+        return "drives"
+    return "unconfirmed" if core_flipped is False else "shortcut"
+
+
 def encode_array(array: np.ndarray | None) -> dict | None:
     if array is None:
         return None
