@@ -36,6 +36,7 @@ UNCONFINED = "ours, removals unconfined"
 FULL_EDIT = "ours at full strength (trajectory end)"
 CROSSING = "ours, shown at the Bézier crossing (latent blend)"
 TRUE_TOGGLE = "true counterfactual (renderer toggle)"
+ON_SCAN = "ours, drawn onto the scan (anchor)"
 #: the inversion the generator does not use by default (`SDGenerator.inversion`), as an ablation row
 OTHER_INVERSION = {"ddim": "ours, DDPM inversion (edit-friendly noise)", "ddpm": "ours, DDIM inversion"}
 #: (classifier, target label, edited attribute) per domain: the planted shortcut and a real cause (the CXR
@@ -225,6 +226,7 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
         methods = {"trajectory": get_method("trajectory", max_nfe=DEFAULT_MAX_NFE),
                    UNCONFINED: get_method("trajectory", max_nfe=DEFAULT_MAX_NFE, localise=False),
                    CROSSING: get_method("trajectory", max_nfe=DEFAULT_MAX_NFE, shown="crossing"),
+                   ON_SCAN: get_method("trajectory", max_nfe=DEFAULT_MAX_NFE, anchor="scan"),
                    OTHER_INVERSION[own_inversion]: get_method("trajectory", max_nfe=DEFAULT_MAX_NFE),
                    "random": get_method("random", max_nfe=DEFAULT_MAX_NFE),
                    "latent_shift": get_method("latent_shift"), "sdedit": get_method("sdedit")}
@@ -249,6 +251,10 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
                     blend = methods[CROSSING].generate(context, models.attributes[attribute], sign)
                     records.append({**task, **record(blend, models.oracle, attribute, sign,
                                                      time.perf_counter() - started, method=CROSSING)})
+                    started = time.perf_counter()
+                    on_scan = methods[ON_SCAN].generate(context, models.attributes[attribute], sign)
+                    records.append({**task, **record(on_scan, models.oracle, attribute, sign,
+                                                     time.perf_counter() - started, method=ON_SCAN)})
                     started, other = time.perf_counter(), OTHER_INVERSION[own_inversion]
                     redone = methods[other].generate(other_contexts[(name, label)], models.attributes[attribute], sign)
                     records.append({**task, **record(redone, models.oracle, attribute, sign,

@@ -151,6 +151,10 @@ def test_inversion_iterations_reach_the_explanation(models, tmp_path, capsys):
     assert "--inversion" in _refused(capsys, _args(models, models["scan"], "--inversion", "exact"), tmp_path)
     assert main(_args(models, models["scan"], *extra, "--confirm-shortcuts")) == 0
     assert read_json_sidecar(sidecar).settings["confirm_shortcuts"] is True
+    assert main(_args(models, models["scan"], *extra, "--anchor", "scan")) == 0
+    assert read_json_sidecar(sidecar).settings["anchor"] == "scan"
+    capsys.readouterr()
+    assert "--anchor" in _refused(capsys, _args(models, models["scan"], "--anchor", "pixels"), tmp_path)
 
 
 def test_command_line_round_trips_through_the_parser(models):

@@ -28,7 +28,7 @@ from xcounter.methods import get_method
 from xcounter.methods.base import SIGNS, EditContext
 from xcounter.methods.trajectory import (DEFAULT_MAX_NFE, DEFAULT_REFINE_NFE, LOCALISED_SIGNS,
                                          TrajectoryMethod, localised_signs, to_hwc)
-from xcounter.search import DEFAULT_FLIP_MARGIN, DEFAULT_TOLERANCE
+from xcounter.search import DEFAULT_FLIP_MARGIN, DEFAULT_TOLERANCE, checked_anchor
 
 if TYPE_CHECKING:
     from xcounter.classifiers import Classifier
@@ -150,7 +150,7 @@ class Explainer:
                  edit_guidance: float | None = None, restate: bool = True,
                  localise: Sequence[str] | bool = LOCALISED_SIGNS, mediation: bool = True,
                  inversion_iterations: int | None = None, inversion: str | None = None,
-                 confirm_shortcuts: bool | None = None):
+                 confirm_shortcuts: bool | None = None, anchor: str | None = None):
         self.classifier = classifier
         self.generator = generator
         self.attributes = load_attributes(attributes)
@@ -189,6 +189,7 @@ class Explainer:
             raise XCounterError(f"confirm_shortcuts must be True, False or None, got {confirm_shortcuts!r}")
         self.confirm_shortcuts = bool(getattr(generator, "confirm_shortcuts", False)
                                       if confirm_shortcuts is None else confirm_shortcuts)
+        self.anchor = checked_anchor(getattr(generator, "anchor", "reconstruction") if anchor is None else anchor)
         # diffusers: load lazily
         from xcounter.generators.stable_diffusion import checked_inversion, checked_inversion_iterations
         if inversion_iterations is not None:
@@ -231,7 +232,8 @@ class Explainer:
             return method
         options = dict(alpha=self.explicit_alpha, swap_steps=self.swap_steps, tolerance=self.tolerance,
                        max_nfe=self.max_nfe, oracle=self.oracle, edit_guidance=self.explicit_edit_guidance,
-                       restate=self.restate, localise=self.localise, refine_nfe=self.refine_nfe)
+                       restate=self.restate, localise=self.localise, refine_nfe=self.refine_nfe,
+                       anchor=self.anchor)
         if method == "trajectory":
             return TrajectoryMethod(**options)
         if method == "random":  # the control shares every trajectory setting but the direction
@@ -324,7 +326,8 @@ class Explainer:
                 counterfactuals = [self.method.generate(contexts[t], attribute, s) for s in signs[attribute.name]]
                 results.append(self._result(t, attribute, counterfactuals, gradient_ranking.get(t, {})))
         if self.confirm_shortcuts:  # before mediation, so every flag has its check whatever the oracle says
-            confirm_shortcuts(results, classifier, to_hwc(inversion.reconstruction), flip_margin=self.flip_margin)
+            unedited = inversion.image.clamp(0, 1) if self.anchor == "scan" else inversion.reconstruction
+            confirm_shortcuts(results, classifier, to_hwc(unedited), flip_margin=self.flip_margin)
         if self.oracle is not None and self.mediation:
             apply_mediation(results, keep=self._own_findings)
 
@@ -387,7 +390,7 @@ class Explainer:
                 "restate": self.restate, "localise": list(self.localise),
                 "attributes": self.attributes.domain,
                 "oracle": self.oracle is not None, "mediation": self.oracle is not None and self.mediation,
-                "confirm_shortcuts": self.confirm_shortcuts,
+                "confirm_shortcuts": self.confirm_shortcuts, "anchor": self.anchor,
                 "device": str(getattr(self.generator, "device", "cpu"))}
 
     def _kind_edits(self, steps: int) -> dict[str, dict]:
@@ -420,6 +423,8 @@ class Explainer:
         if inversion.error > RECONSTRUCTION_WARNING:
             found.append(f"reconstruction error {inversion.error:.3f} is above {RECONSTRUCTION_WARNING}: "
                          "counterfactuals may reflect the generator, not the scan" + closer)
+        if self.anchor == "scan":  # edits are drawn onto the scan: its decision and readings are where they start
+            return found
         recon = self.classifier.predict(inversion.reconstruction)[0]
         for t in targets:
             scan_positive = next(p.positive for p in predictions if p.label == t)
@@ -453,7 +458,8 @@ class Explainer:
                   if traj.points.shape[0] > 1}
         if not deltas:
             return {}
-        projection = GradientProjection(self.classifier, self.generator, context.target_index).fit(z_source, deltas)
+        projection = GradientProjection(self.classifier, self.generator, context.target_index,
+                                        residual=getattr(any_trajectory, "residual", None)).fit(z_source, deltas)
         toward_flip = -1.0 if projection.margin_ > 0 else 1.0
         scores: dict[str, float] = {}
         for (name, _sign), score in projection.scores_.items():

@@ -22,6 +22,7 @@ import torch
 from xcounter.disentangle.edit_region import edit_region
 from xcounter.disentangle.trajectories import (bezier, edited_embedding, point_parameters, strength_of,
                                                swap_cost, swap_step_points)
+from xcounter.errors import XCounterError
 
 if TYPE_CHECKING:
     from xcounter.generators import SDGenerator
@@ -78,6 +79,17 @@ def bisect_flip(decision: Callable[[float], float], lo: float, hi: float, *, ref
     return Bisection(t=hi, margin=margin_hi, lower=lo, evaluations=evaluations, converged=hi - lo <= tol)
 
 
+#: what a trajectory's samples are drawn onto (`build_trajectory(anchor=...)`, `TrajectoryMethod(anchor=...)`):
+#: the generator's own reconstruction of the scan, or the scan itself plus what the edit changed
+ANCHORS = ("reconstruction", "scan")
+
+
+def checked_anchor(value: object, what: str = "anchor") -> str:
+    if value not in ANCHORS:
+        raise XCounterError(f"{what} must be one of {', '.join(ANCHORS)}, got {value!r}")
+    return str(value)
+
+
 @dataclass
 class SwapSampler:
     """What a trajectory's samples were drawn from, kept so that more swap steps can be drawn later exactly as
@@ -121,10 +133,17 @@ class Trajectory:
     sampler: SwapSampler | None = None  # draws further swap steps of this same edit (None: it cannot)
     #: swap step -> decoded image of the further samples drawn so far (shared by every target of the scan)
     drawn: dict[int, torch.Tensor] = field(default_factory=dict)
+    #: [1, C, H, W] added to every decoded latent before clamping (`build_trajectory(anchor=...)`): the scan
+    #: minus the decoded source point, so P_0 renders as the scan itself (None: images are plain decodes)
+    residual: torch.Tensor | None = None
 
     @property
     def steps(self) -> int:
         return int(self.swap_steps[0])
+
+    def render(self, generator: "SDGenerator", latents: torch.Tensor) -> torch.Tensor:
+        """Latents z_0 [B, 4, h, w] as the images this trajectory shows [B, C, H, W] in [0, 1]."""
+        return render_latents(generator, latents, self.residual)
 
     def image_at(self, swap_step: int) -> torch.Tensor:
         """The decoded sample at `swap_step` [1, C, H, W]: a control point's, else drawn once and kept."""
@@ -134,15 +153,26 @@ class Trajectory:
         if swap_step not in self.drawn:
             if self.sampler is None:
                 raise ValueError("this trajectory cannot draw further samples (no sampler)")
-            self.drawn[swap_step] = self.sampler.draw(swap_step)[1].to(self.images)
+            latent = self.sampler.draw(swap_step)[0]
+            self.drawn[swap_step] = self.render(self.sampler.generator, latent).to(self.images)
         return self.drawn[swap_step]
+
+
+def render_latents(generator: "SDGenerator", latents: torch.Tensor,
+                   residual: torch.Tensor | None = None) -> torch.Tensor:
+    """decode(z_0) (+ `residual`), clamped to [0, 1]."""
+    with torch.no_grad():
+        decoded = generator.decode(latents)
+        if residual is not None:
+            decoded = decoded + residual.to(decoded)
+        return decoded.clamp(0, 1)
 
 
 def build_trajectory(generator: "SDGenerator", z_T: torch.Tensor, prefix: list[torch.Tensor],
                      source: torch.Tensor, direction: torch.Tensor, *, attribute: str, sign: str, alpha: float,
                      swap_steps: Sequence[int], edit_guidance: float = 1.0,
                      edit_base: torch.Tensor | None = None, localise: bool = False,
-                     prior: torch.Tensor | None = None) -> Trajectory:
+                     prior: torch.Tensor | None = None, anchor: torch.Tensor | None = None) -> Trajectory:
     """Evaluate all candidate swap steps in one batch off the shared prefix, then decode every point.
 
     The prefix is denoised with `source`; after the swap the UNet sees `edit_base` (default: `source`;
@@ -150,6 +180,9 @@ def build_trajectory(generator: "SDGenerator", z_T: torch.Tensor, prefix: list[t
     `localise` confines the edit to where the two embeddings disagree (`edit_region`, DiffEdit's mask);
     `prior` ([1, 1, h, w], `prior_region`) to where the attribute can be, intersected with that mask when
     both are given. The region and its probes' NFE are part of the trajectory.
+    `anchor` ([1, C, H, W], the scan at the generator's resolution): every decoded latent is shifted by the
+    scan minus the decoded source point, so the trajectory starts at the scan itself and each sample is the
+    scan plus what the edit changed (what the inversion lost stays the scan's).
     """
     steps = len(prefix) - 1
     swap_steps = sorted({int(s) for s in swap_steps if 0 <= int(s) < steps}, reverse=True)
@@ -163,11 +196,14 @@ def build_trajectory(generator: "SDGenerator", z_T: torch.Tensor, prefix: list[t
         edited_points = swap_step_points(generator, z_T, source, edited, swap_steps, prefix=prefix, steps=steps,
                                          edit_guidance=edit_guidance, region=region)
         points = torch.cat([prefix[-1].to(edited_points), edited_points], dim=0)
-        images = generator.decode(points).clamp(0, 1)
+        decoded = generator.decode(points)
+        residual = None if anchor is None else anchor.to(decoded) - decoded[:1]
+        images = (decoded if residual is None else decoded + residual).clamp(0, 1)
     return Trajectory(attribute=attribute, sign=sign, swap_steps=[steps] + swap_steps,
                       strengths=[strength_of(s, steps) for s in [steps] + swap_steps],
                       points=points, images=images, nfe=generator.nfe - before, region=region,
-                      sampler=SwapSampler(generator, z_T, prefix, source, edited, edit_guidance, region))
+                      sampler=SwapSampler(generator, z_T, prefix, source, edited, edit_guidance, region),
+                      residual=residual)
 
 
 @dataclass

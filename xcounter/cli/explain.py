@@ -61,7 +61,8 @@ def run_explain(classifier: str, image: str | Path, *, generator: str | None = N
                 steps: int | None = None, trust_pickle: bool = False, oracle: str | None = None,
                 alpha: float | None = None, flip_margin: float | None = None, localise: str | None = None,
                 inversion: str | None = None, inversion_iterations: int | None = None, device: str = "auto",
-                confirm_shortcuts: bool | None = None, progress: Callable[[str], None] | None = None) -> ExplainRun:
+                confirm_shortcuts: bool | None = None, anchor: str | None = None,
+                progress: Callable[[str], None] | None = None) -> ExplainRun:
     """Load everything, explain, render the card (and sidecar) atomically. Raises XCounterError on user mistakes.
 
     `device` places the classifier and the generator ("auto": the GPU when there is one)."""
@@ -87,7 +88,7 @@ def run_explain(classifier: str, image: str | Path, *, generator: str | None = N
     sd = xcounter.load_generator(generator or _default_generator(model), steps=steps, device=place)
     tuning = {k: v for k, v in (("alpha", alpha), ("flip_margin", flip_margin),
                                 ("inversion", inversion), ("inversion_iterations", inversion_iterations),
-                                ("confirm_shortcuts", confirm_shortcuts))
+                                ("confirm_shortcuts", confirm_shortcuts), ("anchor", anchor))
               if v is not None}
     if localise is not None:
         tuning["localise"] = LOCALISE_CHOICES[localise]
@@ -180,15 +181,18 @@ LOCALISE_CHOICES = {"remove": ("remove",), "add": ("add",), "both": ("add", "rem
 @click.option("--confirm-shortcuts/--no-confirm-shortcuts", default=None,
               help="Re-ask each shortcut flag with only the edit's strongest pixels pasted; when the decision stays, "
                    "the verdict is 'unconfirmed' (default: the generator's, on for phantom-cxr).")
+@click.option("--anchor", type=click.Choice(["scan", "reconstruction"]),
+              help="What edits are drawn onto: scan (the scan plus what the edit changed; what the inversion lost "
+                   "stays the scan's) or reconstruction (the generator's own output); default: the generator's.")
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
               help="Where the classifier and the generator run (auto: the GPU when torch sees one).")
 def command(classifier, image, generator, targets, attributes, report_text, out, json_path, embed_images, seed,
             steps, trust_pickle, oracle, alpha, flip_margin, localise, inversion, inversion_iterations, confirm_shortcuts,
-            device) -> None:
+            anchor, device) -> None:
     """Explain a classifier's decision on one scan with counterfactual attribute edits."""
     run = run_explain(classifier, image, generator=generator, targets=targets, attributes=attributes,
                       report_text=report_text, out=out, json_path=json_path, embed_images=embed_images, seed=seed,
                       steps=steps, trust_pickle=trust_pickle, oracle=oracle, alpha=alpha, flip_margin=flip_margin,
                       localise=localise, inversion=inversion, inversion_iterations=inversion_iterations, device=device,
-                      confirm_shortcuts=confirm_shortcuts, progress=lambda message: click.echo(message, err=True))
+                      confirm_shortcuts=confirm_shortcuts, anchor=anchor, progress=lambda message: click.echo(message, err=True))
     print_run(run)

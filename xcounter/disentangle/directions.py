@@ -173,20 +173,26 @@ class GradientProjection:
     With g = ∇_{z_0} margin_target(decode(z_0)) at the source latent and Δz_a = z_0(edited) - z_0(source)
     the latent direction of attribute a (from its swap-step trajectory endpoint), the score is
     g · Δz_a: the margin change a linearised classifier∘decoder predicts for the full edit.
-    Parameters: `classifier`, `generator`, `target_index`.
+    Parameters: `classifier`, `generator`, `target_index`, `residual` (added to every decode: the scan minus
+    its reconstruction when counterfactuals are drawn onto the scan, so the gradient is the scan's own).
     `fit(z_source [1,4,h,w], deltas {name: Tensor[1 or none,4,h,w]})` learns `gradient_` and
     `scores_` {name: float}; `ranking_` lists names by |score|, largest first.
     """
 
-    def __init__(self, classifier: "Classifier", generator: "SDGenerator", target_index: int):
+    def __init__(self, classifier: "Classifier", generator: "SDGenerator", target_index: int,
+                 residual: torch.Tensor | None = None):
         self.classifier = classifier
         self.generator = generator
         self.target_index = target_index
+        self.residual = residual
 
     def fit(self, z_source: torch.Tensor, deltas: Mapping[str, torch.Tensor]) -> "GradientProjection":
         z = z_source.detach().clone().float().reshape(1, *z_source.shape[-3:]).requires_grad_(True)
         with torch.enable_grad():
-            margin = self.classifier.margins(self.generator.decode(z))[0, self.target_index]
+            image = self.generator.decode(z)
+            if self.residual is not None:
+                image = image + self.residual.to(image)
+            margin = self.classifier.margins(image)[0, self.target_index]
             (gradient,) = torch.autograd.grad(margin, z)
         self.gradient_ = gradient.detach()[0]
         self.margin_ = float(margin.detach())

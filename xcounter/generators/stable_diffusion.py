@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 from xcounter.errors import InputError, ModelError, XCounterError
+from xcounter.search import checked_anchor
 
 #: how `SDGenerator.invert` maps a scan to noise (see there)
 INVERSION_METHODS = ("ddim", "ddpm")
@@ -131,7 +132,7 @@ class SDGenerator:
                  source: str | None = None, max_batch: int = 16, edit_guidance: float | None = None,
                  kind_edits: dict[str, dict[str, float]] | None = None, inversion_iterations: int = 0,
                  inversion: str = "ddim", inversion_eta: float = DEFAULT_INVERSION_ETA,
-                 confirm_shortcuts: bool = False):
+                 confirm_shortcuts: bool = False, anchor: str = "reconstruction"):
         self.pipe = pipe.to(device)
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoder, self.tokenizer = pipe.text_encoder, pipe.tokenizer
@@ -166,6 +167,9 @@ class SDGenerator:
         # whether this generator's device edits draw enough besides the device that a shortcut flag must be
         # confirmed on the edit's own pixels (`xcounter.confirmation`): the explainer's default
         self.confirm_shortcuts = bool(confirm_shortcuts)
+        # what counterfactuals are drawn onto (`TrajectoryMethod(anchor=)`): "scan" where this generator's
+        # reconstructions lose what its edits would otherwise carry as side effects: the explainer's default
+        self.anchor = checked_anchor(anchor)
         self.max_batch = max_batch
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         size = self.unet.config.sample_size
@@ -192,6 +196,7 @@ class SDGenerator:
                 "inversion_iterations": self.inversion_iterations, "inversion": self.inversion,
                 **({"inversion_eta": self.inversion_eta} if self.inversion == "ddpm" else {}),
                 **({"confirm_shortcuts": True} if self.confirm_shortcuts else {}),
+                **({"anchor": self.anchor} if self.anchor != "reconstruction" else {}),
                 "scheduler": "DDIM (eta 0)", "prediction_type": self.scheduler.config.prediction_type,
                 "config_sha256": digest}
 
@@ -651,7 +656,8 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
     `kind_edits` (per attribute kind, the `alpha` and `edit_guidance` that kind's edits are drawn with),
     `inversion` ("ddim" or "ddpm", how scans are inverted, `SDGenerator.invert`), `inversion_eta` (DDPM
     inversion's eta, 0..1), `inversion_iterations` (fixed-point refinements per DDIM inversion step),
-    `confirm_shortcuts` (true: shortcut flags are checked on the edit's own pixels, `xcounter.confirmation`)
+    `confirm_shortcuts` (true: shortcut flags are checked on the edit's own pixels, `xcounter.confirmation`),
+    `anchor` ("reconstruction" or "scan": what counterfactuals are drawn onto, `TrajectoryMethod`)
     and `image_channels`; `steps` here overrides it.
     """
     from xcounter.generators import zoo
@@ -697,6 +703,7 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
         inversion = checked_inversion_method(settings.get("inversion", "ddim"), "inversion")
         inversion_eta = checked_inversion_eta(settings.get("inversion_eta", DEFAULT_INVERSION_ETA), "inversion_eta")
         checked_inversion(inversion, inversion_iterations)
+        anchor = checked_anchor(settings.get("anchor", "reconstruction"))
     except XCounterError as error:
         raise ModelError(f"{folder / 'xcounter.json'}: {error}") from None
 
@@ -719,4 +726,4 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
                        image_channels=image_channels, device=device, edit_guidance=edit_guidance,
                        kind_edits=kind_edits, inversion_iterations=inversion_iterations,
                        inversion=inversion, inversion_eta=inversion_eta, confirm_shortcuts=confirm_shortcuts,
-                       source=str(folder.resolve()) + (f" + unet {unet}" if unet is not None else ""))
+                       anchor=anchor, source=str(folder.resolve()) + (f" + unet {unet}" if unet is not None else ""))

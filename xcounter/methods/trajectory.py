@@ -21,7 +21,8 @@ from xcounter.errors import XCounterError
 from xcounter.explanation import Counterfactual
 from xcounter.methods.base import SIGNS, EditContext
 from xcounter.metrics import cfrt, direction_cosine_along, l1, ssim
-from xcounter.search import DEFAULT_TOLERANCE, Trajectory, build_trajectory, minimal_flip, shown_sample
+from xcounter.search import (DEFAULT_TOLERANCE, Trajectory, build_trajectory, checked_anchor, minimal_flip,
+                              shown_sample)
 
 if TYPE_CHECKING:
     from xcounter.attributes import Attribute
@@ -117,6 +118,11 @@ class TrajectoryMethod:
         refine_nfe: UNet budget per flip for further swap steps between the bracketing samples, so the sample
             shown is the weakest one found at or past the crossing (`xcounter.search.shown_sample`); 0 = show
             the first flipping control point; None = no limit.
+        anchor: what the edit is drawn onto. "reconstruction" (default): the counterfactual is the
+            generator's own output, compared with its reconstruction of the scan; "scan": the scan plus what
+            the edit changed (each sample minus the reconstruction), so what the inversion lost (a nodule,
+            the lighting) stays as the scan has it and the unedited image is the scan itself. The classifier
+            is asked on the images shown either way.
     """
 
     name = "trajectory"
@@ -127,7 +133,8 @@ class TrajectoryMethod:
                  max_nfe: int | None = DEFAULT_MAX_NFE, oracle=None,
                  edit_guidance: float | None = None, restate: bool = True,
                  localise: Sequence[str] = LOCALISED_SIGNS, shown: str = "sample",
-                 refine_nfe: int | None = DEFAULT_REFINE_NFE):
+                 refine_nfe: int | None = DEFAULT_REFINE_NFE, anchor: str = "reconstruction"):
+        self.anchor = checked_anchor(anchor)
         if shown not in self.SHOWN:
             raise XCounterError(f"shown must be one of {', '.join(self.SHOWN)}, got {shown!r}")
         whole = isinstance(refine_nfe, int) or (isinstance(refine_nfe, float) and refine_nfe.is_integer())
@@ -173,7 +180,7 @@ class TrajectoryMethod:
             raise XCounterError(f"sign must be one of {', '.join(SIGNS)}, got '{sign}'")
         alpha, edit_guidance = self.edit_settings_for(context.generator, attribute, sign)
         key = (id(context.inversion), attribute.name, attribute.where, sign, alpha, edit_guidance,
-               self.restate, self.localise)
+               self.restate, self.localise, self.anchor)
         cached = self._cache.get(key)
         if cached is not None and cached[0] is context.inversion:
             return cached[1]
@@ -199,6 +206,7 @@ class TrajectoryMethod:
                                       edit_guidance=edit_guidance,
                                       localise=sign in self.localise,
                                       prior=prior_region(attribute.where, prefix[-1].shape, context.inversion.image),
+                                      anchor=context.inversion.image if self.anchor == "scan" else None,
                                       edit_base=None if restated is None else spliced_embedding(
                                           generator, context.prompt, restated, context.source_embedding))
         self._cache[key] = (context.inversion, trajectory)
@@ -214,7 +222,7 @@ class TrajectoryMethod:
 
         def margin_of(latents: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return classifier.margins(generator.decode(latents).clamp(0, 1))[:, index].float().cpu()
+                return classifier.margins(trajectory.render(generator, latents))[:, index].float().cpu()
 
         with torch.no_grad():
             point_margins = classifier.margins(trajectory.images)[:, index].float().cpu()
@@ -222,7 +230,7 @@ class TrajectoryMethod:
                             tol=self.tolerance, flip_margin=context.flip_margin)
         reference = to_hwc(trajectory.images[0])
         with torch.no_grad():
-            crossing = generator.decode(flip.latent.reshape(1, *trajectory.points.shape[1:])).clamp(0, 1)
+            crossing = trajectory.render(generator, flip.latent.reshape(1, *trajectory.points.shape[1:]))
             crossing_l1, refine_nfe = None, 0
             if flip.flipped and self.shown == "sample":
                 shown = shown_sample(trajectory, flip,

@@ -97,7 +97,14 @@ def reconstruction_already_warned(explanation: Explanation) -> bool:
     return any("reconstruction error" in str(w).lower() for w in explanation.warnings)
 
 
-def _sentence(result: AttributeResult, best: Counterfactual | None, positive: bool | None) -> str:
+def unedited_name(explanation: Explanation) -> str:
+    """What the counterfactuals were drawn onto and are compared with ("scan" | "reconstruction";
+    `Explanation.settings["anchor"]`, explanations before it existed: the reconstruction)."""
+    return "scan" if explanation.settings.get("anchor") == "scan" else "reconstruction"
+
+
+def _sentence(result: AttributeResult, best: Counterfactual | None, positive: bool | None,
+              unedited: str = "reconstruction") -> str:
     name = result.attribute.replace("_", " ")
     if best is None:
         return f"No counterfactual was generated for {name}."
@@ -119,11 +126,11 @@ def _sentence(result: AttributeResult, best: Counterfactual | None, positive: bo
                          f"the change is credited to {mediator}.")
         if result.verdict == "shortcut" and result.core is not None and result.core.flipped:
             sentence += (f" Confirmed on the edit's own pixels: pasting only its strongest change "
-                         f"({result.core.share:.1%} of the image) onto the reconstruction flips it too "
+                         f"({result.core.share:.1%} of the image) onto the {unedited} flips it too "
                          f"(probability {result.core.probability:.2f}).")
         if result.verdict == "unconfirmed" and result.core is not None:
             sentence += (f" Pasting only the edit's strongest pixels ({result.core.share:.1%} of the image) onto the "
-                         f"reconstruction leaves the decision (probability {result.core.probability:.2f}): the flip "
+                         f"{unedited} leaves the decision (probability {result.core.probability:.2f}): the flip "
                          f"comes from what the generator changed around the {name}, not from the {name} itself.")
         return sentence
     return (f"No edit of {name} up to full strength flips {result.target} "
@@ -148,7 +155,7 @@ def _film(counterfactual: Counterfactual, attribute: str) -> list[dict]:
     return out
 
 
-def _counterfactual_view(result: AttributeResult, best: Counterfactual) -> dict:
+def _counterfactual_view(result: AttributeResult, best: Counterfactual, unedited: str = "reconstruction") -> dict:
     attribute, target = result.attribute, result.target
     where = f"at strength {best.minimal_strength:.2f}" if best.flipped and best.minimal_strength is not None \
         else "at the strongest edit (no flip)"
@@ -178,17 +185,17 @@ def _counterfactual_view(result: AttributeResult, best: Counterfactual) -> dict:
         png, scale = plots.difference_png(best.difference, best.region)
         confined = best.region is not None
         view["difference"] = _figure(png, f"Difference heat map of the {attribute} counterfactual minus the "
-                                          f"reconstruction; red brighter, blue darker, largest change {scale:.3f}"
+                                          f"{unedited}; red brighter, blue darker, largest change {scale:.3f}"
                                           + ("; the grey outline bounds where the edit could act" if confined else ""),
-                                     "Counterfactual − reconstruction" + (" (edit confined to the outlined region)"
+                                     f"Counterfactual − {unedited}" + (" (edit confined to the outlined region)"
                                                                           if confined else ""))
         view["difference_scale"] = f"{scale:.3f}"
-    view["core"] = _core_figure(result, best)
+    view["core"] = _core_figure(result, best, unedited)
     return view
 
 
-def _core_figure(result: AttributeResult, best: Counterfactual) -> dict | None:
-    """The image a shortcut flag was re-asked on (`xcounter.confirmation`): the reconstruction with only the edit's
+def _core_figure(result: AttributeResult, best: Counterfactual, unedited: str = "reconstruction") -> dict | None:
+    """The image a shortcut flag was re-asked on (`xcounter.confirmation`): the unedited image with only the edit's
     strongest pixels, so the reader sees what the classifier saw when the device alone was drawn."""
     from xcounter.confirmation import core_image
 
@@ -198,7 +205,7 @@ def _core_figure(result: AttributeResult, best: Counterfactual) -> dict | None:
     image, _ = core_image(best.image - best.difference, best.image, core.fraction)
     outcome = "flips" if core.flipped else "does not flip"
     return _figure(plots.png_bytes(image),
-                   f"The reconstruction with only the {result.attribute} edit's strongest pixels "
+                   f"The {unedited} with only the {result.attribute} edit's strongest pixels "
                    f"({core.share:.1%} of the image); the {result.target} decision {outcome} "
                    f"(probability {core.probability:.2f})",
                    f"Strongest change only: {outcome} (p {core.probability:.2f})")
@@ -233,8 +240,8 @@ def _result_view(explanation: Explanation, result: AttributeResult, rank: int, a
         "minimal_strength": "–" if result.minimal_strength is None else f"{result.minimal_strength:.2f}", "sign": result.sign or (best.sign if best else None),
         "gradient_sensitivity": _fmt(result.gradient_sensitivity),
         "delta": f"{best.delta_probability:+.2f}" if best is not None else "–",
-        "sentence": _sentence(result, best, positive),
-        "counterfactual": _counterfactual_view(result, best) if best is not None else None,
+        "sentence": _sentence(result, best, positive, unedited_name(explanation)),
+        "counterfactual": _counterfactual_view(result, best, unedited_name(explanation)) if best is not None else None,
     }
 
 
@@ -317,6 +324,7 @@ def card_context(explanation: Explanation) -> dict:
                                   f"The generator's reconstruction of {source_name} after inversion",
                                   "Generator reconstruction"),
         "reconstruction_error": _fmt(error, 3), "reconstruction_ssim": _fmt(ssim, 3),
+        "unedited": unedited_name(explanation),
         "poor_reconstruction": poor_reconstruction(explanation),
         "reconstruction_warned": reconstruction_already_warned(explanation),
         "warnings": list(explanation.warnings),

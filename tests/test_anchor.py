@@ -1,0 +1,158 @@
+"""Counterfactuals drawn onto the scan (`anchor="scan"`): the scan plus what the edit changed."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from xcounter.attributes import load_attributes
+from xcounter.errors import ModelError, XCounterError
+from xcounter.explainer import Explainer
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def generator():
+    from tiny_generator import tiny_pipeline
+    from xcounter.generators import SDGenerator
+    return SDGenerator(tiny_pipeline(1, seed=0), steps=STEPS, name="tiny-sd")
+
+
+@pytest.fixture(scope="module")
+def attributes():
+    cxr = load_attributes("cxr")
+    keep = ("pleural_effusion", "chest_tube", "body_width")
+    return dataclasses.replace(cxr, attributes=tuple(cxr[name] for name in keep))
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    from tiny_classifier import TINY_LABELS, TINY_OP_THRESHS, make_tiny_densenet
+    from xcounter.classifiers import Classifier, logit, make_profile
+    return Classifier(make_tiny_densenet(0), TINY_LABELS, logit(TINY_OP_THRESHS), make_profile("xrv", size=32),
+                      name="tiny-densenet")
+
+
+@pytest.fixture(scope="module")
+def scan():
+    rng = np.random.default_rng(0)
+    return (rng.random((16, 16)) * 255).astype(np.uint8)
+
+
+REPORT = "PA chest radiograph. Right pleural effusion. Right-sided chest tube."
+
+
+@pytest.fixture(scope="module")
+def context(classifier, generator, attributes, scan):
+    from xcounter.methods import EditContext
+
+    inversion = generator.invert(torch.from_numpy(scan / 255.0).float()[None, None], REPORT, STEPS)
+    return EditContext(classifier=classifier, generator=generator, attributes=attributes, inversion=inversion,
+                       source_embedding=generator.embed([REPORT])[0].detach(), target="Effusion",
+                       target_index=classifier.target_index("Effusion"), steps=STEPS, prompt=REPORT)
+
+
+def test_an_anchored_trajectory_is_the_scan_plus_what_the_edit_changed(context, attributes):
+    """P_0 renders as the scan; every other point is the scan plus (its decode - the reconstruction's), clamped;
+    a further swap step drawn later is rendered the same way."""
+    from xcounter.methods import get_method
+
+    effusion = attributes["pleural_effusion"]
+    plain = get_method("trajectory", swap_steps=[2, 0]).trajectory(context, effusion, "add")
+    anchored = get_method("trajectory", swap_steps=[2, 0], anchor="scan").trajectory(context, effusion, "add")
+    scan = context.inversion.image
+    assert plain.residual is None and anchored.residual is not None
+    assert torch.equal(anchored.points, plain.points)  # the same edit, only drawn onto the scan
+    assert torch.allclose(anchored.images[0], scan[0].clamp(0, 1), atol=1e-5)
+    assert not torch.allclose(plain.images[0], scan[0], atol=1e-3)  # the tiny generator's reconstruction is not
+    generator = context.generator
+    with torch.no_grad():
+        decoded = generator.decode(anchored.points)
+    expected = (scan + decoded - decoded[:1]).clamp(0, 1)
+    assert torch.allclose(anchored.images, expected, atol=1e-5)
+    drawn = anchored.image_at(1)  # not a control point: drawn now, rendered onto the scan too
+    with torch.no_grad():
+        latent = anchored.sampler.draw(1)[0]
+        assert torch.allclose(drawn, (scan + generator.decode(latent) - decoded[:1]).clamp(0, 1), atol=1e-5)
+
+
+def test_an_anchored_counterfactual_is_compared_with_the_scan(context, attributes, classifier):
+    """The unedited image, the starting probability and the difference map are the scan's."""
+    from xcounter.methods import get_method
+
+    effusion = attributes["pleural_effusion"]
+    counterfactual = get_method("trajectory", swap_steps=[2, 0], anchor="scan").generate(context, effusion, "add")
+    scan = context.inversion.image.clamp(0, 1)
+    scan_hwc = scan[0].permute(1, 2, 0).numpy()
+    assert np.allclose(counterfactual.film[0], scan_hwc, atol=1e-5)
+    assert np.allclose(counterfactual.image - counterfactual.difference, scan_hwc, atol=1e-5)
+    with torch.no_grad():
+        probability = float(torch.sigmoid(classifier.margins(scan)[0, context.target_index]))
+    assert counterfactual.probability_before == pytest.approx(probability, abs=1e-5)
+    with pytest.raises(XCounterError, match="anchor must be one of"):
+        get_method("trajectory", anchor="input")
+
+
+def test_the_gradient_ranking_is_taken_at_the_scan(context, classifier, generator):
+    """With the residual, the linearised classifier is read at the scan itself, not at the reconstruction."""
+    from xcounter.disentangle.directions import GradientProjection
+
+    inversion = context.inversion
+    z_0 = inversion.prefix[-1] if inversion.prefix is not None else inversion.z_0
+    with torch.no_grad():
+        residual = inversion.image - generator.decode(z_0)
+        at_scan = float(classifier.margins(inversion.image)[0, context.target_index])
+    projection = GradientProjection(classifier, generator, context.target_index, residual=residual)
+    projection.fit(z_0, {"a": torch.ones_like(z_0)})
+    assert projection.margin_ == pytest.approx(at_scan, abs=1e-4)
+    plain = GradientProjection(classifier, generator, context.target_index).fit(z_0, {"a": torch.ones_like(z_0)})
+    assert plain.margin_ != pytest.approx(at_scan, abs=1e-4)
+
+
+def test_the_explainer_draws_onto_what_the_generator_asks_for(classifier, generator, attributes, scan):
+    """None = the generator's own anchor; the choice is recorded, and warnings about the reconstruction's
+    decision (which no longer is where edits start) are not given."""
+    def explain(**options):
+        return Explainer(classifier, generator, attributes, attribution=False, swap_steps=[2], signs=["add"],
+                         examine=["chest_tube"], **options).explain(scan, target="Effusion", seed=1)
+
+    own = explain()
+    assert own.settings["anchor"] == "reconstruction"
+    anchored = explain(anchor="scan")
+    assert anchored.settings["anchor"] == "scan"
+    counterfactual = anchored.results[0].counterfactuals[0]
+    assert np.allclose(counterfactual.image - counterfactual.difference, np.clip(anchored.image, 0, 1), atol=1e-5)
+    assert not any("flips are measured from the reconstruction" in w for w in anchored.warnings)
+    generator.anchor = "scan"
+    try:
+        assert Explainer(classifier, generator, attributes).anchor == "scan"
+        assert Explainer(classifier, generator, attributes, anchor="reconstruction").anchor == "reconstruction"
+    finally:
+        generator.anchor = "reconstruction"
+    with pytest.raises(XCounterError, match="anchor must be one of"):
+        Explainer(classifier, generator, attributes, anchor="both")
+
+
+def test_anchor_comes_from_the_folder_and_is_checked(tmp_path):
+    from tiny_generator import tiny_generator_dir
+    from xcounter.generators import load_generator
+
+    loaded = load_generator(tiny_generator_dir(tmp_path / "own", settings={"steps": 2, "anchor": "scan"}))
+    assert loaded.anchor == "scan" and loaded.identity()["anchor"] == "scan"
+    plain = load_generator(tiny_generator_dir(tmp_path / "plain", settings={"steps": 2}))
+    assert plain.anchor == "reconstruction" and "anchor" not in plain.identity()
+    with pytest.raises(ModelError, match="anchor must be one of"):
+        load_generator(tiny_generator_dir(tmp_path / "bad", settings={"anchor": "pixels"}))
+
+
+def test_the_card_names_what_the_edits_were_drawn_onto(classifier, generator, attributes, scan):
+    from xcounter.report import render_html
+
+    explanation = Explainer(classifier, generator, attributes, attribution=False, swap_steps=[2], signs=["add"],
+                            examine=["chest_tube"], anchor="scan").explain(scan, target="Effusion", seed=1)
+    html = render_html(explanation)
+    assert "Counterfactual − scan" in html and "drawn onto the scan itself" in html
+    explanation.settings["anchor"] = "reconstruction"
+    html = render_html(explanation)
+    assert "Counterfactual − reconstruction" in html and "drawn onto the scan itself" not in html
