@@ -36,7 +36,9 @@ UNCONFINED = "ours, removals unconfined"
 FULL_EDIT = "ours at full strength (trajectory end)"
 CROSSING = "ours, shown at the Bézier crossing (latent blend)"
 TRUE_TOGGLE = "true counterfactual (renderer toggle)"
-ON_SCAN = "ours, drawn onto the scan (anchor)"
+#: the anchor the generator does not use by default (`SDGenerator.anchor`), as an ablation row
+OTHER_ANCHOR = {"reconstruction": "ours, drawn onto the scan (anchor)",
+                "scan": "ours, drawn onto the reconstruction (anchor)"}
 #: the inversion the generator does not use by default (`SDGenerator.inversion`), as an ablation row
 OTHER_INVERSION = {"ddim": "ours, DDPM inversion (edit-friendly noise)", "ddpm": "ours, DDIM inversion"}
 #: (classifier, target label, edited attribute) per domain: the planted shortcut and a real cause (the CXR
@@ -197,7 +199,7 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
     budget = C.domain_budget(args)
     from xcounter.disentangle.directions import LanguageDirections
     from xcounter.methods import get_method
-    from xcounter.methods.trajectory import DEFAULT_MAX_NFE
+    from xcounter.methods.trajectory import DEFAULT_MAX_NFE, to_hwc
 
     wanted = sorted({name for name, _, _ in TASKS[domain]})
     models = C.load_domain(domain, args.models, wanted)
@@ -223,12 +225,15 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
             scan_values = torch.sigmoid(models.oracle.logits(
                 C.phantom_tensor(domain, phantom_seed, models.generator, **overrides)))[0].numpy()
         first_record = len(records)
-        methods = {"trajectory": get_method("trajectory", max_nfe=DEFAULT_MAX_NFE),
-                   UNCONFINED: get_method("trajectory", max_nfe=DEFAULT_MAX_NFE, localise=False),
-                   CROSSING: get_method("trajectory", max_nfe=DEFAULT_MAX_NFE, shown="crossing"),
-                   ON_SCAN: get_method("trajectory", max_nfe=DEFAULT_MAX_NFE, anchor="scan"),
-                   OTHER_INVERSION[own_inversion]: get_method("trajectory", max_nfe=DEFAULT_MAX_NFE),
-                   "random": get_method("random", max_nfe=DEFAULT_MAX_NFE),
+        anchor = getattr(models.generator, "anchor", "reconstruction")  # as the explainer draws edits
+        other_anchor = "scan" if anchor == "reconstruction" else "reconstruction"
+        ours = {"max_nfe": DEFAULT_MAX_NFE, "anchor": anchor}
+        methods = {"trajectory": get_method("trajectory", **ours),
+                   UNCONFINED: get_method("trajectory", **ours, localise=False),
+                   CROSSING: get_method("trajectory", **ours, shown="crossing"),
+                   OTHER_ANCHOR[anchor]: get_method("trajectory", max_nfe=DEFAULT_MAX_NFE, anchor=other_anchor),
+                   OTHER_INVERSION[own_inversion]: get_method("trajectory", **ours),
+                   "random": get_method("random", **ours),
                    "latent_shift": get_method("latent_shift"), "sdedit": get_method("sdedit")}
         for name, label, attribute in tasks:
             context, sign = contexts[(name, label)], C.sign_toward_opposite(truth, attribute)
@@ -244,7 +249,8 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
                                                                                models.steps)]
                 if method_name == "trajectory":  # the unedited reconstruction: realism and identity floor
                     records.append({**task, **record(cf, models.oracle, attribute, sign, None,
-                                                     method="no edit (reconstruction)", image=cf.film[0],
+                                                     method="no edit (reconstruction)",
+                                                     image=to_hwc(inversion.reconstruction.clamp(0, 1)),
                                                      flipped=False, nfe=0)})
                     records.append({**task, **full_edit_record(cf, models.oracle, attribute, sign)})
                     started = time.perf_counter()
@@ -252,9 +258,9 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
                     records.append({**task, **record(blend, models.oracle, attribute, sign,
                                                      time.perf_counter() - started, method=CROSSING)})
                     started = time.perf_counter()
-                    on_scan = methods[ON_SCAN].generate(context, models.attributes[attribute], sign)
-                    records.append({**task, **record(on_scan, models.oracle, attribute, sign,
-                                                     time.perf_counter() - started, method=ON_SCAN)})
+                    redrawn = methods[OTHER_ANCHOR[anchor]].generate(context, models.attributes[attribute], sign)
+                    records.append({**task, **record(redrawn, models.oracle, attribute, sign,
+                                                     time.perf_counter() - started, method=OTHER_ANCHOR[anchor])})
                     started, other = time.perf_counter(), OTHER_INVERSION[own_inversion]
                     redone = methods[other].generate(other_contexts[(name, label)], models.attributes[attribute], sign)
                     records.append({**task, **record(redone, models.oracle, attribute, sign,
@@ -386,6 +392,11 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
               "that inverts with DDPM): ours from the inversion the generator does not use by default, with its own "
               "reconstruction as the unedited image (DDPM inversion's is the VAE's round trip of the scan; its noisy "
               "latents are drawn with the benchmark seed, and which draw it is moves this row by several points). "
+              f"*{OTHER_ANCHOR['reconstruction']}* (or *{OTHER_ANCHOR['scan']}*, for a generator that draws onto the "
+              "scan): ours drawn onto what the generator does not use by default; drawn onto the scan, a "
+              "counterfactual is the scan plus what the edit changed (sample minus reconstruction) and its unedited "
+              "image is the scan itself. *no edit (reconstruction)*: the generator's reconstruction, compared with "
+              "ours' own unedited image. "
               f"*{FULL_EDIT}*: the same trajectory's strongest edit "
               "instead of its flip (how clean the generator's whole edit is; the goal is read at the flip shown). "
               f"*{TRUE_TOGGLE}*: the phantom redrawn with only the attribute toggled, no generator involved; "

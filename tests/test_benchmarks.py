@@ -92,6 +92,8 @@ def test_quality(out):
         assert len(full) == len(ours) and all(r["strength"] is None for r in full)  # one strongest edit per edit
         other = [r for r in domain["records"] if r["method"] == "ours, DDPM inversion (edit-friendly noise)"]
         assert len(other) == len(ours)  # every edit again from the inversion the generator does not use
+        redrawn = [r for r in domain["records"] if r["method"] in load("quality").OTHER_ANCHOR.values()]
+        assert len(redrawn) == len(ours)  # and drawn onto what the generator does not draw onto
         for row in domain["summary"]:
             assert all(unit(row[k]) for k in ("flip_rate", "identity", "edited"))
             assert row["method"] == "real phantoms (second draw)" or unit(row["kept_vs_scan"])

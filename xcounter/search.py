@@ -101,6 +101,7 @@ class SwapSampler:
     edited: torch.Tensor
     edit_guidance: float = 1.0
     region: torch.Tensor | None = None
+    residual: torch.Tensor | None = None  # added to every decode, as the trajectory's own (`Trajectory.residual`)
 
     @property
     def steps(self) -> int:
@@ -116,7 +117,7 @@ class SwapSampler:
             latent = swap_step_points(self.generator, self.z_T, self.source, self.edited, [int(swap_step)],
                                       prefix=self.prefix, steps=self.steps, edit_guidance=self.edit_guidance,
                                       region=self.region)
-            return latent, self.generator.decode(latent).clamp(0, 1)
+            return latent, render_latents(self.generator, latent, self.residual)
 
 
 @dataclass
@@ -153,8 +154,7 @@ class Trajectory:
         if swap_step not in self.drawn:
             if self.sampler is None:
                 raise ValueError("this trajectory cannot draw further samples (no sampler)")
-            latent = self.sampler.draw(swap_step)[0]
-            self.drawn[swap_step] = self.render(self.sampler.generator, latent).to(self.images)
+            self.drawn[swap_step] = self.sampler.draw(swap_step)[1].to(self.images)
         return self.drawn[swap_step]
 
 
@@ -202,7 +202,7 @@ def build_trajectory(generator: "SDGenerator", z_T: torch.Tensor, prefix: list[t
     return Trajectory(attribute=attribute, sign=sign, swap_steps=[steps] + swap_steps,
                       strengths=[strength_of(s, steps) for s in [steps] + swap_steps],
                       points=points, images=images, nfe=generator.nfe - before, region=region,
-                      sampler=SwapSampler(generator, z_T, prefix, source, edited, edit_guidance, region),
+                      sampler=SwapSampler(generator, z_T, prefix, source, edited, edit_guidance, region, residual),
                       residual=residual)
 
 
