@@ -54,9 +54,11 @@ def context(classifier, generator, attributes, scan):
 
 
 def test_an_anchored_trajectory_is_the_scan_plus_what_the_edit_changed(context, attributes):
-    """P_0 renders as the scan; every other point is the scan plus (its decode - the reconstruction's), clamped;
-    a further swap step drawn later is rendered the same way."""
+    """P_0 renders as the scan; every other point is its decode plus the scan's residual detail, kept where the
+    edit changed little and faded out where it changed most; a further swap step drawn later is rendered the
+    same way."""
     from xcounter.methods import get_method
+    from xcounter.search import ANCHOR_FADE, ANCHOR_FLOOR
 
     effusion = attributes["pleural_effusion"]
     plain = get_method("trajectory", swap_steps=[2, 0]).trajectory(context, effusion, "add")
@@ -69,12 +71,24 @@ def test_an_anchored_trajectory_is_the_scan_plus_what_the_edit_changed(context, 
     generator = context.generator
     with torch.no_grad():
         decoded = generator.decode(anchored.points)
-    expected = (scan + decoded - decoded[:1]).clamp(0, 1)
-    assert torch.allclose(anchored.images, expected, atol=1e-5)
-    drawn = anchored.image_at(1)  # not a control point: drawn now, rendered onto the scan too
+    residual = scan - decoded[:1]
+    assert torch.allclose(anchored.residual, residual, atol=1e-6)
+    change = (decoded - decoded[:1]).abs()
+    largest = change.flatten(1).amax(1)
+    for k in range(1, len(decoded)):
+        scale = max(ANCHOR_FADE * float(largest[k]), ANCHOR_FLOOR)
+        kept = (1 - change[k] / scale).clamp(0, 1)
+        assert torch.allclose(anchored.images[k], (decoded[k] + kept * residual[0]).clamp(0, 1), atol=1e-5)
+        strongest = change[k] >= scale  # where the edit acted, the generator's own pixels
+        assert torch.allclose(anchored.images[k][strongest], decoded[k][strongest].clamp(0, 1), atol=1e-5)
+        assert strongest.any()
+        calm = change[k] < 0.01 * scale  # where it barely did, (almost) the scan's
+        assert calm.any() and torch.allclose(anchored.images[k][calm], scan[0][calm].clamp(0, 1), atol=0.02)
+    drawn = anchored.image_at(1)  # not a control point: drawn now, rendered onto the scan the same way
     with torch.no_grad():
         latent = anchored.sampler.draw(1)[0]
-        assert torch.allclose(drawn, (scan + generator.decode(latent) - decoded[:1]).clamp(0, 1), atol=1e-5)
+        assert torch.allclose(drawn, anchored.anchor.apply(generator.decode(latent)).clamp(0, 1), atol=1e-5)
+        assert torch.allclose(drawn, anchored.render(generator, latent), atol=1e-6)
 
 
 def test_an_anchored_counterfactual_is_compared_with_the_scan(context, attributes, classifier):

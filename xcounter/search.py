@@ -90,6 +90,37 @@ def checked_anchor(value: object, what: str = "anchor") -> str:
     return str(value)
 
 
+#: an edit's own pixels: where it changed the decoded image by at least this share of its largest change (and at
+#: least `ANCHOR_FLOOR`), a counterfactual drawn onto the scan shows the generator's rendering, not the scan's
+#: residual detail; below, the scan's detail fades back in linearly. Why: the residual holds what the
+#: reconstruction missed of the scan, including the finding or device itself, and a removal drawn as
+#: scan + (sample - reconstruction) left a ghost of what it took away (a tube's sharp edge)
+ANCHOR_FADE = 0.15
+#: ... and at least this much (image units): a faint edit must not swap the scan's detail for the reconstruction's
+ANCHOR_FLOOR = 0.05
+
+
+@dataclass
+class ScanAnchor:
+    """Draws decoded latents onto the scan: decode(z) + (scan - decode(P_0)), the scan's detail faded out where
+    the edit itself changed the image (`ANCHOR_FADE`). P_0 renders as the scan."""
+    scan: torch.Tensor  # [1, C, H, W] the scan at the generator's resolution
+    base: torch.Tensor  # [1, C, H, W] decode(P_0), unclamped: the reconstruction the edit is measured from
+
+    @property
+    def residual(self) -> torch.Tensor:
+        """What the reconstruction lost of the scan."""
+        return self.scan.to(self.base) - self.base
+
+    def apply(self, decoded: torch.Tensor) -> torch.Tensor:
+        """Decoded latents [B, C, H, W] (unclamped) drawn onto the scan (unclamped)."""
+        base = self.base.to(decoded)
+        change = (decoded - base).abs().amax(dim=1, keepdim=True)
+        largest = change.flatten(1).amax(dim=1).reshape(-1, 1, 1, 1)
+        scale = (ANCHOR_FADE * largest).clamp_min(ANCHOR_FLOOR)
+        return decoded + (1 - (change / scale).clamp(0, 1)) * self.residual.to(decoded)
+
+
 @dataclass
 class SwapSampler:
     """What a trajectory's samples were drawn from, kept so that more swap steps can be drawn later exactly as
@@ -101,7 +132,7 @@ class SwapSampler:
     edited: torch.Tensor
     edit_guidance: float = 1.0
     region: torch.Tensor | None = None
-    residual: torch.Tensor | None = None  # added to every decode, as the trajectory's own (`Trajectory.residual`)
+    anchor: ScanAnchor | None = None  # what every decode is drawn onto, as the trajectory's own
 
     @property
     def steps(self) -> int:
@@ -117,7 +148,7 @@ class SwapSampler:
             latent = swap_step_points(self.generator, self.z_T, self.source, self.edited, [int(swap_step)],
                                       prefix=self.prefix, steps=self.steps, edit_guidance=self.edit_guidance,
                                       region=self.region)
-            return latent, render_latents(self.generator, latent, self.residual)
+            return latent, render_latents(self.generator, latent, self.anchor)
 
 
 @dataclass
@@ -134,9 +165,14 @@ class Trajectory:
     sampler: SwapSampler | None = None  # draws further swap steps of this same edit (None: it cannot)
     #: swap step -> decoded image of the further samples drawn so far (shared by every target of the scan)
     drawn: dict[int, torch.Tensor] = field(default_factory=dict)
-    #: [1, C, H, W] added to every decoded latent before clamping (`build_trajectory(anchor=...)`): the scan
-    #: minus the decoded source point, so P_0 renders as the scan itself (None: images are plain decodes)
-    residual: torch.Tensor | None = None
+    #: what every decoded latent is drawn onto (`build_trajectory(anchor=...)`): P_0 renders as the scan itself
+    #: (None: images are plain decodes)
+    anchor: ScanAnchor | None = None
+
+    @property
+    def residual(self) -> torch.Tensor | None:
+        """The scan minus the decoded source point (None: not drawn onto the scan)."""
+        return None if self.anchor is None else self.anchor.residual
 
     @property
     def steps(self) -> int:
@@ -144,7 +180,7 @@ class Trajectory:
 
     def render(self, generator: "SDGenerator", latents: torch.Tensor) -> torch.Tensor:
         """Latents z_0 [B, 4, h, w] as the images this trajectory shows [B, C, H, W] in [0, 1]."""
-        return render_latents(generator, latents, self.residual)
+        return render_latents(generator, latents, self.anchor)
 
     def image_at(self, swap_step: int) -> torch.Tensor:
         """The decoded sample at `swap_step` [1, C, H, W]: a control point's, else drawn once and kept."""
@@ -159,13 +195,11 @@ class Trajectory:
 
 
 def render_latents(generator: "SDGenerator", latents: torch.Tensor,
-                   residual: torch.Tensor | None = None) -> torch.Tensor:
-    """decode(z_0) (+ `residual`), clamped to [0, 1]."""
+                   anchor: ScanAnchor | None = None) -> torch.Tensor:
+    """decode(z_0) (drawn onto the scan with an `anchor`), clamped to [0, 1]."""
     with torch.no_grad():
         decoded = generator.decode(latents)
-        if residual is not None:
-            decoded = decoded + residual.to(decoded)
-        return decoded.clamp(0, 1)
+        return (decoded if anchor is None else anchor.apply(decoded)).clamp(0, 1)
 
 
 def build_trajectory(generator: "SDGenerator", z_T: torch.Tensor, prefix: list[torch.Tensor],
@@ -180,9 +214,9 @@ def build_trajectory(generator: "SDGenerator", z_T: torch.Tensor, prefix: list[t
     `localise` confines the edit to where the two embeddings disagree (`edit_region`, DiffEdit's mask);
     `prior` ([1, 1, h, w], `prior_region`) to where the attribute can be, intersected with that mask when
     both are given. The region and its probes' NFE are part of the trajectory.
-    `anchor` ([1, C, H, W], the scan at the generator's resolution): every decoded latent is shifted by the
-    scan minus the decoded source point, so the trajectory starts at the scan itself and each sample is the
-    scan plus what the edit changed (what the inversion lost stays the scan's).
+    `anchor` ([1, C, H, W], the scan at the generator's resolution): every decoded latent is drawn onto the
+    scan (`ScanAnchor`), so the trajectory starts at the scan itself and each sample is the scan plus what the
+    edit changed (what the inversion lost stays the scan's, except where the edit itself acted).
     """
     steps = len(prefix) - 1
     swap_steps = sorted({int(s) for s in swap_steps if 0 <= int(s) < steps}, reverse=True)
@@ -197,13 +231,13 @@ def build_trajectory(generator: "SDGenerator", z_T: torch.Tensor, prefix: list[t
                                          edit_guidance=edit_guidance, region=region)
         points = torch.cat([prefix[-1].to(edited_points), edited_points], dim=0)
         decoded = generator.decode(points)
-        residual = None if anchor is None else anchor.to(decoded) - decoded[:1]
-        images = (decoded if residual is None else decoded + residual).clamp(0, 1)
+        onto = None if anchor is None else ScanAnchor(anchor.to(decoded), decoded[:1])
+        images = (decoded if onto is None else onto.apply(decoded)).clamp(0, 1)
     return Trajectory(attribute=attribute, sign=sign, swap_steps=[steps] + swap_steps,
                       strengths=[strength_of(s, steps) for s in [steps] + swap_steps],
                       points=points, images=images, nfe=generator.nfe - before, region=region,
-                      sampler=SwapSampler(generator, z_T, prefix, source, edited, edit_guidance, region, residual),
-                      residual=residual)
+                      sampler=SwapSampler(generator, z_T, prefix, source, edited, edit_guidance, region, onto),
+                      anchor=onto)
 
 
 @dataclass
