@@ -9,14 +9,7 @@ from xcounter.attributes import load_attributes
 from xcounter.errors import ModelError, XCounterError
 from xcounter.explainer import Explainer
 
-STEPS = 4
-
-
-@pytest.fixture(scope="module")
-def generator():
-    from tiny_generator import tiny_pipeline
-    from xcounter.generators import SDGenerator
-    return SDGenerator(tiny_pipeline(1, seed=0), steps=STEPS, name="tiny-sd")
+from tiny_generator import TINY_STEPS as STEPS  # noqa: E402  (the shared `generator` fixture's)
 
 
 @pytest.fixture(scope="module")
@@ -24,20 +17,6 @@ def attributes():
     cxr = load_attributes("cxr")
     keep = ("pleural_effusion", "chest_tube", "body_width")
     return dataclasses.replace(cxr, attributes=tuple(cxr[name] for name in keep))
-
-
-@pytest.fixture(scope="module")
-def classifier():
-    from tiny_classifier import TINY_LABELS, TINY_OP_THRESHS, make_tiny_densenet
-    from xcounter.classifiers import Classifier, logit, make_profile
-    return Classifier(make_tiny_densenet(0), TINY_LABELS, logit(TINY_OP_THRESHS), make_profile("xrv", size=32),
-                      name="tiny-densenet")
-
-
-@pytest.fixture(scope="module")
-def scan():
-    rng = np.random.default_rng(0)
-    return (rng.random((16, 16)) * 255).astype(np.uint8)
 
 
 REPORT = "PA chest radiograph. Right pleural effusion. Right-sided chest tube."

@@ -13,16 +13,9 @@ from xcounter.errors import XCounterError
 from xcounter.explainer import NFE_PER_ATTRIBUTE_BUDGET, Explainer, default_targets, source_prompt
 from xcounter.explanation import Explanation, Prediction
 
-STEPS = 4
+from tiny_generator import TINY_STEPS as STEPS  # noqa: E402  (the shared `generator` fixture's)
 #: UNet evaluations per edited denoising step at the default edit guidance (source and edited prompt)
 EDITED_STEP_COST = evaluations_per_step(1.0, DEFAULT_EDIT_GUIDANCE)
-
-
-@pytest.fixture(scope="module")
-def generator():
-    from tiny_generator import tiny_pipeline
-    from xcounter.generators import SDGenerator
-    return SDGenerator(tiny_pipeline(1, seed=0), steps=STEPS, name="tiny-sd")
 
 
 @pytest.fixture(scope="module")
@@ -31,20 +24,6 @@ def attributes():
     cxr = load_attributes("cxr")
     keep = ("pleural_effusion", "chest_tube", "pacemaker", "body_width")
     return dataclasses.replace(cxr, attributes=tuple(cxr[name] for name in keep))
-
-
-@pytest.fixture(scope="module")
-def classifier():
-    from tiny_classifier import TINY_LABELS, TINY_OP_THRESHS, make_tiny_densenet
-    from xcounter.classifiers import Classifier, logit, make_profile
-    return Classifier(make_tiny_densenet(0), TINY_LABELS, logit(TINY_OP_THRESHS), make_profile("xrv", size=32),
-                      name="tiny-densenet")
-
-
-@pytest.fixture(scope="module")
-def scan():
-    rng = np.random.default_rng(0)
-    return (rng.random((16, 16)) * 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")

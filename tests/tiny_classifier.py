@@ -36,6 +36,21 @@ def make_tiny_densenet(seed: int = 0, labels: list[str] | None = None,
     return model.eval()
 
 
+def tiny_xrv_classifier(seed: int = 0):
+    """The tiny DenseNet wrapped as an xcounter Classifier with torchxrayvision's preprocessing at 32 px."""
+    from xcounter.classifiers import Classifier, logit, make_profile
+
+    return Classifier(make_tiny_densenet(seed), TINY_LABELS, logit(TINY_OP_THRESHS), make_profile("xrv", size=32),
+                      name="tiny-densenet")
+
+
+def noise_scan(side: int = 16, seed: int = 0):
+    """A uint8 gray scan of uniform noise: the tiny generator's resolution, content that means nothing."""
+    import numpy as np
+
+    return (np.random.default_rng(seed).random((side, side)) * 255).astype(np.uint8)
+
+
 def save_state_dict(model: torch.nn.Module, path: Path, metadata: dict | None = None) -> Path:
     """`torch.save` of a state_dict, optionally wrapped as {"state_dict": ..., **metadata}."""
     state = model.state_dict()

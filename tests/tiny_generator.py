@@ -27,6 +27,9 @@ REPORT_SENTENCES = [
 ]
 _TOKENIZER_DIR = tempfile.TemporaryDirectory(prefix="xcounter-tiny-tokenizer-")
 
+#: denoising steps of the tiny generator the engine tests share (conftest's `generator` fixture)
+TINY_STEPS = 4
+
 
 @lru_cache(maxsize=1)
 def _tokenizer_path() -> Path:
