@@ -149,3 +149,10 @@ def test_the_card_names_what_the_edits_were_drawn_onto(classifier, generator, at
     explanation.settings["anchor"] = "reconstruction"
     html = render_html(explanation)
     assert "Counterfactual − reconstruction" in html and "drawn onto the scan itself" not in html
+
+
+def test_the_command_line_offers_every_anchor():
+    from xcounter.cli.engine_options import ANCHOR_CHOICES
+    from xcounter.search import ANCHORS
+
+    assert set(ANCHOR_CHOICES) == set(ANCHORS)

@@ -5,6 +5,7 @@ from typing import Sequence
 
 import click
 
+from xcounter.cli.engine_options import anchor_option
 from xcounter.errors import XCounterError
 
 
@@ -69,9 +70,7 @@ def _default_generator(classifier_spec: str, trust_pickle: bool) -> str:
 @click.option("--confirm-shortcuts/--no-confirm-shortcuts", default=None,
               help="Re-ask each shortcut flag with only the edit's strongest pixels pasted; flips that do not survive "
                    "are 'unconfirmed', not in the flip rate (default: the generator's, on for phantom-cxr).")
-@click.option("--anchor", type=click.Choice(["scan", "reconstruction"]),
-              help="What edits are drawn onto: scan (each scan plus what the edit changed) or reconstruction (the "
-                   "generator's own output); default: the generator's.")
+@anchor_option
 @click.option("--oracle", help="Attribute oracle (cxr, skin or a file) for CFRT.")
 @click.option("--trust-pickle", is_flag=True, help="Allow pickled classifier files (runs code from the file).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Shortcut alert: lower bound of the flip-rate interval above this (default 0.1).")

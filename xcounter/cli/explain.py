@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import click
 
+from xcounter.cli.engine_options import anchor_option
 from xcounter.errors import XCounterError
 
 if TYPE_CHECKING:
@@ -181,9 +182,7 @@ LOCALISE_CHOICES = {"remove": ("remove",), "add": ("add",), "both": ("add", "rem
 @click.option("--confirm-shortcuts/--no-confirm-shortcuts", default=None,
               help="Re-ask each shortcut flag with only the edit's strongest pixels pasted; when the decision stays, "
                    "the verdict is 'unconfirmed' (default: the generator's, on for phantom-cxr).")
-@click.option("--anchor", type=click.Choice(["scan", "reconstruction"]),
-              help="What edits are drawn onto: scan (the scan plus what the edit changed; what the inversion lost "
-                   "stays the scan's) or reconstruction (the generator's own output); default: the generator's.")
+@anchor_option
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
               help="Where the classifier and the generator run (auto: the GPU when torch sees one).")
 def command(classifier, image, generator, targets, attributes, report_text, out, json_path, embed_images, seed,

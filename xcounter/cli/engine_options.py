@@ -1,0 +1,12 @@
+"""Engine options that `xcounter explain` and `xcounter audit` share, defined once so both say the same."""
+from __future__ import annotations
+
+import click
+
+#: `xcounter.search.ANCHORS`, spelled here so the command line loads without torch (a test keeps them equal)
+ANCHOR_CHOICES = ("scan", "reconstruction")
+
+anchor_option = click.option(
+    "--anchor", type=click.Choice(ANCHOR_CHOICES),
+    help="What edits are drawn onto: scan (the scan plus what the edit changed; what the inversion lost stays the "
+         "scan's) or reconstruction (the generator's own output); default: the generator's.")
