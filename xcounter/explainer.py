@@ -132,6 +132,10 @@ class Explainer:
             pixels pasted (the drawn device); when that leaves the decision, the verdict is "unconfirmed"
             (`xcounter.confirmation`). None = the generator's own (`confirm_shortcuts` in its xcounter.json,
             on for the phantom CXR generator, whose device edits also brighten the lungs).
+        anchor: what counterfactuals are drawn onto: "scan" (the scan plus what the edit changed, the generator's
+            own pixels only where the edit acted; the decision explained starts at the scan's own) or
+            "reconstruction" (the generator's output). None = the generator's own (`anchor` in its
+            xcounter.json; "reconstruction" for the phantom models, docs/CONTRACTS.md, Engine).
         inversion: how the scan is inverted (`SDGenerator.invert`): "ddpm" (edit-friendly noise maps: the
             reconstruction is the VAE's own and edits keep the scan's noise) or "ddim"; None = the generator's
             own (`inversion` in its xcounter.json), or "ddim" when `inversion_iterations` > 0 is asked for.

@@ -120,9 +120,10 @@ class TrajectoryMethod:
             the first flipping control point; None = no limit.
         anchor: what the edit is drawn onto. "reconstruction" (default): the counterfactual is the
             generator's own output, compared with its reconstruction of the scan; "scan": the scan plus what
-            the edit changed (each sample minus the reconstruction), so what the inversion lost (a nodule,
-            the lighting) stays as the scan has it and the unedited image is the scan itself. The classifier
-            is asked on the images shown either way.
+            the edit changed (each sample minus the reconstruction; the generator's own pixels where the edit
+            acted, `xcounter.search.ScanAnchor`), so what the inversion lost (a nodule, the lighting) stays as
+            the scan has it and the unedited image is the scan itself. The classifier is asked on the images
+            shown either way.
     """
 
     name = "trajectory"
