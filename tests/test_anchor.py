@@ -140,15 +140,17 @@ def test_anchor_comes_from_the_folder_and_is_checked(tmp_path):
 
 
 def test_the_card_names_what_the_edits_were_drawn_onto(classifier, generator, attributes, scan):
-    from xcounter.report import render_html
+    from xcounter.report import render_html, text_summary
 
     explanation = Explainer(classifier, generator, attributes, attribution=False, swap_steps=[2], signs=["add"],
                             examine=["chest_tube"], anchor="scan").explain(scan, target="Effusion", seed=1)
     html = render_html(explanation)
     assert "Counterfactual − scan" in html and "drawn onto the scan itself" in html
+    assert "edits drawn onto the scan" in text_summary(explanation).splitlines()[0]
     explanation.settings["anchor"] = "reconstruction"
     html = render_html(explanation)
     assert "Counterfactual − reconstruction" in html and "drawn onto the scan itself" not in html
+    assert "drawn onto" not in text_summary(explanation)
 
 
 def test_the_command_line_offers_every_anchor():

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from xcounter.explanation import Explanation
-from xcounter.report.html import poor_reconstruction, reconstruction_already_warned
+from xcounter.report.html import poor_reconstruction, reconstruction_already_warned, unedited_name
 
 VERDICT_WORDS = {"shortcut": "SHORTCUT ALERT", "drives": "drives", "mediated": "mediated",
                  "unconfirmed": "unconfirmed", "does not drive": "does not drive"}
@@ -20,7 +20,8 @@ def text_summary(explanation: Explanation) -> str:
     """A short plain-text summary of an explanation (no colours, safe for logs)."""
     source = _flat(explanation.source.get("name") or "scan")
     lines = [f"Scan {source}: reconstruction error {explanation.reconstruction_error:.3f}, "
-             f"SSIM {explanation.reconstruction_ssim:.2f}"]
+             f"SSIM {explanation.reconstruction_ssim:.2f}"
+             + ("; edits drawn onto the scan" if unedited_name(explanation) == "scan" else "")]
     targets = list(dict.fromkeys(list(explanation.targets) + [r.target for r in explanation.results]))
     for target in targets:
         try:
