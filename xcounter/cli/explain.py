@@ -193,5 +193,6 @@ def command(classifier, image, generator, targets, attributes, report_text, out,
                       report_text=report_text, out=out, json_path=json_path, embed_images=embed_images, seed=seed,
                       steps=steps, trust_pickle=trust_pickle, oracle=oracle, alpha=alpha, flip_margin=flip_margin,
                       localise=localise, inversion=inversion, inversion_iterations=inversion_iterations, device=device,
-                      confirm_shortcuts=confirm_shortcuts, anchor=anchor, progress=lambda message: click.echo(message, err=True))
+                      confirm_shortcuts=confirm_shortcuts, anchor=anchor,
+                      progress=lambda message: click.echo(message, err=True))
     print_run(run)

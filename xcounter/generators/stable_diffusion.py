@@ -167,8 +167,8 @@ class SDGenerator:
         # whether this generator's device edits draw enough besides the device that a shortcut flag must be
         # confirmed on the edit's own pixels (`xcounter.confirmation`): the explainer's default
         self.confirm_shortcuts = bool(confirm_shortcuts)
-        # what counterfactuals are drawn onto (`TrajectoryMethod(anchor=)`): "scan" where this generator's
-        # reconstructions lose what its edits would otherwise carry as side effects: the explainer's default
+        # what counterfactuals are drawn onto (`TrajectoryMethod(anchor=)`): "scan" draws each edit onto the scan
+        # itself, so what this generator's inversion loses stays the scan's: the explainer's default
         self.anchor = checked_anchor(anchor)
         self.max_batch = max_batch
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
