@@ -34,6 +34,7 @@ DEFAULT_N, QUICK_N = 6, 2
 METHODS = ("trajectory", "latent_shift", "sdedit", "random")
 UNCONFINED = "ours, removals unconfined"
 FULL_EDIT = "ours at full strength (trajectory end)"
+UNPRUNED = "ours, the whole sample (unpruned)"
 CROSSING = "ours, shown at the Bézier crossing (latent blend)"
 TRUE_TOGGLE = "true counterfactual (renderer toggle)"
 #: the anchor the generator does not use by default (`SDGenerator.anchor`), as an ablation row
@@ -231,6 +232,7 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
         methods = {"trajectory": get_method("trajectory", **ours),
                    UNCONFINED: get_method("trajectory", **ours, localise=False),
                    CROSSING: get_method("trajectory", **ours, shown="crossing"),
+                   UNPRUNED: get_method("trajectory", **ours, prune=False),
                    OTHER_ANCHOR[anchor]: get_method("trajectory", max_nfe=DEFAULT_MAX_NFE, anchor=other_anchor),
                    OTHER_INVERSION[own_inversion]: get_method("trajectory", **ours),
                    "random": get_method("random", **ours),
@@ -257,6 +259,10 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
                     blend = methods[CROSSING].generate(context, models.attributes[attribute], sign)
                     records.append({**task, **record(blend, models.oracle, attribute, sign,
                                                      time.perf_counter() - started, method=CROSSING)})
+                    started = time.perf_counter()
+                    whole = methods[UNPRUNED].generate(context, models.attributes[attribute], sign)
+                    records.append({**task, **record(whole, models.oracle, attribute, sign,
+                                                     time.perf_counter() - started, method=UNPRUNED)})
                     started = time.perf_counter()
                     redrawn = methods[OTHER_ANCHOR[anchor]].generate(context, models.attributes[attribute], sign)
                     records.append({**task, **record(redrawn, models.oracle, attribute, sign,
@@ -386,8 +392,10 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
               "sample-evaluations per counterfactual (ours and the random control after the shared inversion). "
               f"*{UNCONFINED}*: the same removals with no DiffEdit region (the `localise` ablation; additions are "
               f"never confined, so they are not repeated). Ours shows a flip with the first swap-step sample that "
-              "flips (a whole generator output; its minimal strength is still the crossing on the "
-              f"Bézier curve); *{CROSSING}*: the curve itself at the crossing, a blend of two samples' latents (the "
+              "flips (its minimal strength is still the crossing on the Bézier curve), pruned to the fewest parts "
+              "of its edit that still flip the decision, pasted onto the unedited image (`xcounter.edit_pruning`); "
+              f"*{UNPRUNED}*: the sample itself, a whole generator output (the `prune` ablation); "
+              f"*{CROSSING}*: the curve itself at the crossing, a blend of two samples' latents (the "
               f"`shown` ablation). *{OTHER_INVERSION['ddim']}* (or *{OTHER_INVERSION['ddpm']}*, for a generator "
               "that inverts with DDPM): ours from the inversion the generator does not use by default, with its own "
               "reconstruction as the unedited image (DDPM inversion's is the VAE's round trip of the scan; its noisy "

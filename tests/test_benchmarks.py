@@ -94,6 +94,9 @@ def test_quality(out):
         assert len(other) == len(ours)  # every edit again from the inversion the generator does not use
         redrawn = [r for r in domain["records"] if r["method"] in load("quality").OTHER_ANCHOR.values()]
         assert len(redrawn) == len(ours)  # and drawn onto what the generator does not draw onto
+        whole = [r for r in domain["records"] if r["method"] == load("quality").UNPRUNED]
+        assert len(whole) == len(ours)  # and shown as the whole sample
+        assert all(w["l1"] >= o["l1"] - 1e-6 for w, o in zip(whole, ours) if o["flipped"])  # pruning only removes
         for row in domain["summary"]:
             assert all(unit(row[k]) for k in ("flip_rate", "identity", "edited"))
             assert row["method"] == "real phantoms (second draw)" or unit(row["kept_vs_scan"])

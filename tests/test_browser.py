@@ -178,7 +178,7 @@ def test_card_in_chromium(browser, tmp_path):
     session = open_page(browser, card.resolve().as_uri())
 
     images = evaluate(browser, session, IMAGE_CHECK)
-    assert len(images) == 4 + 3 * 10
+    assert len(images) == 4 + 3 * 10 + 1  # and the whole generator edit beside the pruned shortcut
     for image in images:
         assert image["decoded"] and image["width"] > 0, image
         assert image["alt"].strip() and image["src"] == "data:image/png;base64,"

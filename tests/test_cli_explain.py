@@ -153,6 +153,11 @@ def test_inversion_iterations_reach_the_explanation(models, tmp_path, capsys):
     assert read_json_sidecar(sidecar).settings["confirm_shortcuts"] is True
     assert main(_args(models, models["scan"], *extra, "--anchor", "scan")) == 0
     assert read_json_sidecar(sidecar).settings["anchor"] == "scan"
+    assert read_json_sidecar(sidecar).settings["prune"] is True  # the default
+    assert main(_args(models, models["scan"], *extra, "--no-prune")) == 0
+    unpruned = read_json_sidecar(sidecar)
+    assert unpruned.settings["prune"] is False
+    assert not any(c.pruned for r in unpruned.results for c in r.counterfactuals)
     capsys.readouterr()
     assert "--anchor" in _refused(capsys, _args(models, models["scan"], "--anchor", "pixels"), tmp_path)
 

@@ -100,3 +100,18 @@ def test_unconfirmed_flips_rank_after_credited_ones_and_round_trip(classifier):
     assert [r.attribute for r in explanation.ranking] == ["consolidation", "pacemaker"]
     again = Explanation.from_json(explanation.to_json())
     assert again.results[0].verdict == "unconfirmed" and again.results[0].core == small.core
+
+
+def test_a_pruned_flag_is_checked_on_the_whole_sample(classifier):
+    """The image shown may keep only the haze (the part the decision needed); the check still asks whether the
+    device the generator drew, the whole sample's strongest change, flips the decision: it does not."""
+    reconstruction, counterfactual = _edit()
+    haze_only = counterfactual.copy()
+    haze_only[:4, :4] = 0.0
+    flag = _flag("Haze", haze_only)
+    flag.counterfactuals[0].sample = counterfactual
+    confirm_shortcuts([flag], classifier, reconstruction)
+    assert flag.verdict == "unconfirmed" and flag.core.share == pytest.approx(16 / SIZE ** 2)
+    unpruned = _flag("Haze", haze_only)  # read on the haze alone, the haze is its own strongest change
+    confirm_shortcuts([unpruned], classifier, reconstruction)
+    assert unpruned.verdict == "shortcut"

@@ -552,11 +552,10 @@ class _MeanBrightness:
         return ((images.float().mean(dim=(1, 2, 3)) - self.cut) * 1e4)[:, None]
 
 
-def test_a_flip_is_shown_with_the_first_swap_step_sample_that_flips(generator, attributes, scan):
-    """Default: the counterfactual image is the first swap-step sample past the threshold (a whole generator
-    output, not a blend of latents on the Bézier curve); the minimal strength, and the L1 the ranking compares,
-    are still the curve's crossing, at or below the sample's strength. `shown="crossing"` shows the curve there."""
-    from xcounter.methods import EditContext, get_method
+def _brightening_trajectory(generator, attributes, scan):
+    """(trajectory, images, classifier, context): five decoded points, brightest last, and a classifier reading
+    the mean brightness that flips from the third point on."""
+    from xcounter.methods import EditContext
     from xcounter.search import Trajectory
 
     inversion = generator.invert(torch.from_numpy(scan / 255.0).float()[None, None], "chest radiograph", STEPS)
@@ -575,9 +574,19 @@ def test_a_flip_is_shown_with_the_first_swap_step_sample_that_flips(generator, a
     context = EditContext(classifier=classifier, generator=generator, attributes=attributes, inversion=inversion,
                           source_embedding=generator.embed(["chest radiograph"])[0], target="Effusion",
                           target_index=0, steps=STEPS, flip_margin=1.0)
+    return trajectory, images, classifier, context
+
+
+def test_a_flip_is_shown_with_the_first_swap_step_sample_that_flips(generator, attributes, scan):
+    """Default: the counterfactual image is the first swap-step sample past the threshold (a whole generator
+    output, not a blend of latents on the Bézier curve); the minimal strength, and the L1 the ranking compares,
+    are still the curve's crossing, at or below the sample's strength. `shown="crossing"` shows the curve there."""
+    from xcounter.methods import get_method
+
+    trajectory, images, classifier, context = _brightening_trajectory(generator, attributes, scan)
     shown = {}
     for how in ("sample", "crossing"):
-        method = get_method("trajectory", shown=how)
+        method = get_method("trajectory", shown=how, prune=False)  # the whole sample (tests/test_edit_pruning.py)
         method.trajectory = lambda *args, **kwargs: trajectory
         shown[how] = method.generate(context, attributes["pacemaker"], "add")
     sample, crossing = shown["sample"], shown["crossing"]
@@ -594,6 +603,36 @@ def test_a_flip_is_shown_with_the_first_swap_step_sample_that_flips(generator, a
         with pytest.raises(XCounterError, match="refine_nfe"):
             get_method("trajectory", refine_nfe=bad)
     assert get_method("trajectory", refine_nfe=40.0).refine_nfe == 40
+
+
+def test_a_pruned_flip_keeps_the_whole_sample_and_the_same_verdict(generator, attributes, scan):
+    """By default the sample shown is pruned to the parts of its edit the decision needs: it still flips (by the
+    flip margin, read on the image shown), changes no more than the sample, keeps the sample beside it, and the
+    minimal strength is the unpruned method's."""
+    from xcounter.methods import get_method
+    from xcounter.metrics import l1
+
+    trajectory, images, classifier, context = _brightening_trajectory(generator, attributes, scan)
+    made = {}
+    for prune in (True, False):
+        method = get_method("trajectory", prune=prune)
+        method.trajectory = lambda *args, **kwargs: trajectory
+        made[prune] = method.generate(context, attributes["pacemaker"], "add")
+    pruned, whole = made[True], made[False]
+    assert pruned.pruned and not whole.pruned and whole.parts is None
+    assert np.allclose(pruned.sample, images[2].permute(1, 2, 0).numpy()) and np.allclose(pruned.sample, whole.image)
+    assert np.allclose(pruned.whole_image, whole.whole_image)
+    assert 1 <= pruned.parts_kept <= pruned.parts
+    assert (pruned.minimal_strength, pruned.flipped, pruned.image_strength) == \
+        (whole.minimal_strength, whole.flipped, whole.image_strength)
+    margin = float(classifier.margins(torch.from_numpy(pruned.image).permute(2, 0, 1)[None])[0, 0])
+    assert margin > context.flip_margin
+    assert pruned.probability_after == pytest.approx(float(torch.sigmoid(torch.tensor(margin))), abs=1e-6)
+    unedited = images[0].permute(1, 2, 0).numpy()
+    assert np.allclose(pruned.difference, pruned.image - unedited, atol=1e-6)
+    assert l1(pruned.image, unedited) <= l1(whole.image, unedited) + 1e-6
+    with pytest.raises(XCounterError, match="prune"):
+        get_method("trajectory", prune="yes")
 
 
 def test_inversion_iterations_refine_the_shared_inversion_and_are_recorded(classifier, generator, attributes,

@@ -58,8 +58,9 @@ def test_card_is_self_contained(html):
 
 def test_every_image_has_alt_text(html):
     images = [attrs for tag, attrs in _tags(html) if tag == "img"]
-    # scan, reconstruction, 2 attribution maps, per attribute (image, difference, legend, plot, 6 film frames)
-    assert len(images) == 4 + 3 * (4 + 6)
+    # scan, reconstruction, 2 attribution maps, per attribute (image, difference, legend, plot, 6 film frames),
+    # and the whole generator edit beside the pruned shortcut counterfactual
+    assert len(images) == 4 + 3 * (4 + 6) + 1
     assert all(attrs.get("alt", "").strip() for attrs in images)
 
 
@@ -107,6 +108,19 @@ def test_card_and_summary_show_an_unconfirmed_shortcut_and_why():
     assert "SHORTCUT ALERT" not in line
 
 
+def test_card_shows_the_whole_generator_edit_beside_a_pruned_counterfactual():
+    """A pruned flip shows what the generator drew in all, and how many of its parts the decision needed; the
+    shortcut check's tile is made from the whole sample too."""
+    explanation = sample_explanation()
+    html = render_html(explanation)
+    assert html.count("Whole generator edit") == 1
+    assert "the decision needs 1 of its 2 changed parts" in html
+    assert "the counterfactual shows only the parts it needs" in html  # and the method notes say why
+    explanation.results[0].counterfactuals[0].sample = None
+    html = render_html(explanation)
+    assert "Whole generator edit" not in html and "the counterfactual shows only the parts it needs" not in html
+
+
 def test_card_states_the_generators_own_settings_per_attribute_kind():
     explanation = sample_explanation(size=16)
     explanation.settings["kind_edits"] = {"pathology": {"alpha": 1.0, "edit_guidance": 1.0, "swap_steps": [15, 0]}}
@@ -134,7 +148,7 @@ def test_untrusted_text_is_escaped():
     assert "onerror=alert(1)>" not in html
     assert "check &lt;this&gt; &amp; that" in html
     assert all(tag != "b" for tag, _ in _tags(html))
-    assert len([tag for tag, _ in _tags(html) if tag == "img"]) == 4 + 3 * 10  # no injected images
+    assert len([tag for tag, _ in _tags(html) if tag == "img"]) == 4 + 3 * 10 + 1  # no injected images
 
 
 def test_method_notes_report_disentanglement_and_missing_gradcam():
@@ -210,6 +224,12 @@ def _assert_round_trip(original: Explanation, restored: Explanation) -> None:
             assert cf_after.region is None
         else:
             np.testing.assert_array_equal(cf_after.region, cf_before.region)
+        assert (cf_after.parts, cf_after.parts_kept) == (cf_before.parts, cf_before.parts_kept)
+        if cf_before.sample is None:
+            assert cf_after.sample is None
+        else:
+            np.testing.assert_allclose(cf_after.sample, cf_before.sample, atol=1 / 255 + 1e-6)
+    assert any(c.sample is not None for r in original.results for c in r.counterfactuals)  # the slot is exercised
     label = original.targets[0]
     np.testing.assert_allclose(restored.attributions[label]["integrated_gradients"],
                                original.attributions[label]["integrated_gradients"], atol=2 / 255 + 1e-3)
@@ -244,15 +264,16 @@ def test_json_sidecar_embedded(tmp_path):
 
 
 def test_json_sidecar_from_before_edit_regions_still_reads(tmp_path):
-    """Sidecars written before schema 1.1 carry no `region`: they read back with none."""
+    """Sidecars written before schema 1.1 carry no `region` (before 1.5 no `sample`): they read back with none."""
     path = write_json_sidecar(sample_explanation(), tmp_path / "old.json", embed_images=True)
     document = json.loads(path.read_text(encoding="utf-8"))
     for result in document["explanation"]["results"]:
         for counterfactual in result["counterfactuals"]:
-            counterfactual.pop("region")
+            for slot in ("region", "sample", "parts", "parts_kept"):
+                counterfactual.pop(slot)
     path.write_text(json.dumps(document), encoding="utf-8")
     restored = read_json_sidecar(path)
-    assert all(c.region is None for r in restored.results for c in r.counterfactuals)
+    assert all(c.region is None and not c.pruned for r in restored.results for c in r.counterfactuals)
     assert restored.results[0].counterfactuals[0].image is not None
 
 

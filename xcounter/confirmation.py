@@ -60,10 +60,12 @@ def confirm_shortcuts(results: Iterable[AttributeResult], classifier: "Classifie
     """Check every "shortcut" result in place: record its `core` check, and make the verdict "unconfirmed"
     when the edit's own pixels alone leave the reconstruction's decision as it was (by `flip_margin` logits)."""
     flagged = [r for r in results if r.verdict == "shortcut" and r.best is not None and r.best.flipped
-               and r.best.image is not None]
+               and r.best.whole_image is not None]
     if not flagged:
         return
-    hybrids, masks = zip(*(core_image(reconstruction, r.best.image, fraction) for r in flagged))
+    # the whole sample, not the parts the decision needed (`Counterfactual.sample`): the question is whether
+    # what the generator drew most strongly, the device itself, is what flips the decision
+    hybrids, masks = zip(*(core_image(reconstruction, r.best.whole_image, fraction) for r in flagged))
     batch = torch.from_numpy(np.stack([reconstruction, *hybrids])).permute(0, 3, 1, 2).float()
     with torch.no_grad():
         margins = classifier.margins(batch).float().cpu()

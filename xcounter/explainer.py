@@ -136,6 +136,10 @@ class Explainer:
             own pixels only where the edit acted; the decision explained starts at the scan's own) or
             "reconstruction" (the generator's output). None = the generator's own (`anchor` in its
             xcounter.json; "reconstruction" for the phantom models, docs/CONTRACTS.md, Engine).
+        prune: show each flip with only the parts of the generator's edit the decision needs, the rest of the
+            image unedited (`xcounter.edit_pruning`; the whole sample stays in `Counterfactual.sample`, and the
+            shortcut check reads it). Verdicts and minimal strengths do not depend on it; an oracle's side effects
+            (and so "mediated") are read on what is shown. The trajectory method's option.
         inversion: how the scan is inverted (`SDGenerator.invert`): "ddpm" (edit-friendly noise maps: the
             reconstruction is the VAE's own and edits keep the scan's noise) or "ddim"; None = the generator's
             own (`inversion` in its xcounter.json), or "ddim" when `inversion_iterations` > 0 is asked for.
@@ -154,7 +158,7 @@ class Explainer:
                  edit_guidance: float | None = None, restate: bool = True,
                  localise: Sequence[str] | bool = LOCALISED_SIGNS, mediation: bool = True,
                  inversion_iterations: int | None = None, inversion: str | None = None,
-                 confirm_shortcuts: bool | None = None, anchor: str | None = None):
+                 confirm_shortcuts: bool | None = None, anchor: str | None = None, prune: bool = True):
         self.classifier = classifier
         self.generator = generator
         self.attributes = load_attributes(attributes)
@@ -194,6 +198,9 @@ class Explainer:
         self.confirm_shortcuts = bool(getattr(generator, "confirm_shortcuts", False)
                                       if confirm_shortcuts is None else confirm_shortcuts)
         self.anchor = checked_anchor(getattr(generator, "anchor", "reconstruction") if anchor is None else anchor)
+        if not isinstance(prune, bool):
+            raise XCounterError(f"prune must be True or False, got {prune!r}")
+        self.prune = prune
         # diffusers: load lazily
         from xcounter.generators.stable_diffusion import checked_inversion, checked_inversion_iterations
         if inversion_iterations is not None:
@@ -239,7 +246,7 @@ class Explainer:
                        restate=self.restate, localise=self.localise, refine_nfe=self.refine_nfe,
                        anchor=self.anchor)
         if method == "trajectory":
-            return TrajectoryMethod(**options)
+            return TrajectoryMethod(**options, prune=self.prune)
         if method == "random":  # the control shares every trajectory setting but the direction
             return get_method(method, **options)
         return get_method(method)
@@ -395,6 +402,7 @@ class Explainer:
                 "attributes": self.attributes.domain,
                 "oracle": self.oracle is not None, "mediation": self.oracle is not None and self.mediation,
                 "confirm_shortcuts": self.confirm_shortcuts, "anchor": self.anchor,
+                "prune": self.prune and getattr(self.method, "prune", False),
                 "device": str(getattr(self.generator, "device", "cpu"))}
 
     def _kind_edits(self, steps: int) -> dict[str, dict]:

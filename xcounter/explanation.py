@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1.4"
+SCHEMA_VERSION = "1.5"
 #: "mediated": the edit flips the decision, but an oracle saw it also make another attribute's flipping edit
 #: (`AttributeResult.mediator`; see `xcounter.mediation`).
 #: "unconfirmed": a device/artifact edit flips the decision, but its own strongest pixels pasted onto the
@@ -92,6 +92,21 @@ class Counterfactual:
     #: ranking compares, since a sample's strength is one of a few swap steps and says less about how little
     #: of the image had to change. None: `l1` is the minimal edit's.
     crossing_l1: float | None = None
+    #: the generator's whole sample when `image` keeps only the parts of its edit the decision needs
+    #: (`xcounter.edit_pruning`); None: `image` is the whole sample (or the method does not prune; schema <= 1.4)
+    sample: np.ndarray | None = None
+    #: connected parts the sample's edit was split into, and how many `image` keeps (None: not pruned)
+    parts: int | None = None
+    parts_kept: int | None = None
+
+    @property
+    def whole_image(self) -> np.ndarray | None:
+        """What the method drew before pruning: the sample when `image` was pruned, else `image` itself."""
+        return self.sample if self.sample is not None else self.image
+
+    @property
+    def pruned(self) -> bool:
+        return self.sample is not None
 
     @property
     def minimal_edit_l1(self) -> float | None:
@@ -245,6 +260,7 @@ def _result_from_dict(data: dict) -> AttributeResult:
         c["image"] = decode_array(c.get("image"))
         c["difference"] = decode_array(c.get("difference"))
         c["region"] = decode_array(c.get("region"))
+        c["sample"] = decode_array(c.get("sample"))
         c["film"] = [decode_array(f) for f in c.get("film", [])]
         c.pop("delta_probability", None)
         counterfactuals.append(Counterfactual(**c))

@@ -10,3 +10,8 @@ anchor_option = click.option(
     "--anchor", type=click.Choice(ANCHOR_CHOICES),
     help="What edits are drawn onto: scan (the scan plus what the edit changed; what the inversion lost stays the "
          "scan's) or reconstruction (the generator's own output); default: the generator's.")
+
+prune_option = click.option(
+    "--prune/--no-prune", default=None,
+    help="Show each flip with only the parts of the generator's edit the decision needs, the rest of the scan "
+         "unedited (default); --no-prune shows the whole generator sample. Verdicts do not depend on it.")

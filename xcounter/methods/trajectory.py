@@ -17,6 +17,7 @@ from xcounter.disentangle.edit_region import prior_region
 from xcounter.disentangle.prompt_edit import spliced_embedding
 from xcounter.disentangle.trajectories import (DEFAULT_STRENGTHS, SIGN_VALUE, resolve_edit_settings,
                                                select_swap_steps)
+from xcounter.edit_pruning import prune_edit
 from xcounter.errors import XCounterError
 from xcounter.explanation import Counterfactual
 from xcounter.methods.base import SIGNS, EditContext
@@ -118,6 +119,10 @@ class TrajectoryMethod:
         refine_nfe: UNet budget per flip for further swap steps between the bracketing samples, so the sample
             shown is the weakest one found at or past the crossing (`xcounter.search.shown_sample`); 0 = show
             the first flipping control point; None = no limit.
+        prune: show a flip with only the parts of the sample's edit the decision needs (`xcounter.edit_pruning`:
+            what the generator changed, split into connected parts, the fewest strongest that still flip pasted
+            onto the unedited image; two classifier calls, no UNet). The whole sample is kept as
+            `Counterfactual.sample`. Whether the edit flips and its minimal strength do not depend on it.
         anchor: what the edit is drawn onto. "reconstruction" (default): the counterfactual is the
             generator's own output, compared with its reconstruction of the scan; "scan": the scan plus what
             the edit changed (each sample minus the reconstruction; the generator's own pixels where the edit
@@ -134,8 +139,12 @@ class TrajectoryMethod:
                  max_nfe: int | None = DEFAULT_MAX_NFE, oracle=None,
                  edit_guidance: float | None = None, restate: bool = True,
                  localise: Sequence[str] = LOCALISED_SIGNS, shown: str = "sample",
-                 refine_nfe: int | None = DEFAULT_REFINE_NFE, anchor: str = "reconstruction"):
+                 refine_nfe: int | None = DEFAULT_REFINE_NFE, anchor: str = "reconstruction",
+                 prune: bool = True):
         self.anchor = checked_anchor(anchor)
+        if not isinstance(prune, bool):
+            raise XCounterError(f"prune must be True or False, got {prune!r}")
+        self.prune = prune
         if shown not in self.SHOWN:
             raise XCounterError(f"shown must be one of {', '.join(self.SHOWN)}, got {shown!r}")
         whole = isinstance(refine_nfe, int) or (isinstance(refine_nfe, float) and refine_nfe.is_integer())
@@ -232,14 +241,22 @@ class TrajectoryMethod:
         reference = to_hwc(trajectory.images[0])
         with torch.no_grad():
             crossing = trajectory.render(generator, flip.latent.reshape(1, *trajectory.points.shape[1:]))
-            crossing_l1, refine_nfe = None, 0
+            crossing_l1, refine_nfe, sample, pruned = None, 0, None, None
             if flip.flipped and self.shown == "sample":
                 shown = shown_sample(trajectory, flip,
                                      lambda image: float(classifier.margins(image)[0, index]),
                                      reference_positive=float(point_margins[0]) > 0,
                                      flip_margin=context.flip_margin, max_nfe=self.refine_nfe)
                 image, image_strength, refine_nfe = shown.image, shown.strength, shown.nfe
-                probability_after = float(torch.sigmoid(torch.tensor(shown.margin)))
+                margin_after = shown.margin
+                if self.prune:
+                    pruned = prune_edit(trajectory.images[:1], image,
+                                        lambda images: classifier.margins(images)[:, index],
+                                        reference_positive=float(point_margins[0]) > 0,
+                                        flip_margin=context.flip_margin)
+                    if pruned is not None:
+                        sample, image, margin_after = image, pruned.image, pruned.margin
+                probability_after = float(torch.sigmoid(torch.tensor(margin_after)))
                 crossing_l1 = l1(to_hwc(crossing), reference)
             else:
                 image = crossing
@@ -258,6 +275,8 @@ class TrajectoryMethod:
             l1=l1(counterfactual_image, reference), ssim=ssim(counterfactual_image, reference),
             direction_cosine=direction_cosine_along(trajectory.points), nfe=trajectory.nfe + refine_nfe,
             region=region_image(trajectory.region, counterfactual_image.shape[:2]),
+            sample=None if sample is None else to_hwc(sample),
+            parts=None if pruned is None else pruned.parts, parts_kept=None if pruned is None else pruned.kept,
         )
         if self.oracle is not None:
             self._add_oracle(counterfactual, trajectory, image, attribute.name, sign)

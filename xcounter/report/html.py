@@ -190,8 +190,22 @@ def _counterfactual_view(result: AttributeResult, best: Counterfactual, unedited
                                      f"Counterfactual − {unedited}" + (" (edit confined to the outlined region)"
                                                                           if confined else ""))
         view["difference_scale"] = f"{scale:.3f}"
+    view["whole"] = _whole_sample_figure(best, attribute, unedited)
     view["core"] = _core_figure(result, best, unedited)
     return view
+
+
+def _whole_sample_figure(best: Counterfactual, attribute: str, unedited: str = "reconstruction") -> dict | None:
+    """What the generator drew in all, when the counterfactual shown keeps only the parts the decision needs
+    (`xcounter.edit_pruning`): the reader sees the side effects that were left out, and that they were."""
+    if not best.pruned or best.image is None or best.difference is None:
+        return None
+    png, scale = plots.difference_png(best.sample - (best.image - best.difference), best.region)
+    parts = f"{best.parts_kept} of its {best.parts} changed parts" if best.parts else "part of it"
+    return _figure(png, f"Difference heat map of the generator's whole {attribute} sample minus the {unedited}; "
+                        f"the counterfactual shown keeps {parts}, which alone change the decision; red brighter, "
+                        f"blue darker, largest change {scale:.3f}",
+                   f"Whole generator edit − {unedited}: the decision needs {parts}")
 
 
 def _core_figure(result: AttributeResult, best: Counterfactual, unedited: str = "reconstruction") -> dict | None:
@@ -202,7 +216,7 @@ def _core_figure(result: AttributeResult, best: Counterfactual, unedited: str = 
     core = result.core
     if core is None or best.image is None or best.difference is None:
         return None
-    image, _ = core_image(best.image - best.difference, best.image, core.fraction)
+    image, _ = core_image(best.image - best.difference, best.whole_image, core.fraction)
     outcome = "flips" if core.flipped else "does not flip"
     return _figure(plots.png_bytes(image),
                    f"The {unedited} with only the {result.attribute} edit's strongest pixels "
@@ -331,6 +345,7 @@ def card_context(explanation: Explanation) -> dict:
         "predictions": predictions,
         "targets": target_views,
         "phantom": is_phantom(explanation),
+        "pruned": any(c.pruned for r in explanation.results for c in r.counterfactuals),
         "direction_note": direction_note(explanation),
         "schema_version": explanation.schema_version,
         "diverging_legend": plots.data_uri(plots.colorbar_png(plots.DIVERGING, signed=True)),

@@ -76,6 +76,8 @@ def _array_slots(explanation: Explanation) -> Iterator[tuple[str, list[Any], np.
                 yield f"{stem}-difference", base + ["difference"], counterfactual.difference, True
             if counterfactual.region is not None:
                 yield f"{stem}-region", base + ["region"], counterfactual.region, False
+            if counterfactual.sample is not None:
+                yield f"{stem}-sample", base + ["sample"], counterfactual.sample, False
             for f_index, frame in enumerate(counterfactual.film):
                 if frame is not None:
                     yield f"{stem}-film{f_index}", base + ["film", f_index], frame, False
@@ -184,8 +186,9 @@ def _reference_paths(tree: dict) -> Iterator[list[Any]]:
         for c_index, counterfactual in enumerate(result.get("counterfactuals", [])):
             base = ["results", r_index, "counterfactuals", c_index]
             candidates += [base + ["image"], base + ["difference"]]
-            if "region" in counterfactual:  # sidecars written before schema 1.1 have no region slot
-                candidates.append(base + ["region"])
+            for slot in ("region", "sample"):  # sidecars before schema 1.1 (1.5) have no region (sample) slot
+                if slot in counterfactual:
+                    candidates.append(base + [slot])
             candidates += [base + ["film", f] for f in range(len(counterfactual.get("film", [])))]
     for candidate in candidates:
         value = _get(tree, candidate)
