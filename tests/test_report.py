@@ -116,6 +116,10 @@ def test_card_shows_the_whole_generator_edit_beside_a_pruned_counterfactual():
     assert html.count("Whole generator edit") == 1
     assert "the decision needs 1 of its 2 changed parts" in html
     assert "the counterfactual shows only the parts it needs" in html  # and the method notes say why
+    assert "(shown, keeping 1 of its 2 changed parts, probability" in html
+    from xcounter.report.text import text_summary
+    line = next(row for row in text_summary(explanation).splitlines() if "chest_tube" in row)
+    assert line.endswith(", 1 of its 2 changed parts kept)")
     explanation.results[0].counterfactuals[0].sample = None
     html = render_html(explanation)
     assert "Whole generator edit" not in html and "the counterfactual shows only the parts it needs" not in html

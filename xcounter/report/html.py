@@ -115,9 +115,12 @@ def _sentence(result: AttributeResult, best: Counterfactual | None, positive: bo
             change = f" from {'positive' if positive else 'negative'} to {'negative' if positive else 'positive'}"
         sentence = f"{verb} {name} flips {result.target}{change} at edit strength {result.minimal_strength:.2f} "
         probabilities = f"{best.probability_before:.2f} → {best.probability_after:.2f}"
+        kept = f", keeping {best.parts_kept} of its {best.parts} changed parts" if best.pruned and best.parts else ""
         if best.shown_past_crossing:
             sentence += (f"(shown: the weakest generator sample found past it, strength "
-                         f"{best.image_strength:.2f}, probability {probabilities}).")
+                         f"{best.image_strength:.2f}{kept}, probability {probabilities}).")
+        elif kept:
+            sentence += f"(shown{kept}, probability {probabilities})."
         else:
             sentence += f"(probability {probabilities})."
         if result.verdict == "mediated" and result.mediator:

@@ -38,8 +38,12 @@ def text_summary(explanation: Explanation) -> str:
             if result.flipped and result.minimal_strength is not None:
                 how = f"flips when {'removed' if result.sign == 'remove' else 'added'} at strength {result.minimal_strength:.2f}"
                 if best is not None:
-                    how += f" (p {best.probability_before:.2f} -> {best.probability_after:.2f}" + (
-                        f" on the sample at {best.image_strength:.2f})" if best.shown_past_crossing else ")")
+                    how += f" (p {best.probability_before:.2f} -> {best.probability_after:.2f}"
+                    if best.shown_past_crossing:
+                        how += f" on the sample at {best.image_strength:.2f}"
+                    if best.pruned and best.parts:
+                        how += f", {best.parts_kept} of its {best.parts} changed parts kept"
+                    how += ")"
                     how += _also_changed(best.oracle_change, result.attribute)
                 if result.verdict == "mediated" and result.mediator:
                     how += f"; credited to {_flat(result.mediator)}"
