@@ -59,7 +59,10 @@ without the oracle, and the same two (every clean and rho-0.5 control is silent;
 chest_tube and portable_label models, whose toggles flip 40% and 17% of decisions, at the CXR generator's edit
 guidance of 2). CXR shortcut flags are checked on the edit's own pixels (the CXR generator's `confirm_shortcuts`,
 `xcounter.confirmation`): a flip the drawn device alone does not make is *unconfirmed*, neither a flag nor in an
-audit's flip rate; the numbers with and without the check are in `docs/CONTRACTS.md` (Engine).
+audit's flip rate; the numbers with and without the check are in `docs/CONTRACTS.md` (Engine). Both phantom
+generators draw counterfactuals onto the scan itself (`"anchor": "scan"`, since 2026-11-28), and every flip is shown
+pruned to the parts of the generator's edit the decision needs (`prune`, which changes no verdict without an
+oracle); the quality report carries the other anchor and the whole samples as ablation rows.
 """
 
 

@@ -135,7 +135,7 @@ class Explainer:
         anchor: what counterfactuals are drawn onto: "scan" (the scan plus what the edit changed, the generator's
             own pixels only where the edit acted; the decision explained starts at the scan's own) or
             "reconstruction" (the generator's output). None = the generator's own (`anchor` in its
-            xcounter.json; "reconstruction" for the phantom models, docs/CONTRACTS.md, Engine).
+            xcounter.json; "scan" for the phantom models, else "reconstruction"; docs/CONTRACTS.md, Engine).
         prune: show each flip with only the parts of the generator's edit the decision needs, the rest of the
             image unedited (`xcounter.edit_pruning`; the whole sample stays in `Counterfactual.sample`, and the
             shortcut check reads it). Verdicts and minimal strengths do not depend on it; an oracle's side effects
