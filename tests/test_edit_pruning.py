@@ -80,3 +80,20 @@ def test_a_removal_is_pruned_toward_the_negative_side():
     pruned = prune_edit(unedited, counterfactual, left_half_mean, reference_positive=True)
     assert pruned is not None and pruned.kept == 1 and pruned.margin < 0
     assert torch.allclose(pruned.image[..., 2:6, 24:28], unedited[..., 2:6, 24:28])
+
+
+def test_over_several_levels_the_smallest_flipping_selection_wins():
+    """One blob with a strong core and a faint rim: at the default level the rim belongs to the part and is kept;
+    split at a higher level too, the core alone flips and is shown."""
+    unedited = torch.full((1, 1, SIDE, SIDE), 0.1)
+    counterfactual = unedited + blob(6, 2, size=12, value=0.3) + blob(10, 6, size=5, value=0.5)
+    assert left_half_mean(unedited + blob(10, 6, size=5, value=0.8)).item() > 0  # the core alone flips
+    whole = prune_edit(unedited, counterfactual, left_half_mean, reference_positive=False)
+    both = prune_edit(unedited, counterfactual, left_half_mean, reference_positive=False, fractions=(0.15, 0.5))
+    assert whole is not None and both is not None
+    assert both.mask.sum() < whole.mask.sum()
+    assert torch.allclose(both.image[..., 6:8, 2:4], unedited[..., 6:8, 2:4], atol=0.01)  # the rim's corner
+    assert both.mask[6:8, 2:14].mean() < 0.5 and (whole.mask[7:17, 3:13] == 1.0).all()
+    assert torch.allclose(whole.image[..., 7:17, 3:13], counterfactual[..., 7:17, 3:13])
+    assert prune_edit(unedited, counterfactual, left_half_mean, reference_positive=False,
+                      fractions=(0.5, 0.15)).mask.sum() == both.mask.sum()  # the order of levels does not matter
