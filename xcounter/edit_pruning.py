@@ -26,12 +26,12 @@ from xcounter.search import is_flipped
 
 #: a pixel belongs to the edit's parts where its (smoothed) change reaches this share of the largest change ...
 PART_FRACTION = 0.15
+#: ... and at least this much on the [0, 1] intensity scale (below it the edit changed nothing visible)
+PART_FLOOR = 0.02
 #: the shares the edit is split at; the smallest flipping selection over all of them is shown. One level by
 #: default: (0.15, 0.3) kept all else on more skin edits but the oracle saw the intended change less often, and it
 #: awaits the oracle-checked benchmarks (docs/CONTRACTS.md, Engine, `prune`)
 PART_FRACTIONS = (PART_FRACTION,)
-#: ... and at least this much on the [0, 1] intensity scale (below it the edit changed nothing visible)
-PART_FLOOR = 0.02
 #: parts ranked one by one; weaker ones are kept or dropped together, as one last part
 MAX_PARTS = 8
 #: pixels the kept region grows by, and the blur of its edge, so the paste leaves no seam
