@@ -29,8 +29,8 @@ PART_FRACTION = 0.15
 #: ... and at least this much on the [0, 1] intensity scale (below it the edit changed nothing visible)
 PART_FLOOR = 0.02
 #: the shares the edit is split at; the smallest flipping selection over all of them is shown. One level by
-#: default: (0.15, 0.3) kept all else on more skin edits but the oracle saw the intended change less often, and it
-#: awaits the oracle-checked benchmarks (docs/CONTRACTS.md, Engine, `prune`)
+#: default: (0.15, 0.3) kept all else no more often on 40 edits per domain, and the oracle saw the intended change
+#: less often (docs/CONTRACTS.md, Engine, `prune`)
 PART_FRACTIONS = (PART_FRACTION,)
 #: parts ranked one by one; weaker ones are kept or dropped together, as one last part
 MAX_PARTS = 8
