@@ -89,18 +89,18 @@ def prune_edit(unedited: torch.Tensor, counterfactual: torch.Tensor,
     including all the parts together (then the flip needs the edit's faint changes too, and the whole sample
     is what explains it).
     """
-    found = [pruned for pruned in (_prune_at(unedited, counterfactual, margin_of, fraction,
-                                             reference_positive=reference_positive, flip_margin=flip_margin)
+    difference = (counterfactual - unedited)[0].detach().cpu().numpy()
+    found = [pruned for pruned in (_prune_at(unedited, counterfactual, edit_parts(difference, fraction)[1],
+                                             margin_of, reference_positive=reference_positive,
+                                             flip_margin=flip_margin)
                                    for fraction in fractions) if pruned is not None]
     return min(found, key=lambda pruned: float(pruned.mask.sum())) if found else None
 
 
-def _prune_at(unedited: torch.Tensor, counterfactual: torch.Tensor,
-              margin_of: Callable[[torch.Tensor], torch.Tensor], fraction: float, *, reference_positive: bool,
+def _prune_at(unedited: torch.Tensor, counterfactual: torch.Tensor, parts: list[np.ndarray],
+              margin_of: Callable[[torch.Tensor], torch.Tensor], *, reference_positive: bool,
               flip_margin: float) -> PrunedEdit | None:
-    """`prune_edit` at one level: the parts where the change reaches `fraction` of its largest."""
-    difference = (counterfactual - unedited)[0].detach().cpu().numpy()
-    _, parts = edit_parts(difference, fraction)
+    """`prune_edit` for one split of the edit into `parts`."""
     if not parts:
         return None
 
