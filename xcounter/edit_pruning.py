@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from xcounter.errors import XCounterError
 from xcounter.search import is_flipped
 
 #: a pixel belongs to the edit's parts where its (smoothed) change reaches this share of the largest change ...
@@ -29,14 +30,25 @@ PART_FRACTION = 0.15
 #: ... and at least this much on the [0, 1] intensity scale (below it the edit changed nothing visible)
 PART_FLOOR = 0.02
 #: the shares the edit is split at; the smallest flipping selection over all of them is shown. One level by
-#: default: (0.15, 0.3) kept all else no more often on 40 edits per domain, and the oracle saw the intended change
-#: less often (docs/CONTRACTS.md, Engine, `prune`)
+#: default; a generator may set its own (`prune_fractions` in its xcounter.json). Why per generator: a second
+#: level at 0.3 splits a skin edit's strong core (a ruler, a veil) from the faint relighting around it, which
+#: at 0.15 joins everything into one part, while on CXR it kept all else one edit in 20 less often
+#: (docs/CONTRACTS.md, Engine, `prune`)
 PART_FRACTIONS = (PART_FRACTION,)
 #: parts ranked one by one; weaker ones are kept or dropped together, as one last part
 MAX_PARTS = 8
 #: pixels the kept region grows by, and the blur of its edge, so the paste leaves no seam
 SEAM_GROW = 1
 SEAM_SIGMA = 1.0
+
+
+def checked_fractions(value: object, what: str = "prune_fractions") -> tuple[float, ...]:
+    """The pruning levels as a sorted tuple: one or more distinct shares strictly between 0 and 1."""
+    values = list(value) if isinstance(value, (list, tuple)) else None
+    if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in values):
+        raise XCounterError(f"{what} must be a list of one or more numbers between 0 and 1 (shares of the edit's "
+                            f"largest change), got {value!r}")
+    return tuple(sorted({float(v) for v in values}))
 
 
 @dataclass

@@ -21,6 +21,7 @@ from xcounter.confirmation import confirm_shortcuts
 from xcounter.disentangle.directions import GradientProjection, LanguageDirections
 from xcounter.disentangle.trajectories import (DEFAULT_ALPHA, DEFAULT_STRENGTHS, resolve_edit_guidance,
                                                resolve_edit_settings, select_swap_steps)
+from xcounter.edit_pruning import PART_FRACTIONS
 from xcounter.errors import XCounterError
 from xcounter.explanation import AttributeResult, Explanation, Prediction, verdict_of
 from xcounter.mediation import apply_mediation
@@ -403,6 +404,8 @@ class Explainer:
                 "oracle": self.oracle is not None, "mediation": self.oracle is not None and self.mediation,
                 "confirm_shortcuts": self.confirm_shortcuts, "anchor": self.anchor,
                 "prune": self.prune and getattr(self.method, "prune", False),
+                **({"prune_fractions": list(getattr(self.generator, "prune_fractions", PART_FRACTIONS))}
+                   if self.prune and getattr(self.method, "prune", False) else {}),
                 "device": str(getattr(self.generator, "device", "cpu"))}
 
     def _kind_edits(self, steps: int) -> dict[str, dict]:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
+from xcounter.edit_pruning import PART_FRACTIONS, checked_fractions
 from xcounter.errors import InputError, ModelError, XCounterError
 from xcounter.search import checked_anchor
 
@@ -132,7 +133,8 @@ class SDGenerator:
                  source: str | None = None, max_batch: int = 16, edit_guidance: float | None = None,
                  kind_edits: dict[str, dict[str, float]] | None = None, inversion_iterations: int = 0,
                  inversion: str = "ddim", inversion_eta: float = DEFAULT_INVERSION_ETA,
-                 confirm_shortcuts: bool = False, anchor: str = "reconstruction"):
+                 confirm_shortcuts: bool = False, anchor: str = "reconstruction",
+                 prune_fractions: Sequence[float] = PART_FRACTIONS):
         self.pipe = pipe.to(device)
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoder, self.tokenizer = pipe.text_encoder, pipe.tokenizer
@@ -170,6 +172,9 @@ class SDGenerator:
         # what counterfactuals are drawn onto (`TrajectoryMethod(anchor=)`): "scan" draws each edit onto the scan
         # itself, so what this generator's inversion loses stays the scan's: the explainer's default
         self.anchor = checked_anchor(anchor)
+        # the shares of an edit's largest change its flips are split into parts at (`xcounter.edit_pruning`):
+        # how this model's side effects separate from its edits (skin: a faint relighting around a strong ruler)
+        self.prune_fractions = checked_fractions(prune_fractions)
         self.max_batch = max_batch
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         size = self.unet.config.sample_size
@@ -197,6 +202,8 @@ class SDGenerator:
                 **({"inversion_eta": self.inversion_eta} if self.inversion == "ddpm" else {}),
                 **({"confirm_shortcuts": True} if self.confirm_shortcuts else {}),
                 **({"anchor": self.anchor} if self.anchor != "reconstruction" else {}),
+                **({"prune_fractions": list(self.prune_fractions)}
+                   if self.prune_fractions != PART_FRACTIONS else {}),
                 "scheduler": "DDIM (eta 0)", "prediction_type": self.scheduler.config.prediction_type,
                 "config_sha256": digest}
 
@@ -657,8 +664,8 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
     `inversion` ("ddim" or "ddpm", how scans are inverted, `SDGenerator.invert`), `inversion_eta` (DDPM
     inversion's eta, 0..1), `inversion_iterations` (fixed-point refinements per DDIM inversion step),
     `confirm_shortcuts` (true: shortcut flags are checked on the edit's own pixels, `xcounter.confirmation`),
-    `anchor` ("reconstruction" or "scan": what counterfactuals are drawn onto, `TrajectoryMethod`)
-    and `image_channels`; `steps` here overrides it.
+    `anchor` ("reconstruction" or "scan": what counterfactuals are drawn onto, `TrajectoryMethod`),
+    `prune_fractions` (the levels a flip's edit is split into parts at, `xcounter.edit_pruning`) and `image_channels`; `steps` here overrides it.
     """
     from xcounter.generators import zoo
 
@@ -704,6 +711,7 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
         inversion_eta = checked_inversion_eta(settings.get("inversion_eta", DEFAULT_INVERSION_ETA), "inversion_eta")
         checked_inversion(inversion, inversion_iterations)
         anchor = checked_anchor(settings.get("anchor", "reconstruction"))
+        prune_fractions = checked_fractions(settings.get("prune_fractions", PART_FRACTIONS))
     except XCounterError as error:
         raise ModelError(f"{folder / 'xcounter.json'}: {error}") from None
 
@@ -726,4 +734,4 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
                        image_channels=image_channels, device=device, edit_guidance=edit_guidance,
                        kind_edits=kind_edits, inversion_iterations=inversion_iterations,
                        inversion=inversion, inversion_eta=inversion_eta, confirm_shortcuts=confirm_shortcuts,
-                       anchor=anchor, source=str(folder.resolve()) + (f" + unet {unet}" if unet is not None else ""))
+                       anchor=anchor, prune_fractions=prune_fractions, source=str(folder.resolve()) + (f" + unet {unet}" if unet is not None else ""))

@@ -17,7 +17,7 @@ from xcounter.disentangle.edit_region import prior_region
 from xcounter.disentangle.prompt_edit import spliced_embedding
 from xcounter.disentangle.trajectories import (DEFAULT_STRENGTHS, SIGN_VALUE, resolve_edit_settings,
                                                select_swap_steps)
-from xcounter.edit_pruning import prune_edit
+from xcounter.edit_pruning import PART_FRACTIONS, prune_edit
 from xcounter.errors import XCounterError
 from xcounter.explanation import Counterfactual
 from xcounter.methods.base import SIGNS, EditContext
@@ -121,7 +121,8 @@ class TrajectoryMethod:
             the first flipping control point; None = no limit.
         prune: show a flip with only the parts of the sample's edit the decision needs (`xcounter.edit_pruning`:
             what the generator changed, split into connected parts, the fewest strongest that still flip pasted
-            onto the unedited image; two classifier calls, no UNet). The whole sample is kept as
+            onto the unedited image; two classifier calls per level of the generator's `prune_fractions`, no
+            UNet). The whole sample is kept as
             `Counterfactual.sample`. Whether the edit flips and its minimal strength do not depend on it.
         anchor: what the edit is drawn onto. "reconstruction" (default): the counterfactual is the
             generator's own output, compared with its reconstruction of the scan; "scan": the scan plus what
@@ -253,7 +254,8 @@ class TrajectoryMethod:
                     pruned = prune_edit(trajectory.images[:1], image,
                                         lambda images: classifier.margins(images)[:, index],
                                         reference_positive=float(point_margins[0]) > 0,
-                                        flip_margin=context.flip_margin)
+                                        flip_margin=context.flip_margin,
+                                        fractions=getattr(generator, "prune_fractions", PART_FRACTIONS))
                     if pruned is not None:
                         sample, image, margin_after = image, pruned.image, pruned.margin
                 probability_after = float(torch.sigmoid(torch.tensor(margin_after)))
