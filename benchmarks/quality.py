@@ -30,7 +30,7 @@ import torch  # noqa: E402
 import _common as C  # noqa: E402
 
 NAME = "quality"
-DEFAULT_N, QUICK_N = 6, 2
+DEFAULT_N, QUICK_N = 20, 2
 METHODS = ("trajectory", "latent_shift", "sdedit", "random")
 UNCONFINED = "ours, removals unconfined"
 FULL_EDIT = "ours at full strength (trajectory end)"

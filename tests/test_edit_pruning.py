@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from xcounter.edit_pruning import MAX_PARTS, PART_FLOOR, edit_parts, prune_edit
+from xcounter.edit_pruning import MAX_PARTS, PART_FLOOR, PART_FRACTIONS, checked_fractions, edit_parts, prune_edit
+from xcounter.errors import ModelError, XCounterError
 
 SIDE = 32
 
@@ -97,3 +98,25 @@ def test_over_several_levels_the_smallest_flipping_selection_wins():
     assert torch.allclose(whole.image[..., 7:17, 3:13], counterfactual[..., 7:17, 3:13])
     assert prune_edit(unedited, counterfactual, left_half_mean, reference_positive=False,
                       fractions=(0.5, 0.15)).mask.sum() == both.mask.sum()  # the order of levels does not matter
+
+
+def test_the_levels_are_checked_and_sorted():
+    assert checked_fractions([0.3, 0.15, 0.3]) == (0.15, 0.3)
+    assert checked_fractions((0.5,)) == (0.5,)
+    for bad in ([], [0], [1.0], [0.2, 1.5], ["0.2"], [True], 0.2, None):
+        with pytest.raises(XCounterError, match="prune_fractions must be a list"):
+            checked_fractions(bad)
+
+
+def test_a_generator_folder_sets_its_own_levels(tmp_path):
+    """`prune_fractions` in xcounter.json: read, named in the generator's identity where not the default, and a
+    bad value is a one-line model error naming the file."""
+    from tiny_generator import tiny_generator_dir
+    from xcounter.generators import load_generator
+
+    own = load_generator(tiny_generator_dir(tmp_path / "own", settings={"steps": 2, "prune_fractions": [0.3, 0.15]}))
+    assert own.prune_fractions == (0.15, 0.3) and own.identity()["prune_fractions"] == [0.15, 0.3]
+    plain = load_generator(tiny_generator_dir(tmp_path / "plain", settings={"steps": 2}))
+    assert plain.prune_fractions == PART_FRACTIONS and "prune_fractions" not in plain.identity()
+    with pytest.raises(ModelError, match="xcounter.json: prune_fractions must be a list"):
+        load_generator(tiny_generator_dir(tmp_path / "bad", settings={"prune_fractions": [0.15, 2]}))

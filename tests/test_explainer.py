@@ -635,6 +635,38 @@ def test_a_pruned_flip_keeps_the_whole_sample_and_the_same_verdict(generator, at
         get_method("trajectory", prune="yes")
 
 
+def test_a_flip_is_pruned_at_the_generators_own_levels(classifier, generator, attributes, scan, monkeypatch):
+    """The levels an edit is split at are the generator's (`prune_fractions`): the image shown is `prune_edit`'s
+    at those levels, and the explanation's settings record them."""
+    import xcounter.methods.trajectory as trajectory_module
+    from xcounter.edit_pruning import prune_edit
+    from xcounter.methods import get_method
+
+    trajectory, images, brightness, context = _brightening_trajectory(generator, attributes, scan)
+    asked = []
+
+    def recording_prune_edit(*args, **kwargs):
+        asked.append(kwargs.get("fractions"))
+        return prune_edit(*args, **kwargs)
+
+    monkeypatch.setattr(trajectory_module, "prune_edit", recording_prune_edit)
+    for levels in ((0.15,), (0.15, 0.6)):
+        monkeypatch.setattr(generator, "prune_fractions", levels)
+        method = get_method("trajectory")
+        method.trajectory = lambda *args, **kwargs: trajectory
+        shown = method.generate(context, attributes["pacemaker"], "add")
+        expected = prune_edit(images[:1], images[2:3], lambda batch: brightness.margins(batch)[:, 0],
+                              reference_positive=False, flip_margin=1.0, fractions=levels)
+        assert asked[-1] == levels and shown.pruned
+        assert np.allclose(shown.image, expected.image[0].permute(1, 2, 0).numpy(), atol=1e-6)
+    explanation = Explainer(classifier, generator, attributes, attribution=False, swap_steps=[2], signs=["add"],
+                            examine=["chest_tube"]).explain(scan, target="Pneumothorax")
+    assert explanation.settings["prune_fractions"] == [0.15, 0.6]
+    unpruned = Explainer(classifier, generator, attributes, attribution=False, swap_steps=[2], signs=["add"],
+                         examine=["chest_tube"], prune=False).explain(scan, target="Pneumothorax")
+    assert "prune_fractions" not in unpruned.settings
+
+
 def test_inversion_iterations_refine_the_shared_inversion_and_are_recorded(classifier, generator, attributes,
                                                                            scan):
     def explain(**options):
