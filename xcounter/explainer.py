@@ -26,6 +26,7 @@ from xcounter.errors import XCounterError
 from xcounter.explanation import AttributeResult, Explanation, Prediction, verdict_of
 from xcounter.mediation import apply_mediation
 from xcounter.methods import get_method
+from xcounter.same_change import apply_removed_causes
 from xcounter.methods.base import SIGNS, EditContext
 from xcounter.methods.trajectory import (DEFAULT_MAX_NFE, DEFAULT_REFINE_NFE, LOCALISED_SIGNS,
                                          TrajectoryMethod, localised_signs, to_hwc)
@@ -141,6 +142,9 @@ class Explainer:
             image unedited (`xcounter.edit_pruning`; the whole sample stays in `Counterfactual.sample`, and the
             shortcut check reads it). Verdicts and minimal strengths do not depend on it; an oracle's side effects
             (and so "mediated") are read on what is shown. The trajectory method's option.
+        removal_check: an addition that flips the decision only through the pixels of another attribute's
+            flipping removal, changed the same way (an "add hair" that wipes the ruler), is "mediated" and
+            credited to that removal (`xcounter.same_change`; no oracle, no model call).
         inversion: how the scan is inverted (`SDGenerator.invert`): "ddpm" (edit-friendly noise maps: the
             reconstruction is the VAE's own and edits keep the scan's noise) or "ddim"; None = the generator's
             own (`inversion` in its xcounter.json), or "ddim" when `inversion_iterations` > 0 is asked for.
@@ -159,7 +163,8 @@ class Explainer:
                  edit_guidance: float | None = None, restate: bool = True,
                  localise: Sequence[str] | bool = LOCALISED_SIGNS, mediation: bool = True,
                  inversion_iterations: int | None = None, inversion: str | None = None,
-                 confirm_shortcuts: bool | None = None, anchor: str | None = None, prune: bool = True):
+                 confirm_shortcuts: bool | None = None, anchor: str | None = None, prune: bool = True,
+                 removal_check: bool = True):
         self.classifier = classifier
         self.generator = generator
         self.attributes = load_attributes(attributes)
@@ -202,6 +207,9 @@ class Explainer:
         if not isinstance(prune, bool):
             raise XCounterError(f"prune must be True or False, got {prune!r}")
         self.prune = prune
+        if not isinstance(removal_check, bool):
+            raise XCounterError(f"removal_check must be True or False, got {removal_check!r}")
+        self.removal_check = removal_check
         # diffusers: load lazily
         from xcounter.generators.stable_diffusion import checked_inversion, checked_inversion_iterations
         if inversion_iterations is not None:
@@ -340,6 +348,8 @@ class Explainer:
         if self.confirm_shortcuts:  # before mediation, so every flag has its check whatever the oracle says
             unedited = inversion.image.clamp(0, 1) if self.anchor == "scan" else inversion.reconstruction
             confirm_shortcuts(results, classifier, to_hwc(unedited), flip_margin=self.flip_margin)
+        if self.removal_check:  # before the oracle's mediation, which reads what each edit made and may overrule
+            apply_removed_causes(results, keep=self._own_findings)
         if self.oracle is not None and self.mediation:
             apply_mediation(results, keep=self._own_findings)
 
@@ -403,6 +413,7 @@ class Explainer:
                 "attributes": self.attributes.domain,
                 "oracle": self.oracle is not None, "mediation": self.oracle is not None and self.mediation,
                 "confirm_shortcuts": self.confirm_shortcuts, "anchor": self.anchor,
+                "removal_check": self.removal_check,
                 "prune": self.prune and getattr(self.method, "prune", False),
                 **({"prune_fractions": list(getattr(self.generator, "prune_fractions", PART_FRACTIONS))}
                    if self.prune and getattr(self.method, "prune", False) else {}),

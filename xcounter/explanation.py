@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1.5"
+SCHEMA_VERSION = "1.6"
 #: "mediated": the edit flips the decision, but an oracle saw it also make another attribute's flipping edit
-#: (`AttributeResult.mediator`; see `xcounter.mediation`).
+#: (`AttributeResult.mediator`; see `xcounter.mediation`), or, an addition, it flips only through the pixels of
+#: another attribute's flipping removal (`xcounter.same_change`).
 #: "unconfirmed": a device/artifact edit flips the decision, but its own strongest pixels pasted onto the
 #: reconstruction do not (`AttributeResult.core`; see `xcounter.confirmation`)
 VERDICTS = ("shortcut", "drives", "mediated", "unconfirmed", "does not drive")
@@ -145,8 +146,12 @@ class AttributeResult:
     sign: str | None = None  # the sign of the best counterfactual
     gradient_sensitivity: float | None = None  # first-order logit change (gradient projection)
     counterfactuals: list[Counterfactual] = field(default_factory=list)
-    #: the attribute this flip is traced to when the verdict is "mediated" (needs an oracle)
+    #: the attribute this flip is traced to when the verdict is "mediated"
     mediator: str | None = None
+    #: how it was traced: "oracle" (the oracle saw the edit also make the mediator's flipping edit,
+    #: `xcounter.mediation`) or "pixels" (an addition that flips only through the pixels of the mediator's
+    #: flipping removal, changed the same way, `xcounter.same_change`); None when not mediated
+    mediated_by: str | None = None
     #: the check on the edit's own pixels, where one was made (shortcut flags with `confirm_shortcuts`)
     core: CoreCheck | None = None
 

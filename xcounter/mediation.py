@@ -76,5 +76,4 @@ def apply_mediation(results: list[AttributeResult], threshold: float = MEDIATION
         group = [r for r in results if r.target == target]
         for name, mediator in find_mediators(group, threshold, keep(target)).items():
             result = next(r for r in group if r.attribute == name)
-            result.verdict = "mediated"
-            result.mediator = mediator
+            result.verdict, result.mediator, result.mediated_by = "mediated", mediator, "oracle"
