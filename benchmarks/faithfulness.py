@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -100,14 +100,20 @@ def score_target(explanation, row: dict, truth: dict, margins: dict, classifier)
     }
 
 
-def without_mediation(explanation) -> None:
-    """Undo the oracle's mediation check in place: the verdicts the explainer gives without an oracle
-    (a shortcut flag's check on the edit's own pixels needs no oracle and is kept)."""
+def without_mediation(explanation, keep: Callable[[str], Collection[str]]) -> None:
+    """Undo the oracle's mediation check in place: the verdicts the explainer gives without an oracle. The checks
+    that need none are kept: a shortcut flag's on the edit's own pixels, and (where the explanation's settings
+    have it) the removal check (`xcounter.same_change`), redone because the oracle may have overruled it;
+    `keep(target)` is the explainer's: the findings never demoted."""
     from xcounter.explainer import verdict_of
+    from xcounter.same_change import apply_removed_causes
 
     for result in explanation.results:
         core_flipped = None if result.core is None else result.core.flipped
-        result.verdict, result.mediator = verdict_of(result.kind, result.flipped, core_flipped), None
+        result.verdict = verdict_of(result.kind, result.flipped, core_flipped)
+        result.mediator = result.mediated_by = None
+    if explanation.settings.get("removal_check"):
+        apply_removed_causes(explanation.results, keep=keep)
 
 
 def _share(values: list[bool]) -> float | None:
@@ -170,7 +176,7 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
         margins = renderer_margins(models, combined, explanation, phantom_seed, overrides)
         for r, found in zip(rows, mediated_scores):
             found.append(score_target(explanation, r, truth, margins, combined))
-        without_mediation(explanation)
+        without_mediation(explanation, explainer.own_findings)
         for r, found in zip(rows, scores):
             found.append(score_target(explanation, r, truth, margins, combined))
         done += 1

@@ -365,8 +365,9 @@ def test_cli_passes_explainer_options_through(tmp_path, monkeypatch):
     assert cli_main([*common, "--no-confirm-shortcuts"]) == 0
     assert cli_main([*common, "--anchor", "scan"]) == 0
     assert cli_main([*common, "--no-prune"]) == 0
+    assert cli_main([*common, "--no-removal-check"]) == 0
     assert seen == [{"signs": ["add"], "flip_margin": 0.5, "inversion_iterations": 2}, {}, {"inversion": "ddpm"},
-                    {"confirm_shortcuts": False}, {"anchor": "scan"}, {"prune": False}]
+                    {"confirm_shortcuts": False}, {"anchor": "scan"}, {"prune": False}, {"removal_check": False}]
 
 
 def test_public_api_is_callable():

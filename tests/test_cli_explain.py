@@ -158,6 +158,9 @@ def test_inversion_iterations_reach_the_explanation(models, tmp_path, capsys):
     unpruned = read_json_sidecar(sidecar)
     assert unpruned.settings["prune"] is False
     assert not any(c.pruned for r in unpruned.results for c in r.counterfactuals)
+    assert unpruned.settings["removal_check"] is True  # the default
+    assert main(_args(models, models["scan"], *extra, "--no-removal-check")) == 0
+    assert read_json_sidecar(sidecar).settings["removal_check"] is False
     capsys.readouterr()
     assert "--anchor" in _refused(capsys, _args(models, models["scan"], "--anchor", "pixels"), tmp_path)
 

@@ -426,7 +426,7 @@ def test_a_criterion_output_is_matched_to_its_finding(generator):
     assert explainer.signs_for(veil, report, True, agree, ["Melanoma"]) == ("remove",)
     assert explainer.signs_for(veil, "", False, agree) == ("remove",)
     assert explainer.signs_for(veil, "", False, disagree) == ("add", "remove")
-    assert "blue_white_veil" in explainer._own_findings("Blue-white veil")
+    assert "blue_white_veil" in explainer.own_findings("Blue-white veil")
 
 
 def test_restated_swaps_the_sentence_that_states_the_opposite():
@@ -732,3 +732,22 @@ def test_shortcut_flags_are_confirmed_on_the_edits_own_pixels(generator, attribu
     assert result.core is not None and result.verdict == ("shortcut" if result.core.flipped else "unconfirmed")
     assert 0 < result.core.share <= 1
     assert explain(threshold).results[0].verdict == "shortcut"  # unchecked: the flip alone decides
+
+
+def test_the_removal_check_is_an_option_recorded_in_the_settings(classifier, generator, attributes, scan,
+                                                                  monkeypatch):
+    """On by default, off on request; the explainer hands it every result with the target's own finding kept."""
+    import xcounter.explainer as explainer_module
+
+    calls = []
+    monkeypatch.setattr(explainer_module, "apply_removed_causes",
+                        lambda results, keep: calls.append(([r.attribute for r in results], keep("Effusion"))))
+    options = dict(attribution=False, swap_steps=[2], signs=["add"], examine=["chest_tube", "pleural_effusion"])
+    on = Explainer(classifier, generator, attributes, **options).explain(scan, target="Effusion")
+    assert on.settings["removal_check"] is True
+    assert calls == [(["chest_tube", "pleural_effusion"], ["pleural_effusion"])]
+    off = Explainer(classifier, generator, attributes, removal_check=False, **options).explain(scan,
+                                                                                              target="Effusion")
+    assert off.settings["removal_check"] is False and len(calls) == 1
+    with pytest.raises(XCounterError, match="removal_check must be True or False"):
+        Explainer(classifier, generator, attributes, removal_check="yes")

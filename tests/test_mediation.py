@@ -35,6 +35,7 @@ def test_a_device_edit_that_also_erases_the_finding_is_mediated():
     assert find_mediators(results) == {"pacemaker": "pleural_effusion"}
     apply_mediation(results)
     assert (pacemaker.verdict, pacemaker.mediator, pacemaker.drives_decision) == ("mediated", "pleural_effusion", False)
+    assert pacemaker.mediated_by == "oracle" and effusion.mediated_by is None
     assert (effusion.verdict, effusion.mediator, effusion.drives_decision) == ("drives", None, True)
     assert pacemaker.flipped  # the counterfactual did flip; only the credit moves
 

@@ -88,6 +88,19 @@ def test_card_shows_a_mediated_flip_and_its_credit():
     assert facts and not any("</span><span>" in line for line in facts)
 
 
+def test_card_and_summary_say_when_a_flip_is_credited_to_a_removal_by_its_pixels():
+    from xcounter.report.text import text_summary
+
+    explanation = sample_explanation(attribute_names=("chest_tube", "pneumothorax", "pacemaker", "central_line"))
+    mediated = next(r for r in explanation.results if r.verdict == "mediated")
+    mediated.mediated_by = "pixels"
+    html = render_html(explanation)
+    assert f"only through pixels that removing {mediated.mediator} also needs" in html
+    assert f"credited to the removal of {mediated.mediator}" in html
+    assert "The edit also changed" not in html  # that is the oracle's reading, not this one
+    assert f"credited to the removal of {mediated.mediator}" in text_summary(explanation)
+
+
 def test_card_and_summary_show_an_unconfirmed_shortcut_and_why():
     from xcounter.report.text import text_summary
 

@@ -349,9 +349,9 @@ class Explainer:
             unedited = inversion.image.clamp(0, 1) if self.anchor == "scan" else inversion.reconstruction
             confirm_shortcuts(results, classifier, to_hwc(unedited), flip_margin=self.flip_margin)
         if self.removal_check:  # before the oracle's mediation, which reads what each edit made and may overrule
-            apply_removed_causes(results, keep=self._own_findings)
+            apply_removed_causes(results, keep=self.own_findings)
         if self.oracle is not None and self.mediation:
-            apply_mediation(results, keep=self._own_findings)
+            apply_mediation(results, keep=self.own_findings)
 
         nfe = generator.nfe - nfe_start
         if self.examined and nfe / len(self.examined) > NFE_PER_ATTRIBUTE_BUDGET:
@@ -391,7 +391,7 @@ class Explainer:
                 wanted.add("remove" if decisions[target] else "add")
         return tuple(s for s in SIGNS if s in wanted)
 
-    def _own_findings(self, target: str) -> list[str]:
+    def own_findings(self, target: str) -> list[str]:
         """The pathology attributes a target label names (Effusion: pleural_effusion): never demoted as mediated."""
         finding = self.classifier.finding(target)
         return [a.name for a in self.examined if a.kind == "pathology" and finding in a.labels]

@@ -5,7 +5,7 @@ from typing import Sequence
 
 import click
 
-from xcounter.cli.engine_options import anchor_option, prune_option
+from xcounter.cli.engine_options import anchor_option, prune_option, removal_check_option
 from xcounter.errors import XCounterError
 
 
@@ -72,6 +72,7 @@ def _default_generator(classifier_spec: str, trust_pickle: bool) -> str:
                    "are 'unconfirmed', not in the flip rate (default: the generator's, on for phantom-cxr).")
 @anchor_option
 @prune_option
+@removal_check_option
 @click.option("--oracle", help="Attribute oracle (cxr, skin or a file) for CFRT.")
 @click.option("--trust-pickle", is_flag=True, help="Allow pickled classifier files (runs code from the file).")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="Shortcut alert: lower bound of the flip-rate interval above this (default 0.1).")
@@ -81,7 +82,7 @@ def _default_generator(classifier_spec: str, trust_pickle: bool) -> str:
                    "Ray gives them (none with cpu; cuda refuses a cluster without GPUs).")
 def command(classifier, images, manifest, dataset, generator, targets, attributes, only, out_dir, limit, seed, steps,
             resume, retry_failed, workers, ray_address, signs, flip_margin, inversion, inversion_iterations,
-            confirm_shortcuts, anchor, prune, oracle, trust_pickle, threshold, quiet, device) -> None:
+            confirm_shortcuts, anchor, prune, removal_check, oracle, trust_pickle, threshold, quiet, device) -> None:
     """Audit a classifier over many scans; write explanations.jsonl and audit_report.html/.json to --out.
 
     Killed or interrupted audits continue where they stopped when run again with the same --out.
@@ -105,7 +106,8 @@ def command(classifier, images, manifest, dataset, generator, targets, attribute
                    explainer_options={**_signs(signs), **{k: v for k, v in (
                        ("flip_margin", flip_margin), ("inversion", inversion),
                        ("inversion_iterations", inversion_iterations),
-                       ("confirm_shortcuts", confirm_shortcuts), ("anchor", anchor), ("prune", prune))
+                       ("confirm_shortcuts", confirm_shortcuts), ("anchor", anchor), ("prune", prune),
+                       ("removal_check", removal_check))
                        if v is not None}},
                    threshold=ALERT_THRESHOLD if threshold is None else threshold, progress=progress)
     counts = result.metadata["counts"]

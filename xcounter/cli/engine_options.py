@@ -15,3 +15,8 @@ prune_option = click.option(
     "--prune/--no-prune", default=None,
     help="Show each flip with only the parts of the generator's edit the decision needs, the rest of the scan "
          "unedited (default); --no-prune shows the whole generator sample. Verdicts do not depend on it.")
+
+removal_check_option = click.option(
+    "--removal-check/--no-removal-check", default=None,
+    help="Credit an addition that flips the decision only through the pixels of another attribute's flipping "
+         "removal (an 'add hair' that wipes the ruler) to that removal: verdict 'mediated' (default on).")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import click
 
-from xcounter.cli.engine_options import anchor_option, prune_option
+from xcounter.cli.engine_options import anchor_option, prune_option, removal_check_option
 from xcounter.errors import XCounterError
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def run_explain(classifier: str, image: str | Path, *, generator: str | None = N
                 alpha: float | None = None, flip_margin: float | None = None, localise: str | None = None,
                 inversion: str | None = None, inversion_iterations: int | None = None, device: str = "auto",
                 confirm_shortcuts: bool | None = None, anchor: str | None = None, prune: bool | None = None,
-                progress: Callable[[str], None] | None = None) -> ExplainRun:
+                removal_check: bool | None = None, progress: Callable[[str], None] | None = None) -> ExplainRun:
     """Load everything, explain, render the card (and sidecar) atomically. Raises XCounterError on user mistakes.
 
     `device` places the classifier and the generator ("auto": the GPU when there is one)."""
@@ -90,7 +90,7 @@ def run_explain(classifier: str, image: str | Path, *, generator: str | None = N
     tuning = {k: v for k, v in (("alpha", alpha), ("flip_margin", flip_margin),
                                 ("inversion", inversion), ("inversion_iterations", inversion_iterations),
                                 ("confirm_shortcuts", confirm_shortcuts), ("anchor", anchor),
-                                ("prune", prune))
+                                ("prune", prune), ("removal_check", removal_check))
               if v is not None}
     if localise is not None:
         tuning["localise"] = LOCALISE_CHOICES[localise]
@@ -185,16 +185,17 @@ LOCALISE_CHOICES = {"remove": ("remove",), "add": ("add",), "both": ("add", "rem
                    "the verdict is 'unconfirmed' (default: the generator's, on for phantom-cxr).")
 @anchor_option
 @prune_option
+@removal_check_option
 @click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda",
               help="Where the classifier and the generator run (auto: the GPU when torch sees one).")
 def command(classifier, image, generator, targets, attributes, report_text, out, json_path, embed_images, seed,
             steps, trust_pickle, oracle, alpha, flip_margin, localise, inversion, inversion_iterations, confirm_shortcuts,
-            anchor, prune, device) -> None:
+            anchor, prune, removal_check, device) -> None:
     """Explain a classifier's decision on one scan with counterfactual attribute edits."""
     run = run_explain(classifier, image, generator=generator, targets=targets, attributes=attributes,
                       report_text=report_text, out=out, json_path=json_path, embed_images=embed_images, seed=seed,
                       steps=steps, trust_pickle=trust_pickle, oracle=oracle, alpha=alpha, flip_margin=flip_margin,
                       localise=localise, inversion=inversion, inversion_iterations=inversion_iterations, device=device,
-                      confirm_shortcuts=confirm_shortcuts, anchor=anchor, prune=prune,
+                      confirm_shortcuts=confirm_shortcuts, anchor=anchor, prune=prune, removal_check=removal_check,
                       progress=lambda message: click.echo(message, err=True))
     print_run(run)

@@ -123,7 +123,11 @@ def _sentence(result: AttributeResult, best: Counterfactual | None, positive: bo
             sentence += f"(shown{kept}, probability {probabilities})."
         else:
             sentence += f"(probability {probabilities})."
-        if result.verdict == "mediated" and result.mediator:
+        if result.verdict == "mediated" and result.mediator and result.mediated_by == "pixels":
+            mediator = result.mediator.replace("_", " ")
+            sentence += (f" It flips {result.target} only through pixels that removing {mediator} also needs, "
+                         f"changed the same way: the change is credited to the removal of {mediator}.")
+        elif result.verdict == "mediated" and result.mediator:
             mediator = result.mediator.replace("_", " ")
             sentence += (f" The edit also changed {mediator}, whose own edit flips {result.target}: "
                          f"the change is credited to {mediator}.")

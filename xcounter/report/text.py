@@ -46,7 +46,8 @@ def text_summary(explanation: Explanation) -> str:
                     how += ")"
                     how += _also_changed(best.oracle_change, result.attribute)
                 if result.verdict == "mediated" and result.mediator:
-                    how += f"; credited to {_flat(result.mediator)}"
+                    removal = "the removal of " if result.mediated_by == "pixels" else ""
+                    how += f"; credited to {removal}{_flat(result.mediator)}"
                 if result.verdict == "unconfirmed" and result.core is not None:
                     how += f"; its own pixels alone do not flip it (p {result.core.probability:.2f})"
             elif best is not None:
