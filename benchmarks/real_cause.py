@@ -84,7 +84,7 @@ def verdict_scores(scans: list[dict], key: str = "ours", top: str = "top") -> di
     """Our verdicts against the renderer's flips, over every (scan, binary attribute) and per scan's top.
 
     `key` "ours" scores the verdicts (a flip counts when it is named a cause: "drives" or "shortcut"),
-    "flipped" the raw flips (what the verdicts would be without the oracle's mediation check)."""
+    "flipped" the raw flips (every flip, before the oracle's mediation check and the removal check)."""
     pairs = [v for s in scans for v in s["renderer"].values()]
     ours, truth = [p.get(key, p["ours"]) for p in pairs], [p["truth"] for p in pairs]
     hits = sum(o and t for o, t in zip(ours, truth))
@@ -223,7 +223,8 @@ def markdown(domains: dict[str, dict], goal_rows: list[dict], figure: str | None
     if rows:
         lines += ["Every examined binary attribute against the renderer (positive scans): the renderer makes the same "
                   "edit perfectly (same phantom, same sign), and its flip is compared with our verdict (named a cause) "
-                  "and with our counterfactual's raw flip (what the verdicts are without an oracle).", ""]
+                  "and with our counterfactual's raw flip (every flip, before the oracle's mediation check and the "
+                  "removal check, `xcounter.same_change`, which needs no oracle).", ""]
         lines += C.table(["domain", "classifier", "label", "ours", "(scan, attribute) pairs", "true flips per scan",
                           "our flip verdict = the renderer's", "precision of our flips", "recall of true flips",
                           "our top attribute flips under the renderer too"], rows)
