@@ -8,8 +8,9 @@ lower bound of the flip rate's confidence interval is above `threshold` (default
 pessimistic end says one scan in ten changes its decision under an edit of that attribute alone.
 
 A flip the explanation credits to another attribute (verdict "mediated": with an oracle, the edit also made
-another attribute's own flipping edit; `xcounter.mediation`) is not counted as this attribute's flip; the
-number of such flips is kept beside the rate (`mediated`). Without an oracle no flip is mediated. Nor is a
+another attribute's own flipping edit, `xcounter.mediation`; without one, an addition that flips only through
+the pixels of another attribute's flipping removal, `xcounter.same_change`) is not counted as this attribute's
+flip; the number of such flips is kept beside the rate (`mediated`). Nor is a
 flip the explanation left "unconfirmed" (a device or artifact edit whose own strongest pixels do not flip
 the decision; `xcounter.confirmation`): its count is kept as `unconfirmed`.
 
