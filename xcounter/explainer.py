@@ -26,10 +26,10 @@ from xcounter.errors import XCounterError
 from xcounter.explanation import AttributeResult, Explanation, Prediction, verdict_of
 from xcounter.mediation import apply_mediation
 from xcounter.methods import get_method
-from xcounter.same_change import apply_removed_causes
 from xcounter.methods.base import SIGNS, EditContext
 from xcounter.methods.trajectory import (DEFAULT_MAX_NFE, DEFAULT_REFINE_NFE, LOCALISED_SIGNS,
                                          TrajectoryMethod, localised_signs, to_hwc)
+from xcounter.same_change import apply_removed_causes
 from xcounter.search import DEFAULT_FLIP_MARGIN, DEFAULT_TOLERANCE, checked_anchor
 
 if TYPE_CHECKING:
