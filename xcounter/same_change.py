@@ -20,17 +20,16 @@ from typing import Callable, Collection, Iterable
 
 import numpy as np
 
+from xcounter.edit_pruning import PART_FLOOR
 from xcounter.explanation import AttributeResult, Counterfactual
 
 #: a pixel belongs to what a flip needs where the counterfactual shown differs from its unedited image by at
-#: least this much (the [0, 1] scale; `edit_pruning.PART_FLOOR`, the least change a part is made of)
-KEPT_FLOOR = 0.02
+#: least this much (the [0, 1] scale): the least change a pruned part is made of
+KEPT_FLOOR = PART_FLOOR
 #: at least this share of the addition's needed pixels must lie among the removal's ...
 SAME_PIXELS = 0.5
 #: ... and the two changes there must point the same way (cosine of the two differences over the shared pixels)
 SAME_DIRECTION = 0.5
-#: verdicts that credit a flip to the attribute itself, the only ones a removal can take over or lose
-CREDITED = ("drives", "shortcut")
 
 
 def needed_pixels(counterfactual: Counterfactual) -> np.ndarray:
@@ -60,7 +59,7 @@ def same_change(addition: Counterfactual, removal: Counterfactual) -> float:
 def find_removed_causes(results: Iterable[AttributeResult], keep: Collection[str] = ()) -> dict[str, str]:
     """{attribute: removed attribute} for one target's credited additions that flip only by another credited
     flip's removal (the removal whose needed pixels hold most of the addition's, when several do)."""
-    credited = [r for r in results if r.flipped and r.verdict in CREDITED and r.best is not None
+    credited = [r for r in results if r.drives_decision and r.best is not None
                 and r.best.flipped and r.best.difference is not None]
     removals = [r for r in credited if r.best.sign == "remove"]
     found: dict[str, str] = {}

@@ -665,7 +665,8 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
     inversion's eta, 0..1), `inversion_iterations` (fixed-point refinements per DDIM inversion step),
     `confirm_shortcuts` (true: shortcut flags are checked on the edit's own pixels, `xcounter.confirmation`),
     `anchor` ("reconstruction" or "scan": what counterfactuals are drawn onto, `TrajectoryMethod`),
-    `prune_fractions` (the levels a flip's edit is split into parts at, `xcounter.edit_pruning`) and `image_channels`; `steps` here overrides it.
+    `prune_fractions` (the levels a flip's edit is split into parts at, `xcounter.edit_pruning`) and
+    `image_channels`; `steps` here overrides it.
     """
     from xcounter.generators import zoo
 
@@ -734,4 +735,5 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
                        image_channels=image_channels, device=device, edit_guidance=edit_guidance,
                        kind_edits=kind_edits, inversion_iterations=inversion_iterations,
                        inversion=inversion, inversion_eta=inversion_eta, confirm_shortcuts=confirm_shortcuts,
-                       anchor=anchor, prune_fractions=prune_fractions, source=str(folder.resolve()) + (f" + unet {unet}" if unet is not None else ""))
+                       anchor=anchor, prune_fractions=prune_fractions,
+                       source=str(folder.resolve()) + (f" + unet {unet}" if unet is not None else ""))
