@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from xcounter.disentangle.edit_region import prior_region
-from xcounter.disentangle.lesion_region import lesion_mask, lesion_region, outside_lesion_region
+from xcounter.disentangle.edit_region import pixel_prior, prior_region
+from xcounter.disentangle.lesion_region import lesion_mask, lesion_pixels, lesion_region, outside_lesion_region
 
 
 def _skin_with_disc(size: int = 64, radius: float = 0.3, hair: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -92,9 +92,11 @@ def test_lesion_region_covers_the_lesion_and_a_margin_and_nothing_far_from_it():
 
 
 def test_off_lesion_prior_needs_the_scan():
-    for where in ("off_lesion", "clear_of_lesion", "on_lesion"):
+    for where in ("off_lesion", "clear_of_lesion", "on_lesion", "in_lesion"):
         with pytest.raises(ValueError, match=where):
             prior_region(where, (1, 4, 16, 16))
+    with pytest.raises(ValueError, match="in_lesion"):
+        pixel_prior("in_lesion")
     image, _ = _skin_with_disc()
     region = prior_region("off_lesion", (1, 4, 16, 16), torch.from_numpy(image).permute(2, 0, 1)[None])
     assert region is not None and region[0, 0, 8, 8] == 0
@@ -113,14 +115,34 @@ def test_findings_inside_the_lesion_are_edited_only_on_it():
     from xcounter.attributes import load_attributes
 
     skin = load_attributes("skin")
-    assert {a.name for a in skin if a.where == "on_lesion"} == {"blue_white_veil", "dots_globules",
-                                                                 "color_variegation"}
+    assert {a.name for a in skin if a.where == "on_lesion"} == {"dots_globules"}  # dots also sit on the rim
+    assert {a.name for a in skin if a.where == "in_lesion"} == {"blue_white_veil", "color_variegation"}
     assert skin["asymmetry"].where == "anywhere"  # a shape change reaches past the lesion's current edge
     image, _ = _skin_with_disc()
     tensor = torch.from_numpy(image).permute(2, 0, 1)[None]
     on, off = prior_region("on_lesion", (1, 4, 16, 16), tensor), prior_region("off_lesion", (1, 4, 16, 16), tensor)
     assert torch.all(on + off >= 1)  # together they reach every cell: none is frozen for both
     assert on[0, 0, 8, 8] == 1 and on[0, 0, 0, 0] == 0
+    assert torch.equal(prior_region("in_lesion", (1, 4, 16, 16), tensor), on)  # the same latent cells
+
+
+def test_an_in_lesion_pixel_mask_lies_inside_the_lesion_and_keeps_its_rim():
+    image, disc = _skin_with_disc(radius=0.4)
+    mask = lesion_pixels(image)
+    assert mask is not None and mask.shape == (1, 1, 64, 64)
+    inside = mask[0, 0].numpy()
+    assert inside[disc].max() == 1.0 and inside[~disc].max() < 0.5  # off the lesion the edit is (all but) cut
+    from scipy import ndimage
+    rim = disc & ~ndimage.binary_erosion(disc, iterations=1)
+    assert inside[rim].max() < 0.5  # the lesion's own edge is kept, so its outline is the scan's
+    deeper = lesion_pixels(image, inset=0.1)[0, 0].numpy()
+    assert (deeper > 0.5).sum() < (inside > 0.5).sum()
+    small, _ = _skin_with_disc(radius=0.2)
+    kept = lesion_pixels(small, inset=0.3)  # a lesion too small to shrink that far is kept whole
+    assert kept is not None and kept[0, 0].numpy()[lesion_mask(small)].min() == 1.0
+    assert lesion_pixels(np.full((64, 64, 3), 0.7, np.float32)) is None  # no lesion: no pixel cut
+    assert pixel_prior("on_lesion", torch.from_numpy(image).permute(2, 0, 1)[None]) is None  # the latent cells do
+    assert pixel_prior("periphery") is None and pixel_prior("anywhere") is None
 
 
 def test_clear_of_lesion_also_keeps_a_ring_around_the_lesion():
@@ -160,3 +182,36 @@ def test_an_off_lesion_edit_leaves_the_lesion_as_reconstructed():
     lesion = expected[0].expand_as(trajectory.points[0]) == 0
     assert torch.allclose(trajectory.points[1:][:, lesion], trajectory.points[0][lesion].expand(2, -1), atol=1e-6)
     assert not torch.allclose(trajectory.points[-1], trajectory.points[0], atol=1e-4)  # the skin is edited
+
+
+def test_an_in_lesion_edit_changes_no_pixel_outside_the_lesion():
+    """Through the trajectory method: every image of an "in_lesion" edit (its control points and any further
+    sample) equals the unedited one wherever the pixel mask is 0, and still changes inside the lesion."""
+    from tiny_classifier import TINY_LABELS, TINY_OP_THRESHS, make_tiny_densenet
+    from tiny_generator import tiny_pipeline
+    from xcounter.attributes import load_attributes
+    from xcounter.classifiers import Classifier, logit, make_profile
+    from xcounter.generators import SDGenerator
+    from xcounter.methods import EditContext, get_method
+
+    generator = SDGenerator(tiny_pipeline(1, seed=0), steps=4, name="tiny-sd")
+    classifier = Classifier(make_tiny_densenet(0), TINY_LABELS, logit(TINY_OP_THRESHS), make_profile("xrv", size=32),
+                            name="tiny-densenet")
+    cxr = load_attributes("cxr")
+    effusion = dataclasses.replace(cxr["pleural_effusion"], where="in_lesion")
+    attributes = dataclasses.replace(cxr, attributes=(effusion,))
+    size = generator.resolution
+    image, disc = _skin_with_disc(size=size, radius=0.5)
+    inversion = generator.invert(torch.from_numpy(image.mean(axis=-1))[None, None], "chest radiograph", 4)
+    context = EditContext(classifier=classifier, generator=generator, attributes=attributes, inversion=inversion,
+                          source_embedding=generator.embed(["chest radiograph"])[0], target="Effusion",
+                          target_index=classifier.target_index("Effusion"), steps=4)
+    trajectory = get_method("trajectory", swap_steps=[2, 0]).trajectory(context, effusion, "add")
+    mask = lesion_pixels(inversion.image)
+    assert trajectory.pixels is not None and torch.equal(trajectory.pixels.mask, mask)
+    outside = (mask[0, 0] == 0).expand_as(trajectory.images[0])
+    images = torch.cat([trajectory.images, trajectory.image_at(1),
+                        trajectory.render(generator, trajectory.points[-1:] * 0.5 + trajectory.points[:1] * 0.5)])
+    assert torch.equal(images[:, outside], trajectory.images[0][outside].expand(len(images), -1))
+    inside = (mask[0, 0] == 1).expand_as(trajectory.images[0])
+    assert not torch.allclose(trajectory.images[-1][inside], trajectory.images[0][inside], atol=1e-4)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from xcounter.disentangle.edit_region import edit_region
 from xcounter.disentangle.trajectories import (bezier, edited_embedding, point_parameters, strength_of,
@@ -122,6 +123,19 @@ class ScanAnchor:
 
 
 @dataclass
+class PixelRegion:
+    """Keeps a trajectory's images as its first point outside a pixel mask (`edit_region.pixel_prior`): a finer
+    cut than the latent region, applied after decoding."""
+    base: torch.Tensor  # [1, C, H, W] in [0, 1]: P_0 as the trajectory shows it (the scan or its reconstruction)
+    mask: torch.Tensor  # [1, 1, H, W] in [0, 1]: where the edit may change the image
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, C, H, W] in [0, 1] with everything outside the mask put back to `base`."""
+        base, mask = self.base.to(images), self.mask.to(images)
+        return base + mask * (images - base)
+
+
+@dataclass
 class SwapSampler:
     """What a trajectory's samples were drawn from, kept so that more swap steps can be drawn later exactly as
     the first ones were (the shown sample's refinement, `shown_sample`)."""
@@ -133,6 +147,7 @@ class SwapSampler:
     edit_guidance: float = 1.0
     region: torch.Tensor | None = None
     anchor: ScanAnchor | None = None  # what every decode is drawn onto, as the trajectory's own
+    pixels: PixelRegion | None = None  # the pixel mask every decode is cut to, as the trajectory's own
 
     @property
     def steps(self) -> int:
@@ -148,7 +163,7 @@ class SwapSampler:
             latent = swap_step_points(self.generator, self.z_T, self.source, self.edited, [int(swap_step)],
                                       prefix=self.prefix, steps=self.steps, edit_guidance=self.edit_guidance,
                                       region=self.region)
-            return latent, render_latents(self.generator, latent, self.anchor)
+            return latent, render_latents(self.generator, latent, self.anchor, self.pixels)
 
 
 @dataclass
@@ -168,6 +183,9 @@ class Trajectory:
     #: what every decoded latent is drawn onto (`build_trajectory(anchor=...)`): P_0 renders as the scan itself
     #: (None: images are plain decodes)
     anchor: ScanAnchor | None = None
+    #: the pixel mask every decoded latent is cut to (`build_trajectory(pixel_prior=...)`; None: the latent
+    #: region alone confines the edit)
+    pixels: PixelRegion | None = None
 
     @property
     def residual(self) -> torch.Tensor | None:
@@ -180,7 +198,7 @@ class Trajectory:
 
     def render(self, generator: "SDGenerator", latents: torch.Tensor) -> torch.Tensor:
         """Latents z_0 [B, 4, h, w] as the images this trajectory shows [B, C, H, W] in [0, 1]."""
-        return render_latents(generator, latents, self.anchor)
+        return render_latents(generator, latents, self.anchor, self.pixels)
 
     def image_at(self, swap_step: int) -> torch.Tensor:
         """The decoded sample at `swap_step` [1, C, H, W]: a control point's, else drawn once and kept."""
@@ -194,19 +212,21 @@ class Trajectory:
         return self.drawn[swap_step]
 
 
-def render_latents(generator: "SDGenerator", latents: torch.Tensor,
-                   anchor: ScanAnchor | None = None) -> torch.Tensor:
-    """decode(z_0) (drawn onto the scan with an `anchor`), clamped to [0, 1]."""
+def render_latents(generator: "SDGenerator", latents: torch.Tensor, anchor: ScanAnchor | None = None,
+                   pixels: PixelRegion | None = None) -> torch.Tensor:
+    """decode(z_0) (drawn onto the scan with an `anchor`, cut to a `pixels` mask), clamped to [0, 1]."""
     with torch.no_grad():
         decoded = generator.decode(latents)
-        return (decoded if anchor is None else anchor.apply(decoded)).clamp(0, 1)
+        images = (decoded if anchor is None else anchor.apply(decoded)).clamp(0, 1)
+        return images if pixels is None else pixels.apply(images)
 
 
 def build_trajectory(generator: "SDGenerator", z_T: torch.Tensor, prefix: list[torch.Tensor],
                      source: torch.Tensor, direction: torch.Tensor, *, attribute: str, sign: str, alpha: float,
                      swap_steps: Sequence[int], edit_guidance: float = 1.0,
                      edit_base: torch.Tensor | None = None, localise: bool = False,
-                     prior: torch.Tensor | None = None, anchor: torch.Tensor | None = None) -> Trajectory:
+                     prior: torch.Tensor | None = None, anchor: torch.Tensor | None = None,
+                     pixel_prior: torch.Tensor | None = None) -> Trajectory:
     """Evaluate all candidate swap steps in one batch off the shared prefix, then decode every point.
 
     The prefix is denoised with `source`; after the swap the UNet sees `edit_base` (default: `source`;
@@ -217,6 +237,7 @@ def build_trajectory(generator: "SDGenerator", z_T: torch.Tensor, prefix: list[t
     `anchor` ([1, C, H, W], the scan at the generator's resolution): every decoded latent is drawn onto the
     scan (`ScanAnchor`), so the trajectory starts at the scan itself and each sample is the scan plus what the
     edit changed (what the inversion lost stays the scan's, except where the edit itself acted).
+    `pixel_prior` ([1, 1, H, W] in [0, 1], `pixel_prior`): outside it every image stays P_0's (`PixelRegion`).
     """
     steps = len(prefix) - 1
     swap_steps = sorted({int(s) for s in swap_steps if 0 <= int(s) < steps}, reverse=True)
@@ -233,11 +254,18 @@ def build_trajectory(generator: "SDGenerator", z_T: torch.Tensor, prefix: list[t
         decoded = generator.decode(points)
         onto = None if anchor is None else ScanAnchor(anchor.to(decoded), decoded[:1])
         images = (decoded if onto is None else onto.apply(decoded)).clamp(0, 1)
+        cut = None
+        if pixel_prior is not None and swap_steps:
+            mask = F.interpolate(pixel_prior.to(images), size=tuple(images.shape[-2:]), mode="bilinear",
+                                 align_corners=False) if tuple(pixel_prior.shape[-2:]) != tuple(images.shape[-2:]) \
+                else pixel_prior.to(images)
+            cut = PixelRegion(images[:1].clone(), mask)
+            images = cut.apply(images)
     return Trajectory(attribute=attribute, sign=sign, swap_steps=[steps] + swap_steps,
                       strengths=[strength_of(s, steps) for s in [steps] + swap_steps],
                       points=points, images=images, nfe=generator.nfe - before, region=region,
-                      sampler=SwapSampler(generator, z_T, prefix, source, edited, edit_guidance, region, onto),
-                      anchor=onto)
+                      sampler=SwapSampler(generator, z_T, prefix, source, edited, edit_guidance, region, onto, cut),
+                      anchor=onto, pixels=cut)
 
 
 @dataclass

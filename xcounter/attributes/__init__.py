@@ -19,9 +19,10 @@ SPURIOUS_KINDS = ("device", "artifact", "acquisition")
 #: colour charts) act only in the image's outer band, of a "top" one (film markers) only along its top edge;
 #: a box [top, bottom, left, right] (fractions of the image's height and width) confines them to that box;
 #: "off_lesion" ones (skin ink) act only off the scan's own lesion (`lesion_region`), "clear_of_lesion" ones
-#: (skin hair, gel bubbles) only clear of it, past a margin, and "on_lesion" ones (a veil, dots: findings inside
-#: the lesion) only on it (`edit_region.prior_region`)
-WHERE = ("anywhere", "periphery", "top", "off_lesion", "clear_of_lesion", "on_lesion")
+#: (skin hair, gel bubbles) only clear of it, past a margin, "on_lesion" ones (dots: findings on the lesion and
+#: its rim) only on it (`edit_region.prior_region`), and "in_lesion" ones (a veil, variegation: drawn inside the
+#: lesion, its outline kept) on it and, pixel by pixel, only inside its rim (`edit_region.pixel_prior`)
+WHERE = ("anywhere", "periphery", "top", "off_lesion", "clear_of_lesion", "on_lesion", "in_lesion")
 
 
 @dataclass(frozen=True)

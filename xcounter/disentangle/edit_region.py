@@ -44,8 +44,8 @@ def prior_region(where: str | tuple[float, float, float, float], shape: Sequence
                  image: torch.Tensor | None = None) -> torch.Tensor | None:
     """Where an attribute can be, as a latent region [1, 1, h, w] in {0, 1}; None = anywhere.
 
-    "off_lesion" and "clear_of_lesion" (the lesion grown by `lesion_region.LESION_MARGIN`) depend on the scan:
-    `image` ([1, C, H, W] in [0, 1]) is where its lesion is found.
+    "off_lesion", "clear_of_lesion" (the lesion grown by `lesion_region.LESION_MARGIN`), "on_lesion" and
+    "in_lesion" depend on the scan: `image` ([1, C, H, W] in [0, 1]) is where its lesion is found.
 
     Why: an attribute's language direction is entangled with everything else in the report, so the
     generator's "remove the portable label" also brightened both lung fields and the clean Consolidation
@@ -60,7 +60,7 @@ def prior_region(where: str | tuple[float, float, float, float], shape: Sequence
             raise ValueError(f"where '{where}' needs the scan's image")
         from xcounter.disentangle.lesion_region import LESION_MARGIN, outside_lesion_region
         return outside_lesion_region(image, shape, margin=LESION_MARGIN if where == "clear_of_lesion" else 0.0)
-    if where == "on_lesion":
+    if where in ("on_lesion", "in_lesion"):
         if image is None:
             raise ValueError(f"where '{where}' needs the scan's image")
         from xcounter.disentangle.lesion_region import lesion_region
@@ -82,6 +82,22 @@ def prior_region(where: str | tuple[float, float, float, float], shape: Sequence
         region[..., :, :cols] = 1.0
         region[..., :, w - cols:] = 1.0
     return region
+
+
+def pixel_prior(where: str | tuple[float, float, float, float], image: torch.Tensor | None = None
+                ) -> torch.Tensor | None:
+    """Where an attribute can be, pixel by pixel [1, 1, H, W] in [0, 1], for the attributes a latent region is too
+    coarse for; None = the latent region (`prior_region`) is the whole confinement.
+
+    "in_lesion" (a finding drawn inside the lesion, its rim kept: `lesion_region.lesion_pixels`) needs the scan's
+    `image`. The bands and boxes are the image's own geometry, and the other lesion kinds reach past its edge.
+    """
+    if where != "in_lesion":
+        return None
+    if image is None:
+        raise ValueError("where 'in_lesion' needs the scan's image")
+    from xcounter.disentangle.lesion_region import lesion_pixels
+    return lesion_pixels(image)
 
 
 def probe_steps(steps: int, strengths: Sequence[float] = DEFAULT_PROBE_STRENGTHS) -> list[int]:

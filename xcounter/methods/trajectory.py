@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
-from xcounter.disentangle.edit_region import prior_region
+from xcounter.disentangle.edit_region import pixel_prior, prior_region
 from xcounter.disentangle.prompt_edit import spliced_embedding
 from xcounter.disentangle.trajectories import (DEFAULT_STRENGTHS, SIGN_VALUE, resolve_edit_settings,
                                                select_swap_steps)
@@ -218,6 +218,7 @@ class TrajectoryMethod:
                                       localise=sign in self.localise,
                                       prior=prior_region(attribute.where, prefix[-1].shape, context.inversion.image),
                                       anchor=context.inversion.image if self.anchor == "scan" else None,
+                                      pixel_prior=pixel_prior(attribute.where, context.inversion.image),
                                       edit_base=None if restated is None else spliced_embedding(
                                           generator, context.prompt, restated, context.source_embedding))
         self._cache[key] = (context.inversion, trajectory)
