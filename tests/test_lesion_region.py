@@ -215,3 +215,8 @@ def test_an_in_lesion_edit_changes_no_pixel_outside_the_lesion():
     assert torch.equal(images[:, outside], trajectory.images[0][outside].expand(len(images), -1))
     inside = (mask[0, 0] == 1).expand_as(trajectory.images[0])
     assert not torch.allclose(trajectory.images[-1][inside], trajectory.images[0][inside], atol=1e-4)
+    from xcounter.methods.trajectory import region_image
+    shown = region_image(trajectory.region, tuple(trajectory.images.shape[-2:]), trajectory.pixels.mask)
+    assert set(np.unique(shown)) <= {0.0, 1.0} and shown[(mask[0, 0] == 0).numpy()].max() == 0  # as it was cut
+    counterfactual = get_method("trajectory", swap_steps=[2, 0]).generate(context, effusion, "add")
+    assert counterfactual.region is not None and counterfactual.region.sum() <= (mask[0, 0] >= 0.5).sum()

@@ -78,13 +78,19 @@ def localised_signs(signs: Sequence[str] | bool) -> tuple[str, ...]:
     return tuple(s for s in SIGNS if s in signs)
 
 
-def region_image(region: torch.Tensor | None, size: tuple[int, int]) -> np.ndarray | None:
-    """A latent edit region ([1, 1, h, w]) at image resolution (H x W, nearest: each latent pixel a block)."""
-    if region is None:
-        return None
-    upsampled = torch.nn.functional.interpolate(region.float().reshape(1, 1, *region.shape[-2:]), size=size,
-                                                mode="nearest")
-    return upsampled[0, 0].cpu().numpy().astype(np.float32)
+def region_image(region: torch.Tensor | None, size: tuple[int, int],
+                 pixels: torch.Tensor | None = None) -> np.ndarray | None:
+    """A latent edit region ([1, 1, h, w]) at image resolution (H x W, nearest: each latent pixel a block), cut to
+    a pixel mask ([1, 1, H', W'] in [0, 1], `Trajectory.pixels`; where it is at least half) where the trajectory has
+    one: where the edit could act, in {0, 1}."""
+    shown = None
+    for mask in (region, pixels):
+        if mask is None:
+            continue
+        resized = (torch.nn.functional.interpolate(mask.float().reshape(1, 1, *mask.shape[-2:]), size=size,
+                                                   mode="nearest") >= 0.5).float()
+        shown = resized if shown is None else shown * resized
+    return None if shown is None else shown[0, 0].cpu().numpy().astype(np.float32)
 
 
 def film_indices(n_points: int, frames: int = FILM_FRAMES) -> list[int]:
@@ -277,7 +283,8 @@ class TrajectoryMethod:
             film=[to_hwc(trajectory.images[k]) for k in film_indices(len(trajectory.strengths))],
             l1=l1(counterfactual_image, reference), ssim=ssim(counterfactual_image, reference),
             direction_cosine=direction_cosine_along(trajectory.points), nfe=trajectory.nfe + refine_nfe,
-            region=region_image(trajectory.region, counterfactual_image.shape[:2]),
+            region=region_image(trajectory.region, counterfactual_image.shape[:2],
+                                None if trajectory.pixels is None else trajectory.pixels.mask),
             sample=None if sample is None else to_hwc(sample),
             parts=None if pruned is None else pruned.parts, parts_kept=None if pruned is None else pruned.kept,
         )
