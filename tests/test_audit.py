@@ -181,6 +181,23 @@ def test_rerun_with_other_settings_is_refused(models, loaded, mixed_folder, refe
         audit(classifier, other, mixed_folder, out_dir=reference.out_dir, seed=3, **OPTIONS)
 
 
+def test_rerun_with_other_attribute_definitions_is_refused(loaded, mixed_folder, reference):
+    """Same attribute names, one defined differently (where its edits may act): every explanation would differ."""
+    import dataclasses
+
+    from xcounter.attributes import load_attributes
+
+    classifier, generator = loaded
+    vocabulary = load_attributes("cxr")
+    moved = dataclasses.replace(vocabulary[ATTRIBUTE], where="periphery")
+    other = dataclasses.replace(vocabulary, attributes=tuple(moved if a.name == ATTRIBUTE else a
+                                                               for a in vocabulary.attributes))
+    assert other.sha256([ATTRIBUTE]) != vocabulary.sha256([ATTRIBUTE])
+    assert other.sha256(["pacemaker"]) == vocabulary.sha256(["pacemaker"])  # only the examined ones count
+    with pytest.raises(XCounterError, match="attributes_sha256"):
+        audit(classifier, generator, mixed_folder, out_dir=reference.out_dir, seed=3, attributes=other, **OPTIONS)
+
+
 def test_an_audit_written_before_a_config_key_existed_still_resumes(loaded, mixed_folder, reference, tmp_path):
     import shutil
 
@@ -189,6 +206,7 @@ def test_an_audit_written_before_a_config_key_existed_still_resumes(loaded, mixe
     shutil.copytree(reference.out_dir, folder)
     config = json.loads((folder / "audit.json").read_text())
     settings = config.pop("generator_settings")
+    config.pop("attributes_sha256")
     (folder / "audit.json").write_text(json.dumps(config))
     again = audit(classifier, generator, mixed_folder, out_dir=folder, seed=3, report=False, **OPTIONS)
     assert again.metadata["counts"]["explained_now"] == 0  # everything was already in the journal

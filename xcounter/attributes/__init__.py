@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import difflib
 import functools
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
@@ -120,6 +121,17 @@ class AttributeSet:
     @property
     def names(self) -> list[str]:
         return [a.name for a in self.attributes]
+
+    def sha256(self, names: Sequence[str] | None = None) -> str:
+        """A digest of everything an explanation reads from this vocabulary (prompts, templates, kinds, where),
+        over the attributes `names` (default: all): an audit resumes only with the same definitions."""
+        import hashlib
+        import json
+
+        chosen = [asdict(a) for a in self.attributes if names is None or a.name in names]
+        spec = {"domain": self.domain, "modality": self.modality, "neutral_prompt": self.neutral_prompt,
+                "templates": list(self.templates), "labels": list(self.labels), "attributes": chosen}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode("utf-8")).hexdigest()
 
     def __getitem__(self, name: str) -> Attribute:
         for attribute in self.attributes:

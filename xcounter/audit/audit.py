@@ -28,7 +28,7 @@ JOURNAL_NAME = "explanations.jsonl"
 CONFIG_NAME = "audit.json"
 #: settings that must match for a re-run to continue an existing journal
 CONFIG_KEYS = ("classifier_sha256", "classifier_name", "generator_config_sha256", "generator_settings", "seed",
-               "targets", "attributes", "steps", "oracle", "explainer_options")
+               "targets", "attributes", "attributes_sha256", "steps", "oracle", "explainer_options")
 #: the generator's own settings (its xcounter.json) that change every explanation: the config digest covers the
 #: networks' configurations only
 GENERATOR_SETTINGS = ("guidance_scale", "edit_guidance", "kind_edits", "inversion", "inversion_eta",
@@ -168,7 +168,8 @@ def audit(classifier: Any, generator: Any, scans: "str | os.PathLike | Sequence[
               "classifier_sha256": classifier_identity.get("sha256"),
               "generator_config_sha256": generator_identity.get("config_sha256"),
               "generator_settings": {k: generator_identity.get(k) for k in GENERATOR_SETTINGS}, "seed": int(seed),
-              "targets": job.targets, "attributes": examined, "steps": steps,
+              "targets": job.targets, "attributes": examined, "attributes_sha256": job.attributes.sha256(examined),
+              "steps": steps,
               "oracle": None if oracle is None else str(oracle), "explainer_options": job.explainer_options}
 
     log = RecordLog(out_dir / JOURNAL_NAME)
