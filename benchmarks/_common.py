@@ -67,6 +67,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--generator", action="append", default=[], metavar="DOMAIN=DIR",
                    help="benchmark another diffusers folder instead of the shipped phantom-DOMAIN generator")
+    p.add_argument("--update", action="store_true",
+                   help="rerun only --domains and keep the other domains' results from the section already in "
+                        "--out (its header names the command and date each kept domain came from)")
     return p
 
 
@@ -336,6 +339,8 @@ def header(title: str, script: str, argv: Sequence[str] | None, args, extra: Seq
              f"Seed: {args.seed}; date: {date}; models: {args.models}"
              f"{' (random-weight test models: the numbers mean nothing)' if args.models == 'tiny' else ''}; "
              f"torch threads: {torch.get_num_threads()}; machine: {os.cpu_count()} CPU cores, {platform.machine()}.",
+             *[f"Kept from an earlier run (`--update`): {domain} from `{source['command']}` ({source['date']})."
+               for domain, source in getattr(args, "kept_from", {}).items()],
              *extra, ""]
     return lines
 
@@ -441,6 +446,25 @@ def run_per_domain(args, budget: "Budget", run: Callable[..., dict]) -> dict[str
     return results
 
 
+def kept_domains(out: Path, name: str, rerun: Sequence[str]) -> dict[str, tuple[dict, dict]]:
+    """`--update`: the domains of the section in `out` that this run does not redo, each with where it came from
+    (the command and date of the run that measured it, carried over when that run kept it too)."""
+    import re
+
+    path = out / f"bench_{name}.json"
+    if not path.is_file():
+        raise SystemExit(f"--update needs an earlier {path}; run without --update first")
+    old = json.loads(path.read_text(encoding="utf-8"))
+    date = old.get("date")
+    if date is None:  # sections written before the record had a date: read it from the markdown header
+        md = path.with_suffix(".md")
+        found = re.search(r"date: ([^;]+);", md.read_text(encoding="utf-8")) if md.is_file() else None
+        date = found.group(1) if found else "date unknown"
+    sources = old.get("kept_from", {})
+    return {domain: (record, sources.get(domain, {"command": old["command"], "date": date}))
+            for domain, record in old.get("domains", {}).items() if domain not in rerun}
+
+
 def run_domain_benchmark(name: str, argv: Sequence[str] | None, parser: argparse.ArgumentParser, *,
                          run_domain: Callable[..., dict], goals: Callable[[dict], list[dict]],
                          plot: Callable[[dict, Path], str | None], markdown: Callable[..., list[str]]) -> dict:
@@ -449,10 +473,15 @@ def run_domain_benchmark(name: str, argv: Sequence[str] | None, parser: argparse
     args = parser.parse_args(argv)
     setup(args)
     budget = Budget(args.budget_s)
-    domains = run_per_domain(args, budget, run_domain)
+    kept = kept_domains(args.out, name, args.domains) if getattr(args, "update", False) else {}
+    args.kept_from = {domain: source for domain, (_, source) in kept.items()}
+    fresh = run_per_domain(args, budget, run_domain)
+    domains = {d: fresh[d] if d in fresh else kept[d][0] for d in PLANTED if d in fresh or d in kept}
+    budget.stopped_early = any(r.get("budget_limited") for r in domains.values())
     goal_rows = goals(domains)
     figure = plot(domains, args.out)
-    data = run_record(name, args, argv, budget, domains=domains, goals=goal_rows, figure=figure)
+    data = run_record(name, args, argv, budget, domains=domains, goals=goal_rows, figure=figure,
+                      kept_from=args.kept_from)
     write_section(args.out, name, markdown(domains, goal_rows, figure, args, argv, budget), data)
     return data
 
@@ -460,5 +489,5 @@ def run_domain_benchmark(name: str, argv: Sequence[str] | None, parser: argparse
 def run_record(name: str, args, argv: Sequence[str] | None, budget: "Budget", **fields: Any) -> dict:
     """The JSON record every benchmark writes: what ran, with which seed, how long, then its own fields."""
     return {"name": name, "command": command_of(f"{name}.py", argv), "seed": args.seed, "models": args.models,
-            "quick": args.quick, "seconds": budget.elapsed, "cpu_seconds": budget.cpu,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick, "seconds": budget.elapsed, "cpu_seconds": budget.cpu,
             "budget_limited": budget.stopped_early, **fields}
