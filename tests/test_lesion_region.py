@@ -154,9 +154,9 @@ def test_clear_of_lesion_also_keeps_a_ring_around_the_lesion():
     assert clear[0, 0, 0, 0] == 1  # the frame is still editable
 
 
-def test_an_off_lesion_edit_leaves_the_lesion_as_reconstructed():
-    """Through the trajectory method: the scan's own lesion is found, and its latent cells stay on the source
-    path at every candidate swap step, while the skin around it is edited."""
+def _tiny_addition_on_a_disc(attribute: str, where: str):
+    """The tiny generator adding one CXR attribute, moved to `where`, to a scan with a dark disc, toward the tiny
+    classifier's Effusion: (generator, inversion, context, attribute, trajectory)."""
     from tiny_classifier import TINY_LABELS, TINY_OP_THRESHS, make_tiny_densenet
     from tiny_generator import tiny_pipeline
     from xcounter.attributes import load_attributes
@@ -168,15 +168,21 @@ def test_an_off_lesion_edit_leaves_the_lesion_as_reconstructed():
     classifier = Classifier(make_tiny_densenet(0), TINY_LABELS, logit(TINY_OP_THRESHS), make_profile("xrv", size=32),
                             name="tiny-densenet")
     cxr = load_attributes("cxr")
-    tube = dataclasses.replace(cxr["chest_tube"], where="off_lesion")
-    attributes = dataclasses.replace(cxr, attributes=(tube,))
-    size = generator.resolution
-    image, disc = _skin_with_disc(size=size, radius=0.5)
+    moved = dataclasses.replace(cxr[attribute], where=where)
+    image, _ = _skin_with_disc(size=generator.resolution, radius=0.5)
     inversion = generator.invert(torch.from_numpy(image.mean(axis=-1))[None, None], "chest radiograph", 4)
-    context = EditContext(classifier=classifier, generator=generator, attributes=attributes, inversion=inversion,
+    context = EditContext(classifier=classifier, generator=generator,
+                          attributes=dataclasses.replace(cxr, attributes=(moved,)), inversion=inversion,
                           source_embedding=generator.embed(["chest radiograph"])[0], target="Effusion",
                           target_index=classifier.target_index("Effusion"), steps=4)
-    trajectory = get_method("trajectory", swap_steps=[2, 0]).trajectory(context, tube, "add")
+    return generator, inversion, context, moved, get_method("trajectory", swap_steps=[2, 0]).trajectory(
+        context, moved, "add")
+
+
+def test_an_off_lesion_edit_leaves_the_lesion_as_reconstructed():
+    """Through the trajectory method: the scan's own lesion is found, and its latent cells stay on the source
+    path at every candidate swap step, while the skin around it is edited."""
+    _, inversion, _, _, trajectory = _tiny_addition_on_a_disc("chest_tube", "off_lesion")
     expected = outside_lesion_region(inversion.image, trajectory.points.shape)
     assert torch.equal(trajectory.region, expected) and expected.sum() < expected.numel()
     lesion = expected[0].expand_as(trajectory.points[0]) == 0
@@ -187,26 +193,9 @@ def test_an_off_lesion_edit_leaves_the_lesion_as_reconstructed():
 def test_an_in_lesion_edit_changes_no_pixel_outside_the_lesion():
     """Through the trajectory method: every image of an "in_lesion" edit (its control points and any further
     sample) equals the unedited one wherever the pixel mask is 0, and still changes inside the lesion."""
-    from tiny_classifier import TINY_LABELS, TINY_OP_THRESHS, make_tiny_densenet
-    from tiny_generator import tiny_pipeline
-    from xcounter.attributes import load_attributes
-    from xcounter.classifiers import Classifier, logit, make_profile
-    from xcounter.generators import SDGenerator
-    from xcounter.methods import EditContext, get_method
+    from xcounter.methods import get_method
 
-    generator = SDGenerator(tiny_pipeline(1, seed=0), steps=4, name="tiny-sd")
-    classifier = Classifier(make_tiny_densenet(0), TINY_LABELS, logit(TINY_OP_THRESHS), make_profile("xrv", size=32),
-                            name="tiny-densenet")
-    cxr = load_attributes("cxr")
-    effusion = dataclasses.replace(cxr["pleural_effusion"], where="in_lesion")
-    attributes = dataclasses.replace(cxr, attributes=(effusion,))
-    size = generator.resolution
-    image, disc = _skin_with_disc(size=size, radius=0.5)
-    inversion = generator.invert(torch.from_numpy(image.mean(axis=-1))[None, None], "chest radiograph", 4)
-    context = EditContext(classifier=classifier, generator=generator, attributes=attributes, inversion=inversion,
-                          source_embedding=generator.embed(["chest radiograph"])[0], target="Effusion",
-                          target_index=classifier.target_index("Effusion"), steps=4)
-    trajectory = get_method("trajectory", swap_steps=[2, 0]).trajectory(context, effusion, "add")
+    generator, inversion, context, effusion, trajectory = _tiny_addition_on_a_disc("pleural_effusion", "in_lesion")
     mask = lesion_pixels(inversion.image)
     assert trajectory.pixels is not None and torch.equal(trajectory.pixels.mask, mask)
     outside = (mask[0, 0] == 0).expand_as(trajectory.images[0])
