@@ -489,5 +489,6 @@ def run_domain_benchmark(name: str, argv: Sequence[str] | None, parser: argparse
 def run_record(name: str, args, argv: Sequence[str] | None, budget: "Budget", **fields: Any) -> dict:
     """The JSON record every benchmark writes: what ran, with which seed, how long, then its own fields."""
     return {"name": name, "command": command_of(f"{name}.py", argv), "seed": args.seed, "models": args.models,
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick, "seconds": budget.elapsed, "cpu_seconds": budget.cpu,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick,
+            "seconds": budget.elapsed, "cpu_seconds": budget.cpu,
             "budget_limited": budget.stopped_early, **fields}
