@@ -42,7 +42,9 @@ python benchmarks/speed.py
 python benchmarks/make_report.py
 ```
 (`--quick` runs each in a few minutes; `--models tiny` runs the random-weight test models, as the tests do;
-`python benchmarks/make_report.py --run --budget-s SECONDS` runs all six in one process within a time budget.)
+`python benchmarks/make_report.py --run --budget-s SECONDS` runs all six in one process within a time budget;
+`--domains skin --update` reruns one domain and keeps the other's results, and the section says where each came
+from.)
 
 How much each planted-shortcut classifier really uses its shortcut is measured without any generator, by
 rendering the same phantom with and without the attribute (toggle checks in `reports/phantoms.md`): the share of

@@ -183,6 +183,19 @@ def test_audit_rho(out):
     assert "alert expected" in markdown
 
 
+def test_update_reruns_one_domain_and_keeps_the_other_with_its_source(out, tmp_path):
+    """`--update` (after test_audit_rho wrote both domains): the CXR record is carried over unchanged and the
+    section names the command it came from; without an earlier section it is a clear error."""
+    before = json.loads((out / "bench_audit_rho.json").read_text(encoding="utf-8"))
+    load("audit_rho").main([*QUICK, "--out", str(out), "--domains", "skin", "--update"])
+    markdown, data = written(out, "audit_rho")
+    assert list(data["domains"]) == ["cxr", "skin"] and data["domains"]["cxr"] == before["domains"]["cxr"]
+    assert data["kept_from"]["cxr"]["command"] == before["command"] and "--update" in data["command"]
+    assert f"cxr from `{before['command']}`" in markdown and data["date"].endswith("UTC")
+    with pytest.raises(SystemExit, match="needs an earlier"):
+        load("audit_rho").main([*QUICK, "--out", str(tmp_path), "--domains", "skin", "--update"])
+
+
 def test_audit_rho_with_mediation_examines_a_pathology_and_counts_mediated_flips(out):
     load("audit_rho").main([*QUICK, "--out", str(out), "--mediation", "--domains", "cxr"])
     markdown, data = written(out, "audit_rho")
