@@ -154,9 +154,9 @@ def test_clear_of_lesion_also_keeps_a_ring_around_the_lesion():
     assert clear[0, 0, 0, 0] == 1  # the frame is still editable
 
 
-def _tiny_addition_on_a_disc(attribute: str, where: str):
-    """The tiny generator adding one CXR attribute, moved to `where`, to a scan with a dark disc, toward the tiny
-    classifier's Effusion: (generator, inversion, context, attribute, trajectory)."""
+def _tiny_edit_on_a_disc(attribute: str, where: str, sign: str = "add"):
+    """The tiny generator editing one CXR attribute (`sign`), moved to `where`, on a scan with a dark disc, toward
+    the tiny classifier's Effusion: (generator, inversion, context, attribute, trajectory)."""
     from tiny_classifier import TINY_LABELS, TINY_OP_THRESHS, make_tiny_densenet
     from tiny_generator import tiny_pipeline
     from xcounter.attributes import load_attributes
@@ -176,13 +176,13 @@ def _tiny_addition_on_a_disc(attribute: str, where: str):
                           source_embedding=generator.embed(["chest radiograph"])[0], target="Effusion",
                           target_index=classifier.target_index("Effusion"), steps=4)
     return generator, inversion, context, moved, get_method("trajectory", swap_steps=[2, 0]).trajectory(
-        context, moved, "add")
+        context, moved, sign)
 
 
 def test_an_off_lesion_edit_leaves_the_lesion_as_reconstructed():
     """Through the trajectory method: the scan's own lesion is found, and its latent cells stay on the source
     path at every candidate swap step, while the skin around it is edited."""
-    _, inversion, _, _, trajectory = _tiny_addition_on_a_disc("chest_tube", "off_lesion")
+    _, inversion, _, _, trajectory = _tiny_edit_on_a_disc("chest_tube", "off_lesion")
     expected = outside_lesion_region(inversion.image, trajectory.points.shape)
     assert torch.equal(trajectory.region, expected) and expected.sum() < expected.numel()
     lesion = expected[0].expand_as(trajectory.points[0]) == 0
@@ -195,7 +195,7 @@ def test_an_in_lesion_edit_changes_no_pixel_outside_the_lesion():
     sample) equals the unedited one wherever the pixel mask is 0, and still changes inside the lesion."""
     from xcounter.methods import get_method
 
-    generator, inversion, context, effusion, trajectory = _tiny_addition_on_a_disc("pleural_effusion", "in_lesion")
+    generator, inversion, context, effusion, trajectory = _tiny_edit_on_a_disc("pleural_effusion", "in_lesion")
     mask = lesion_pixels(inversion.image)
     assert trajectory.pixels is not None and torch.equal(trajectory.pixels.mask, mask)
     outside = (mask[0, 0] == 0).expand_as(trajectory.images[0])
@@ -209,3 +209,9 @@ def test_an_in_lesion_edit_changes_no_pixel_outside_the_lesion():
     assert set(np.unique(shown)) <= {0.0, 1.0} and shown[(mask[0, 0] == 0).numpy()].max() == 0  # as it was cut
     counterfactual = get_method("trajectory", swap_steps=[2, 0]).generate(context, effusion, "add")
     assert counterfactual.region is not None and counterfactual.region.sum() <= (mask[0, 0] >= 0.5).sum()
+
+
+def test_an_in_lesion_removal_is_not_cut_inside_the_rim():
+    """A removal must reach a finding on the rim too: it gets the latent region, no pixel cut."""
+    _, inversion, _, _, trajectory = _tiny_edit_on_a_disc("pleural_effusion", "in_lesion", sign="remove")
+    assert trajectory.pixels is None and lesion_pixels(inversion.image) is not None
