@@ -446,7 +446,8 @@ def run_per_domain(args, budget: "Budget", run: Callable[..., dict]) -> dict[str
     return results
 
 
-def kept_domains(out: Path, name: str, rerun: Sequence[str]) -> dict[str, tuple[dict, dict]]:
+def kept_domains(out: Path, name: str, rerun: Sequence[str], *, seed: int, models: str,
+                 quick: bool) -> dict[str, tuple[dict, dict]]:
     """`--update`: the domains of the section in `out` that this run does not redo, each with where it came from
     (the command and date of the run that measured it, carried over when that run kept it too)."""
     import re
@@ -455,6 +456,11 @@ def kept_domains(out: Path, name: str, rerun: Sequence[str]) -> dict[str, tuple[
     if not path.is_file():
         raise SystemExit(f"--update needs an earlier {path}; run without --update first")
     old = json.loads(path.read_text(encoding="utf-8"))
+    differs = [f"{key} {old.get(key)!r} there, {value!r} here" for key, value in
+               (("seed", seed), ("models", models), ("quick", quick)) if old.get(key) != value]
+    if differs:
+        raise SystemExit(f"--update keeps results only from a run like this one, but {path} differs: "
+                         f"{'; '.join(differs)}")
     date = old.get("date")
     if date is None:  # sections written before the record had a date: read it from the markdown header
         md = path.with_suffix(".md")
@@ -473,7 +479,8 @@ def run_domain_benchmark(name: str, argv: Sequence[str] | None, parser: argparse
     args = parser.parse_args(argv)
     setup(args)
     budget = Budget(args.budget_s)
-    kept = kept_domains(args.out, name, args.domains) if getattr(args, "update", False) else {}
+    kept = kept_domains(args.out, name, args.domains, seed=args.seed, models=args.models, quick=args.quick) \
+        if getattr(args, "update", False) else {}
     args.kept_from = {domain: source for domain, (_, source) in kept.items()}
     fresh = run_per_domain(args, budget, run_domain)
     domains = {d: fresh[d] if d in fresh else kept[d][0] for d in PLANTED if d in fresh or d in kept}

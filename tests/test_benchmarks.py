@@ -194,6 +194,8 @@ def test_update_reruns_one_domain_and_keeps_the_other_with_its_source(out, tmp_p
     assert f"cxr from `{before['command']}`" in markdown and data["date"].endswith("UTC")
     with pytest.raises(SystemExit, match="needs an earlier"):
         load("audit_rho").main([*QUICK, "--out", str(tmp_path), "--domains", "skin", "--update"])
+    with pytest.raises(SystemExit, match="seed 0 there, 1 here"):
+        load("audit_rho").main([*QUICK, "--out", str(out), "--domains", "skin", "--update", "--seed", "1"])
 
 
 def test_audit_rho_with_mediation_examines_a_pathology_and_counts_mediated_flips(out):

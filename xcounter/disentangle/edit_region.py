@@ -90,7 +90,8 @@ def pixel_prior(where: str | tuple[float, float, float, float], image: torch.Ten
     coarse for; None = the latent region (`prior_region`) is the whole confinement.
 
     "in_lesion" (a finding drawn inside the lesion, its rim kept: `lesion_region.lesion_pixels`) needs the scan's
-    `image`. The bands and boxes are the image's own geometry, and the other lesion kinds reach past its edge.
+    `image`; the trajectory method cuts additions with it, not removals (which must reach a finding on the rim).
+    The bands and boxes are the image's own geometry, and the other lesion kinds reach past its edge.
     """
     if where != "in_lesion":
         return None
