@@ -143,6 +143,7 @@ def test_an_in_lesion_pixel_mask_lies_inside_the_lesion_and_keeps_its_rim():
     assert lesion_pixels(np.full((64, 64, 3), 0.7, np.float32)) is None  # no lesion: no pixel cut
     assert pixel_prior("on_lesion", torch.from_numpy(image).permute(2, 0, 1)[None]) is None  # the latent cells do
     assert pixel_prior("periphery") is None and pixel_prior("anywhere") is None
+    assert pixel_prior("in_lesion", torch.from_numpy(image).permute(2, 0, 1)[None], "remove") is None  # rim too
 
 
 def test_clear_of_lesion_also_keeps_a_ring_around_the_lesion():

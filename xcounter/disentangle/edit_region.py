@@ -84,16 +84,17 @@ def prior_region(where: str | tuple[float, float, float, float], shape: Sequence
     return region
 
 
-def pixel_prior(where: str | tuple[float, float, float, float], image: torch.Tensor | None = None
-                ) -> torch.Tensor | None:
-    """Where an attribute can be, pixel by pixel [1, 1, H, W] in [0, 1], for the attributes a latent region is too
-    coarse for; None = the latent region (`prior_region`) is the whole confinement.
+def pixel_prior(where: str | tuple[float, float, float, float], image: torch.Tensor | None = None,
+                sign: str = "add") -> torch.Tensor | None:
+    """Where an edit of an attribute may act, pixel by pixel [1, 1, H, W] in [0, 1], for the attributes a latent
+    region is too coarse for; None = the latent region (`prior_region`) is the whole confinement.
 
-    "in_lesion" (a finding drawn inside the lesion, its rim kept: `lesion_region.lesion_pixels`) needs the scan's
-    `image`; the trajectory method cuts additions with it, not removals (which must reach a finding on the rim).
-    The bands and boxes are the image's own geometry, and the other lesion kinds reach past its edge.
+    "in_lesion" additions (a finding drawn inside the lesion, its rim kept: `lesion_region.lesion_pixels`) need the
+    scan's `image`. Removals are not cut: they must reach a finding on the rim too, and their region is already
+    DiffEdit's inside the lesion's cells. The bands and boxes are the image's own geometry, and the other lesion
+    kinds reach past its edge.
     """
-    if where != "in_lesion":
+    if where != "in_lesion" or sign != "add":
         return None
     if image is None:
         raise ValueError("where 'in_lesion' needs the scan's image")

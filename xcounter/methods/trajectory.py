@@ -224,10 +224,7 @@ class TrajectoryMethod:
                                       localise=sign in self.localise,
                                       prior=prior_region(attribute.where, prefix[-1].shape, context.inversion.image),
                                       anchor=context.inversion.image if self.anchor == "scan" else None,
-                                      # additions only: new pigment must stay inside the rim, while a removal
-                                      # must reach whatever is there, rim included (its region is DiffEdit's)
-                                      pixel_prior=pixel_prior(attribute.where, context.inversion.image)
-                                      if sign == "add" else None,
+                                      pixel_prior=pixel_prior(attribute.where, context.inversion.image, sign),
                                       edit_base=None if restated is None else spliced_embedding(
                                           generator, context.prompt, restated, context.source_embedding))
         self._cache[key] = (context.inversion, trajectory)
