@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from xcounter.disentangle.edit_region import pixel_prior, prior_region
-from xcounter.disentangle.lesion_region import lesion_mask, lesion_pixels, lesion_region, outside_lesion_region
+from xcounter.disentangle.lesion_region import (ink_pixels, lesion_mask, lesion_pixels, lesion_region,
+                                                 outside_lesion_region)
 
 
 def _skin_with_disc(size: int = 64, radius: float = 0.3, hair: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -42,6 +43,28 @@ def test_a_thick_strand_joining_the_lesion_to_the_frame_does_not_hide_it():
     assert found is not None
     assert (found & disc).sum() / (found | disc).sum() > 0.85
     assert not found[:5].any()  # the strand near the frame is not lesion
+
+
+def test_an_ink_arc_hugging_the_lesion_is_not_lesion():
+    """The stroke filter blends an ink arc drawn along the lesion's edge into the lesion; it is cut out by its colour,
+    so an off-lesion edit can still reach (and remove) it."""
+    image, disc = _skin_with_disc()
+    axis = (np.arange(64) + 0.5) / 64 * 2 - 1
+    y, x = np.meshgrid(axis, axis, indexing="ij")
+    radius = np.hypot(x - 0.05, y + 0.05)
+    arc = (radius > 0.31) & (radius < 0.37) & (y < 0)  # 2 px wide, one pixel off the disc, over its top half
+    image[arc] = [0.55, 0.35, 0.6]  # gentian violet
+    assert ink_pixels(image)[arc].mean() > 0.9 and not ink_pixels(image)[~arc].any()
+    found = lesion_mask(image)
+    assert found is not None and not found[arc].any()
+    assert (found & disc).sum() / (found | disc).sum() > 0.85
+
+
+def test_ink_colour_is_neither_skin_nor_lesion_nor_veil():
+    colours = {"skin": [0.85, 0.65, 0.55], "dark skin": [0.45, 0.3, 0.22], "lesion": [0.35, 0.2, 0.12],
+               "veil": [0.55, 0.6, 0.7], "ink": [0.55, 0.35, 0.6]}
+    image = np.array([[c for c in colours.values()]], np.float32)
+    assert ink_pixels(image)[0].tolist() == [False, False, False, False, True]
 
 
 def test_no_lesion_no_mask():
