@@ -60,6 +60,15 @@ def test_an_ink_arc_hugging_the_lesion_is_not_lesion():
     assert (found & disc).sum() / (found | disc).sum() > 0.85
 
 
+def test_a_violaceous_lesion_is_still_a_lesion():
+    """Only thin ink-coloured strokes are cut: a purple blob (an angioma) is found whole."""
+    image, disc = _skin_with_disc()
+    image[disc] = [0.55, 0.35, 0.6]
+    assert ink_pixels(image)[disc].all()
+    found = lesion_mask(image)
+    assert found is not None and (found & disc).sum() / (found | disc).sum() > 0.9
+
+
 def test_ink_colour_is_neither_skin_nor_lesion_nor_veil():
     colours = {"skin": [0.85, 0.65, 0.55], "dark skin": [0.45, 0.3, 0.22], "lesion": [0.35, 0.2, 0.12],
                "veil": [0.55, 0.6, 0.7], "ink": [0.55, 0.35, 0.6]}

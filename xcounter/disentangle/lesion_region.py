@@ -9,7 +9,7 @@ when the lesion itself is kept as it is. So these edits may act only outside the
 
 The lesion is found the way dermoscopy pipelines did before trained segmenters, with no weights to ship:
 a median filter wipes out thin strokes (hair, ink, bubble rims; DullRazor's idea), though it blends an ink
-stroke running along the lesion's edge into the lesion, so ink-coloured pixels are cut out; the lesion is what
+stroke running along the lesion's edge into the lesion, so thin ink-coloured strokes are cut out; the lesion is what
 differs in colour (CIELAB distance) from the skin, read as the median of the brighter half of the image
 (neither lesion nor dark corners); an opening cuts the thin bridges hair and ink make to the frame;
 components touching the frame are dropped (dark corners, rulers and colour charts lie there, a centred
@@ -71,6 +71,16 @@ def ink_pixels(image: np.ndarray) -> np.ndarray:
     return (lab[..., 1] > INK_A) & (lab[..., 2] < INK_B)
 
 
+def ink_strokes(image: np.ndarray, width: int) -> np.ndarray:
+    """[H, W] bool: the ink-coloured pixels (`ink_pixels`) of strokes thinner than `width` pixels. Why thin only: a
+    violaceous lesion (an angioma, a bruise) is ink-coloured too, but a blob an opening of that width keeps."""
+    from scipy import ndimage
+    from skimage.morphology import disk
+
+    ink = ink_pixels(image)
+    return ink & ~ndimage.binary_opening(ink, structure=disk(max(1, width // 2)).astype(bool))
+
+
 def lesion_mask(image: np.ndarray) -> np.ndarray | None:
     """[H, W] bool: the lesion of an H x W x C dermoscopy image in [0, 1]; None when none stands out."""
     from scipy import ndimage
@@ -90,7 +100,7 @@ def lesion_mask(image: np.ndarray) -> np.ndarray | None:
     skin = np.median(brighter_half, axis=0)
     distance = np.linalg.norm(lab - skin, axis=-1)
     different = distance > COLOUR_DISTANCE
-    different &= ~ndimage.binary_dilation(ink_pixels(image), iterations=1)  # an ink stroke the filter blended in
+    different &= ~ndimage.binary_dilation(ink_strokes(image, width), iterations=1)  # strokes the filter blended in
     h, w = image.shape[:2]
     base = max(1, width // 2)
     for radius in range(base, BRIDGE_OPENINGS * base + 1, base):
