@@ -9,8 +9,8 @@ when the lesion itself is kept as it is. So these edits may act only outside the
 
 The lesion is found the way dermoscopy pipelines did before trained segmenters, with no weights to ship:
 a median filter wipes out thin strokes (hair, ink, bubble rims; DullRazor's idea), though it blends an ink
-stroke running along the lesion's edge into the lesion, so thin ink-coloured strokes are cut out; the lesion is what
-differs in colour (CIELAB distance) from the skin, read as the median of the brighter half of the image
+stroke running along the lesion's edge into the lesion, so thin ink-coloured strokes are cut out; the lesion is
+what differs in colour (CIELAB distance) from the skin, read as the median of the brighter half of the image
 (neither lesion nor dark corners); an opening cuts the thin bridges hair and ink make to the frame;
 components touching the frame are dropped (dark corners, rulers and colour charts lie there, a centred
 lesion does not); the component nearest the centre is kept, holes filled (a blue-white veil is inside the
