@@ -121,6 +121,21 @@ def test_card_and_summary_show_an_unconfirmed_shortcut_and_why():
     assert "SHORTCUT ALERT" not in line
 
 
+def test_a_shortcut_flag_that_needed_a_near_full_edit_is_shown_with_a_caution():
+    explanation = sample_explanation()
+    shortcut, drives = explanation.results[0], explanation.results[1]
+    assert (shortcut.verdict, drives.verdict) == ("shortcut", "drives")
+    shortcut.minimal_strength, drives.minimal_strength = 0.3, 0.95
+    assert "near full strength" not in render_html(explanation)  # a finding's strong edit is no shortcut flag
+    assert "near full strength" not in text_summary(explanation)
+    shortcut.minimal_strength = 0.9
+    html = render_html(explanation)
+    assert html.count("It needed an edit near full strength") == 1
+    assert "where the generator draws the most besides the chest tube" in html
+    line = next(row for row in text_summary(explanation).splitlines() if "chest_tube" in row)
+    assert "SHORTCUT ALERT" in line and "needed an edit near full strength" in line
+
+
 def test_card_shows_the_whole_generator_edit_beside_a_pruned_counterfactual():
     """A pruned flip shows what the generator drew in all, and how many of its parts the decision needed; the
     shortcut check's tile is made from the whole sample too."""

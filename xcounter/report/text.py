@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from xcounter.explanation import Explanation
-from xcounter.report.html import poor_reconstruction, reconstruction_already_warned, unedited_name
+from xcounter.report.html import (needed_near_full_strength, poor_reconstruction, reconstruction_already_warned,
+                                  unedited_name)
 
 VERDICT_WORDS = {"shortcut": "SHORTCUT ALERT", "drives": "drives", "mediated": "mediated",
                  "unconfirmed": "unconfirmed", "does not drive": "does not drive"}
@@ -50,6 +51,8 @@ def text_summary(explanation: Explanation) -> str:
                     how += f"; credited to {removal}{_flat(result.mediator)}"
                 if result.verdict == "unconfirmed" and result.core is not None:
                     how += f"; its own pixels alone do not flip it (p {result.core.probability:.2f})"
+                if needed_near_full_strength(result):
+                    how += "; needed an edit near full strength: look at the counterfactual"
             elif best is not None:
                 how = f"no flip (largest change {best.delta_probability:+.2f})"
             else:
