@@ -278,10 +278,14 @@ def phantom(domain: str, seed: int, size: int = 128, **overrides) -> tuple[np.nd
 
 
 def phantom_tensor(domain: str, seed: int, generator, **overrides) -> torch.Tensor:
-    """An unseen phantom as [1, C, H, W] at the generator's resolution."""
+    """An unseen phantom as [1, C, H, W] at the generator's resolution, brought down the way the explainer brings
+    a scan down (`generator.prepare`: antialiased bilinear, as the phantom classifiers were trained). Why not
+    another filter: the small phantom classifiers read a thin tube or ink stroke differently after a box filter
+    (`mode="area"`, used here until 2026-12-07): up to two logits apart on the same scan, so the renderer's
+    "truth" was the decision on an image the explainer never showed the classifier."""
     pixels, _, _ = phantom(domain, seed, **overrides)
     image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
-    return torch.nn.functional.interpolate(image, size=(generator.resolution,) * 2, mode="area").clamp(0, 1)
+    return generator.prepare(image, image.shape[1]).cpu()
 
 
 def renderer_margins(domain: str, seed: int, generator, classifier, base: dict,

@@ -255,6 +255,29 @@ def test_real_cause_scans_are_truly_caused_by_the_finding():
                 assert sample_attributes(domain, seed, **{finding: False})[label] == 0
 
 
+def test_renderer_truth_is_read_on_the_scan_the_explainer_explains():
+    """The renderer's margins must be the classifier's decision on the scan as the explainer sees it (brought
+    down to the generator's resolution as `generator.prepare` does), not on a differently filtered copy: a box
+    filter moved the shipped rho-0.75 chest-tube model's margin on this scan from 0.25 to 2.55."""
+    import torch
+    import xcounter
+
+    load("real_cause")  # puts benchmarks/ on the path, where _common lives
+    import _common as common
+
+    generator = xcounter.load_generator("phantom-cxr")
+    classifier = xcounter.load_classifier("phantom:cxr-shortcut-rho0.75")
+    seed, overrides = common.scan_plan("cxr", 3, 0)[2]
+    pixels, _, _ = common.phantom("cxr", seed, **overrides)
+    full = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
+    small = common.phantom_tensor("cxr", seed, generator, **overrides)
+    assert small.shape[-1] == generator.resolution < full.shape[-1]
+    with torch.no_grad():
+        expected = classifier.margins(full)  # what `Explainer.explain(pixels)` reports as the scan's decision
+        margins = common.renderer_margins("cxr", seed, generator, classifier, overrides, [None])
+    assert torch.allclose(margins, expected, atol=1e-4)
+
+
 def test_verdict_scores_count_against_the_renderer():
     module = load("real_cause")
     scans = [{"top": "a", "renderer": {"a": {"ours": True, "truth": True}, "b": {"ours": True, "truth": False}}},
