@@ -7,7 +7,11 @@ clean classifier. One product audit (`xcounter.audit`, the code `xcounter audit`
 phantoms (none of the shortcuts' diseases; each planted attribute in half the scans; the phantom's report as
 `report_text`) explains every classifier's target at once (their labels are combined into one classifier, so
 all see the same inversions). We read each planted attribute's flip rate with its bootstrap interval and the
-shortcut alerts: the rate should fall with rho, and alerts should fire at rho 1.0 and 0.75 only.
+shortcut alerts: the rate should fall with rho. Which alerts should fire is read from the renderer: the same
+phantoms redrawn with the planted attribute toggled (removed where drawn, added where not), judged by the
+classifier with the product's flip rule and the audit's own alert rule. That is what the classifier does with
+the attribute on these scans; the training protocol (alerts at rho 1.0 and 0.75) is only what it was meant to
+learn, and a rho-0.75 model may have learned too little of the shortcut to flip one decision in ten.
 
     python benchmarks/audit_rho.py                 # shipped phantom models, 30 scans per domain
     python benchmarks/audit_rho.py --quick --models tiny
@@ -101,6 +105,8 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
             limit = max(1, min(n, int(budget.seconds / max(budget.elapsed, 1e-3))))
         outcome = audit(combined, models.generator, manifest, out_dir=Path(tmp) / "audit", limit=limit,
                         progress=progress, **options)
+    toggles = renderer_toggles(domain, models, combined, rows, C.scan_plan(domain, n, args.seed)[:limit],
+                               outcome.aggregate.rule, args.seed)
     stats = {(s.target, s.attribute): s for s in outcome.aggregate.stats}
     for attribute, label, name, rho in rows:
         target = C.combined_label(label, name)
@@ -111,7 +117,8 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
             "scans": planted.scans if planted else 0, "flip_rate": planted.flip_rate if planted else None,
             "flip_rate_ci": list(planted.flip_rate_ci) if planted else None,
             "planted_alert": bool(planted.alert) if planted else False, "alerts": alerts,
-            "should_alert": SHOULD_ALERT[rho],
+            "should_alert": toggles[target, attribute]["alert"], "protocol_alert": SHOULD_ALERT[rho],
+            "renderer": toggles[target, attribute],
             # every examined attribute's rate and interval, so another alert rule can be checked from the JSON
             "examined_stats": {s.attribute: {"scans": s.scans, "flip_rate": s.flip_rate, "mediated": s.mediated,
                                              "unconfirmed": s.unconfirmed,
@@ -120,6 +127,39 @@ def run_domain(domain: str, args, total: C.Budget) -> dict:
     result.update(n_scans=outcome.aggregate.ok, n_planned=n, failed=outcome.aggregate.failed, examined=only,
                   budget_limited=limit < n, rule=outcome.aggregate.rule)
     return result
+
+
+def renderer_toggles(domain: str, models: C.DomainModels, combined, rows, plan, rule: dict,
+                     seed: int) -> dict[tuple[str, str], dict]:
+    """Per (combined target, planted attribute): the renderer's own toggle of the attribute on each audited
+    phantom (removed where drawn, added where not), its flip rate and interval, and whether the audit's alert
+    rule fires on those flips: the alert a perfect editor would raise."""
+    from xcounter.audit.aggregate import Observation, summarize
+
+    planted = list(dict.fromkeys(row[0] for row in rows))
+    flips: dict[tuple[str, str], list[Observation]] = {}
+    for phantom_seed, overrides in plan:
+        edits = [None] + [(attribute, "remove" if overrides[attribute] else "add") for attribute in planted]
+        margins = C.renderer_margins(domain, phantom_seed, models.generator, combined, overrides, edits)
+        for attribute, label, name, _ in rows:
+            target = C.combined_label(label, name)
+            index = combined.target_index(target)
+            edit = edits.index((attribute, "remove" if overrides[attribute] else "add"))
+            before, after = float(margins[0, index]), float(margins[edit, index])
+            flips.setdefault((target, attribute), []).append(Observation(
+                scan_id=str(phantom_seed), target=target, attribute=attribute, kind="renderer",
+                flipped=C.renderer_flips(before, after), minimal_strength=None, sign=edits[edit][1],
+                probability_before=None, probability_after=None, cfrt=None))
+    out = {}
+    for (target, attribute), found in flips.items():
+        stat = summarize(target, "renderer:" + attribute, found, seed=seed, threshold=rule["threshold"],
+                         min_scans=rule["min_scans"], level=rule["level"], n_resamples=rule["n_resamples"])
+        low = stat.flip_rate_ci[0]
+        out[target, attribute] = {"scans": stat.scans, "flips": stat.flips, "flip_rate": stat.flip_rate,
+                                  "flip_rate_ci": list(stat.flip_rate_ci),
+                                  "alert": bool(stat.scans >= rule["min_scans"] and low is not None
+                                                and low > rule["threshold"])}
+    return out
 
 
 def goals(domains: dict) -> list[dict]:
@@ -138,7 +178,10 @@ def goals(domains: dict) -> list[dict]:
             for r in rows:
                 wrong = (not r["planted_alert"]) if r["should_alert"] else bool(r["alerts"])
                 who = "clean" if r["rho"] is None else f"rho {r['rho']}"
-                wanted = f"alert for {attribute}" if r["should_alert"] else "no alert at all"
+                toggles = r.get("renderer") or {}
+                reason = "" if not toggles else \
+                    f" (the renderer's toggles flip {toggles['flips']} of {toggles['scans']})"
+                wanted = (f"alert for {attribute}" if r["should_alert"] else "no alert at all") + reason
                 seen = ", ".join(r["alerts"]) or "none"
                 out.append(C.goal_row(f"{name}: {who}: {wanted}", f"alerts: {seen}", not wrong))
     return out
@@ -194,11 +237,21 @@ def markdown(domains: dict, goal_rows: list[dict], figure: str | None, args, arg
                          (r.get("examined_stats", {}).get(r["attribute"], {}).get("mediated", 0)),
                          (r.get("examined_stats", {}).get(r["attribute"], {}).get("unconfirmed", 0)),
                          "yes" if r["planted_alert"] else "no", ", ".join(r["alerts"]) or "none",
-                         "yes" if r["should_alert"] else "no"])
+                         _renderer_cell(r.get("renderer")), "yes" if r["should_alert"] else "no",
+                         "yes" if r.get("protocol_alert", r["should_alert"]) else "no"])
     lines += C.table(["domain", "classifier", "rho", "planted", "N scans", "flip rate", "95% CI",
-                      "mediated flips (not in the rate)", "unconfirmed flips (not in the rate)", "planted alert", "all alerts", "alert expected"], rows)
+                      "mediated flips (not in the rate)", "unconfirmed flips (not in the rate)", "planted alert",
+                      "all alerts", "renderer's toggles: flip rate [95% CI]", "alert expected (renderer)",
+                      "alert by the training protocol"], rows)
     lines += C.missing_models(domains)
     return lines + C.closing(goal_rows, figure, "audits by rho")
+
+
+def _renderer_cell(toggles: dict | None) -> str:
+    if not toggles:
+        return "n/a"
+    low, high = toggles["flip_rate_ci"]
+    return f"{toggles['flip_rate']:.2f}" + ("" if low is None else f" [{low:.2f}, {high:.2f}]")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

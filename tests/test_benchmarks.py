@@ -177,10 +177,45 @@ def test_audit_rho(out):
         assert rows[(f"{name}-clean", planted[1])]["rho"] is None
         for row in rows.values():
             assert row["scans"] == 1 and unit(row["flip_rate"])
-            assert row["should_alert"] == (row["rho"] in (1.0, 0.75))
+            assert row["protocol_alert"] == (row["rho"] in (1.0, 0.75))
             assert row["planted_alert"] is False  # one scan is below the alert rule's minimum
+            # the renderer's own toggles on the same scan; one scan is below the alert rule's minimum as well
+            toggles = row["renderer"]
+            assert toggles["scans"] == 1 and toggles["flips"] in (0, 1) and toggles["flip_rate"] == toggles["flips"]
+            assert row["should_alert"] is toggles["alert"] is False
     assert any("falls with rho" in g["goal"] for g in data["goals"])
-    assert "alert expected" in markdown
+    assert "alert expected (renderer)" in markdown and "renderer's toggles flip" in markdown
+
+
+def test_audit_rho_expects_the_alert_the_renderers_toggles_raise(monkeypatch):
+    """Which alerts a planted classifier should raise is read from the renderer's own toggles under the audit's
+    rule: toggles that flip 8 of 10 decisions call for an alert, 1 of 10 does not, whatever rho was planted."""
+    import torch
+
+    module = load("audit_rho")
+    common = module.C
+    flipping = {"strong@a": set(range(8)), "weak@b": {3}}  # scan indices whose toggle flips each target
+    labels = list(flipping)
+
+    def margins(domain, seed, generator, classifier, base, edits):
+        scan = seed - 100
+        rows = [[2.0, 2.0]] + [[-2.0 if scan in flipping[label] else 1.5 for label in labels] for _ in edits[1:]]
+        return torch.tensor(rows)
+
+    class Combined:
+        def target_index(self, target):
+            return labels.index(target)
+
+    monkeypatch.setattr(common, "renderer_margins", margins)
+    rows = [("ruler", "strong", "a", 1.0), ("ruler", "weak", "b", 0.75)]
+    plan = [(100 + i, {"ruler": i % 2 == 0}) for i in range(10)]
+    rule = {"threshold": 0.1, "min_scans": 5, "level": 0.95, "n_resamples": 500}
+    models = type("Models", (), {"generator": None})()
+    out = module.renderer_toggles("skin", models, Combined(), rows, plan, rule, seed=0)
+    strong, weak = out["strong@a", "ruler"], out["weak@b", "ruler"]
+    assert (strong["flips"], strong["scans"], strong["alert"]) == (8, 10, True)
+    assert (weak["flips"], weak["scans"], weak["alert"]) == (1, 10, False)
+    assert weak["flip_rate_ci"][0] <= 0.1 < strong["flip_rate_ci"][0]
 
 
 def test_update_reruns_one_domain_and_keeps_the_other_with_its_source(out, tmp_path):
