@@ -175,6 +175,16 @@ def goals(domains: dict) -> list[dict]:
                 out.append(C.goal_row(f"{name}: flip rate falls with rho "
                                       f"({', '.join(str(r['rho']) for r in shortcut)})",
                                       " > ".join(f"{v:.2f}" for v in rates), ordered))
+            measured = [r for r in rows if r.get("renderer") and r["flip_rate_ci"] and r["flip_rate_ci"][0] is not None]
+            if measured:
+                outside = [r for r in measured if not r["flip_rate_ci"][0] <= r["renderer"]["flip_rate"]
+                           <= r["flip_rate_ci"][1]]
+                seen = "; ".join(f"{'clean' if r['rho'] is None else 'rho ' + str(r['rho'])}: {r['flip_rate']:.2f} "
+                                 f"[{r['flip_rate_ci'][0]:.2f}, {r['flip_rate_ci'][1]:.2f}] vs "
+                                 f"{r['renderer']['flip_rate']:.2f}" for r in outside) or \
+                    f"all {len(measured)} inside"
+                out.append(C.goal_row(f"{name}: flip rate agrees with the renderer's toggles (their rate inside our "
+                                      f"95% interval, every classifier)", seen, not outside))
             for r in rows:
                 wrong = (not r["planted_alert"]) if r["should_alert"] else bool(r["alerts"])
                 who = "clean" if r["rho"] is None else f"rho {r['rho']}"
@@ -202,9 +212,13 @@ def plot(domains: dict, out: Path) -> str | None:
         high = [r["flip_rate_ci"][1] - r["flip_rate"] if r["flip_rate_ci"][1] is not None else 0 for r in rows]
         colours = ["#b3261e" if r["planted_alert"] else "#5f6368" for r in rows]
         ax.bar(names, rates, yerr=[low, high], color=colours, capsize=4)
+        toggled = [(n, r["renderer"]["flip_rate"]) for n, r in zip(names, rows) if r.get("renderer")]
+        if toggled:  # what a perfect editor would measure on the same scans
+            ax.scatter(*zip(*toggled), marker="D", color="#1a73e8", zorder=3, label="renderer's toggles")
         threshold = result.get("rule", {}).get("threshold")
         if threshold is not None:
             ax.axhline(threshold, color="#b3261e", linestyle="--", linewidth=1, label="alert threshold")
+        if threshold is not None or toggled:
             ax.legend(fontsize=7)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("flip rate of the planted attribute")

@@ -184,6 +184,7 @@ def test_audit_rho(out):
             assert toggles["scans"] == 1 and toggles["flips"] in (0, 1) and toggles["flip_rate"] == toggles["flips"]
             assert row["should_alert"] is toggles["alert"] is False
     assert any("falls with rho" in g["goal"] for g in data["goals"])
+    assert sum("agrees with the renderer's toggles" in g["goal"] for g in data["goals"]) == 4  # one per ladder
     assert "alert expected (renderer)" in markdown and "renderer's toggles flip" in markdown
 
 
@@ -216,6 +217,31 @@ def test_audit_rho_expects_the_alert_the_renderers_toggles_raise(monkeypatch):
     assert (strong["flips"], strong["scans"], strong["alert"]) == (8, 10, True)
     assert (weak["flips"], weak["scans"], weak["alert"]) == (1, 10, False)
     assert weak["flip_rate_ci"][0] <= 0.1 < strong["flip_rate_ci"][0]
+
+
+def test_audit_rho_goals_hold_the_flip_rate_to_the_renderers_and_alerts_to_its_alert():
+    """A flip rate whose interval misses the renderer's toggle rate fails the agreement goal, and an alert the
+    renderer's toggles do not call for fails that classifier's alert goal (a rho-0.75 model that barely uses
+    its shortcut), whatever rho was planted."""
+    module = load("audit_rho")
+
+    def row(rho, rate, ci, renderer_rate, alert, expected):
+        return {"attribute": "ink", "label": "Melanoma", "rho": rho, "scans": 30, "flip_rate": rate,
+                "flip_rate_ci": ci, "planted_alert": alert, "alerts": ["ink"] if alert else [],
+                "should_alert": expected, "renderer": {"flips": round(30 * renderer_rate), "scans": 30,
+                                                       "flip_rate": renderer_rate}}
+
+    domains = {"skin": {"shortcuts": [["ink", "Melanoma"]], "rows": [
+        row(1.0, 0.67, [0.50, 0.83], 0.53, True, True), row(0.75, 0.43, [0.27, 0.60], 0.03, True, False),
+        row(0.5, 0.0, [0.0, 0.0], 0.0, False, False)]}}
+    goals = {g["goal"].split(" (")[0]: g["status"] for g in module.goals(domains)}
+    assert goals["skin: ink -> Melanoma: flip rate agrees with the renderer's toggles"] == "MISSED"
+    assert goals["skin: ink -> Melanoma: rho 1.0: alert for ink"] == "met"
+    assert goals["skin: ink -> Melanoma: rho 0.75: no alert at all"] == "MISSED"
+    assert goals["skin: ink -> Melanoma: rho 0.5: no alert at all"] == "met"
+    domains["skin"]["rows"][1] = row(0.75, 0.13, [0.03, 0.27], 0.13, False, False)
+    goals = {g["goal"].split(" (")[0]: g["status"] for g in module.goals(domains)}
+    assert set(goals.values()) == {"met"}
 
 
 def test_update_reruns_one_domain_and_keeps_the_other_with_its_source(out, tmp_path):
