@@ -51,6 +51,11 @@ rendering the same phantom with and without the attribute (toggle checks in `rep
 decisions that flip is chest_tube 96% / 40% / 11% at rho 1.0 / 0.75 / 0.5, ruler 92.5% / 57.5% / 7.5%, ink_marking
 75% / 40% / 7.5%, and portable_label 100% / 17% / 2% (15 epochs since 2026-11-26; at 5 epochs: 43% / 0% / 0%). Read the
 faithfulness and audit rows against these: an explainer should flag what the classifier uses, not what was planted.
+Those checks count any change of sign on the classifiers' own test distribution; on the benchmark scans (no
+pneumothorax, no consolidation) and with the product's flip rule (one logit past the threshold) the toggles flip
+fewer: the audit table's renderer column (rho-0.75 chest tube 4 of 30 scans, portable label 1, ruler 9, ink 1), from
+which the audit's expected alerts are read. Every renderer edit is judged on the phantom brought down as the
+explainer brings a scan down (`generator.prepare`; `docs/CONTRACTS.md`, "Benchmarks' ground truth").
 The clean classifiers (retrained 2026-11-26 on 10,000 CXR and 30,000 skin phantoms) ignore every planted attribute
 (toggles flip chest_tube 1%, portable_label 0%, ruler 2.5%, ink_marking 5% of decisions, near-threshold scans) and
 follow their findings (effusion 98%): any flag on a clean classifier is a false alarm, and it comes from a generator
