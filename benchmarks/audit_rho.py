@@ -147,18 +147,15 @@ def renderer_toggles(domain: str, models: C.DomainModels, combined, rows, plan, 
             edit = edits.index((attribute, "remove" if overrides[attribute] else "add"))
             before, after = float(margins[0, index]), float(margins[edit, index])
             flips.setdefault((target, attribute), []).append(Observation(
-                scan_id=str(phantom_seed), target=target, attribute=attribute, kind="renderer",
+                scan_id=str(phantom_seed), target=target, attribute=attribute, kind=models.attributes[attribute].kind,
                 flipped=C.renderer_flips(before, after), minimal_strength=None, sign=edits[edit][1],
                 probability_before=None, probability_after=None, cfrt=None))
     out = {}
     for (target, attribute), found in flips.items():
         stat = summarize(target, "renderer:" + attribute, found, seed=seed, threshold=rule["threshold"],
                          min_scans=rule["min_scans"], level=rule["level"], n_resamples=rule["n_resamples"])
-        low = stat.flip_rate_ci[0]
         out[target, attribute] = {"scans": stat.scans, "flips": stat.flips, "flip_rate": stat.flip_rate,
-                                  "flip_rate_ci": list(stat.flip_rate_ci),
-                                  "alert": bool(stat.scans >= rule["min_scans"] and low is not None
-                                                and low > rule["threshold"])}
+                                  "flip_rate_ci": list(stat.flip_rate_ci), "alert": stat.alert}
     return out
 
 

@@ -211,7 +211,7 @@ def test_audit_rho_expects_the_alert_the_renderers_toggles_raise(monkeypatch):
     rows = [("ruler", "strong", "a", 1.0), ("ruler", "weak", "b", 0.75)]
     plan = [(100 + i, {"ruler": i % 2 == 0}) for i in range(10)]
     rule = {"threshold": 0.1, "min_scans": 5, "level": 0.95, "n_resamples": 500}
-    models = type("Models", (), {"generator": None})()
+    models = type("Models", (), {"generator": None, "attributes": {"ruler": type("Ruler", (), {"kind": "artifact"})}})()
     out = module.renderer_toggles("skin", models, Combined(), rows, plan, rule, seed=0)
     strong, weak = out["strong@a", "ruler"], out["weak@b", "ruler"]
     assert (strong["flips"], strong["scans"], strong["alert"]) == (8, 10, True)
