@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from xcounter.disentangle.edit_region import pixel_prior, prior_region
-from xcounter.disentangle.lesion_region import (ink_pixels, lesion_mask, lesion_pixels, lesion_region,
-                                                 outside_lesion_region)
+from xcounter.disentangle.lesion_region import (beside_lesion_pixels, ink_pixels, lesion_mask, lesion_pixels,
+                                                 lesion_region, outside_lesion_region)
 
 
 def _skin_with_disc(size: int = 64, radius: float = 0.3, hair: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -124,11 +124,12 @@ def test_lesion_region_covers_the_lesion_and_a_margin_and_nothing_far_from_it():
 
 
 def test_off_lesion_prior_needs_the_scan():
-    for where in ("off_lesion", "clear_of_lesion", "on_lesion", "in_lesion"):
+    for where in ("off_lesion", "beside_lesion", "clear_of_lesion", "on_lesion", "in_lesion"):
         with pytest.raises(ValueError, match=where):
             prior_region(where, (1, 4, 16, 16))
-    with pytest.raises(ValueError, match="in_lesion"):
-        pixel_prior("in_lesion")
+    for where in ("in_lesion", "beside_lesion"):
+        with pytest.raises(ValueError, match=where):
+            pixel_prior(where)
     image, _ = _skin_with_disc()
     region = prior_region("off_lesion", (1, 4, 16, 16), torch.from_numpy(image).permute(2, 0, 1)[None])
     assert region is not None and region[0, 0, 8, 8] == 0
@@ -138,9 +139,9 @@ def test_skin_artifacts_that_lie_on_or_around_the_lesion_are_kept_off_it():
     from xcounter.attributes import load_attributes
 
     skin = load_attributes("skin")
-    assert {a.name for a in skin if a.where == "off_lesion"} == {"ink_marking"}  # its arc lies just off the rim
+    assert {a.name for a in skin if a.where == "beside_lesion"} == {"ink_marking"}  # its arc lies just off the rim
     assert {a.name for a in skin if a.where == "clear_of_lesion"} == {"hair", "gel_bubbles"}
-    assert all(a.kind == "artifact" for a in skin if a.where in ("off_lesion", "clear_of_lesion"))
+    assert all(a.kind == "artifact" for a in skin if a.where in ("beside_lesion", "clear_of_lesion"))
 
 
 def test_findings_inside_the_lesion_are_edited_only_on_it():
@@ -185,6 +186,51 @@ def test_clear_of_lesion_also_keeps_a_ring_around_the_lesion():
     clear = prior_region("clear_of_lesion", (1, 4, 16, 16), tensor)
     assert torch.all(clear <= off) and clear.sum() < off.sum()  # a ring of cells more is kept
     assert clear[0, 0, 0, 0] == 1  # the frame is still editable
+
+
+def _angle_from(centre: tuple[float, float], mask: np.ndarray) -> np.ndarray:
+    """The angles (radians, image axes: y down) of a mask's pixels seen from `centre` (row, column)."""
+    rows, cols = np.nonzero(mask)
+    return np.arctan2(rows + 0.5 - centre[0], cols + 0.5 - centre[1])
+
+
+def test_an_ink_marking_is_added_in_one_sector_beside_the_lesion_facing_the_image_centre():
+    """A surgeon's mark is a short arc on one side: the addition's pixel mask is one sector of the skin around the
+    lesion (not a ring), off the lesion, facing the widest skin; a centred lesion's faces up."""
+    image, disc = _skin_with_disc(radius=0.25)
+    image, disc = np.roll(image, (10, -10), axis=(0, 1)), np.roll(disc, (10, -10), axis=(0, 1))  # down and left
+    tensor = torch.from_numpy(image).permute(2, 0, 1)[None]
+    mask = beside_lesion_pixels(tensor)
+    assert mask is not None and mask.shape == (1, 1, 64, 64)
+    sector = mask[0, 0].numpy()
+    assert sector[disc].max() == 0  # the lesion itself is never drawn on
+    rows, cols = np.nonzero(disc)
+    centre = (rows.mean() + 0.5, cols.mean() + 0.5)
+    angles = _angle_from(centre, sector > 0.5)
+    facing = np.arctan2(32 - centre[0], 32 - centre[1])  # towards the image's centre: up and right
+    spread = np.abs((angles - facing + np.pi) % (2 * np.pi) - np.pi)
+    assert spread.max() <= np.radians(135 / 2 + 5)  # one sector of about 135 degrees, not a ring
+    assert spread.max() >= np.radians(135 / 2 - 10)
+    rows, cols = np.nonzero(sector > 0.5)
+    reach = np.hypot(rows + 0.5 - centre[0], cols + 0.5 - centre[1]) / np.sqrt(disc.sum() / np.pi)
+    assert reach.min() >= 0.9 and reach.max() <= 1.95  # just beside the rim, where the renderer's arc is drawn
+    narrow = beside_lesion_pixels(tensor, degrees=60.0)[0, 0].numpy()
+    assert (narrow > 0.5).sum() < 0.6 * (sector > 0.5).sum()
+    centred, _ = _skin_with_disc(radius=0.25)  # its centre 2 pixels from the image's
+    up = beside_lesion_pixels(centred)[0, 0].numpy()
+    rows, _ = np.nonzero(up > 0.5)
+    assert rows.max() < 32  # faces up: drawn above the lesion
+    assert beside_lesion_pixels(np.full((64, 64, 3), 0.7, np.float32)) is None  # no lesion: no cut
+
+
+def test_a_beside_lesion_attribute_is_removed_anywhere_off_the_lesion_and_added_in_its_sector():
+    image, _ = _skin_with_disc(radius=0.25)
+    tensor = torch.from_numpy(image).permute(2, 0, 1)[None]
+    assert torch.equal(prior_region("beside_lesion", (1, 4, 16, 16), tensor),
+                       prior_region("off_lesion", (1, 4, 16, 16), tensor))  # the same latent cells
+    assert pixel_prior("beside_lesion", tensor, "remove") is None  # a removal must reach ink wherever it is
+    assert pixel_prior("off_lesion", tensor, "add") is None
+    assert torch.equal(pixel_prior("beside_lesion", tensor, "add"), beside_lesion_pixels(tensor))
 
 
 def _tiny_edit_on_a_disc(attribute: str, where: str, sign: str = "add"):
@@ -248,3 +294,16 @@ def test_an_in_lesion_removal_is_not_cut_inside_the_rim():
     """A removal must reach a finding on the rim too: it gets the latent region, no pixel cut."""
     _, inversion, _, _, trajectory = _tiny_edit_on_a_disc("pleural_effusion", "in_lesion", sign="remove")
     assert trajectory.pixels is None and lesion_pixels(inversion.image) is not None
+
+
+def test_a_beside_lesion_addition_changes_no_pixel_outside_its_sector_and_a_removal_is_not_cut():
+    """Through the trajectory method: an ink addition is drawn only in its sector beside the lesion, so it can be
+    no ring; its removal has no pixel cut, so ink anywhere off the lesion can be taken away."""
+    _, inversion, _, _, trajectory = _tiny_edit_on_a_disc("chest_tube", "beside_lesion")
+    mask = beside_lesion_pixels(inversion.image)
+    assert mask is not None and trajectory.pixels is not None and torch.equal(trajectory.pixels.mask, mask)
+    outside = (mask[0, 0] == 0).expand_as(trajectory.images[0])
+    assert torch.equal(trajectory.images[:, outside], trajectory.images[0][outside].expand(len(trajectory.images), -1))
+    assert torch.equal(trajectory.region, outside_lesion_region(inversion.image, trajectory.points.shape))
+    removal = _tiny_edit_on_a_disc("chest_tube", "beside_lesion", sign="remove")[-1]
+    assert removal.pixels is None

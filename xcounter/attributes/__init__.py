@@ -19,11 +19,12 @@ SPURIOUS_KINDS = ("device", "artifact", "acquisition")
 #: where in the image an attribute can be (`Attribute.where`): edits of a "periphery" attribute (rulers,
 #: colour charts) act only in the image's outer band, of a "top" one (film markers) only along its top edge;
 #: a box [top, bottom, left, right] (fractions of the image's height and width) confines them to that box;
-#: "off_lesion" ones (skin ink) act only off the scan's own lesion (`lesion_region`), "clear_of_lesion" ones
+#: "off_lesion" ones act only off the scan's own lesion (`lesion_region`), "beside_lesion" ones (skin ink) too,
+#: and are added in one sector beside it (`edit_region.pixel_prior`), "clear_of_lesion" ones
 #: (skin hair, gel bubbles) only clear of it, past a margin, "on_lesion" ones (dots: findings on the lesion and
 #: its rim) only on it (`edit_region.prior_region`), and "in_lesion" ones (a veil, variegation: drawn inside the
 #: lesion, its outline kept) on it and, pixel by pixel, only inside its rim (`edit_region.pixel_prior`)
-WHERE = ("anywhere", "periphery", "top", "off_lesion", "clear_of_lesion", "on_lesion", "in_lesion")
+WHERE = ("anywhere", "periphery", "top", "off_lesion", "beside_lesion", "clear_of_lesion", "on_lesion", "in_lesion")
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def prior_region(where: str | tuple[float, float, float, float], shape: Sequence
                  image: torch.Tensor | None = None) -> torch.Tensor | None:
     """Where an attribute can be, as a latent region [1, 1, h, w] in {0, 1}; None = anywhere.
 
-    "off_lesion", "clear_of_lesion" (the lesion grown by `lesion_region.LESION_MARGIN`), "on_lesion" and
+    "off_lesion", "beside_lesion", "clear_of_lesion" (the lesion grown by `lesion_region.LESION_MARGIN`), "on_lesion" and
     "in_lesion" depend on the scan: `image` ([1, C, H, W] in [0, 1]) is where its lesion is found.
 
     Why: an attribute's language direction is entangled with everything else in the report, so the
@@ -55,7 +55,7 @@ def prior_region(where: str | tuple[float, float, float, float], shape: Sequence
     """
     if where == "anywhere":
         return None
-    if where in ("off_lesion", "clear_of_lesion"):
+    if where in ("off_lesion", "beside_lesion", "clear_of_lesion"):
         if image is None:
             raise ValueError(f"where '{where}' needs the scan's image")
         from xcounter.disentangle.lesion_region import LESION_MARGIN, outside_lesion_region
@@ -89,17 +89,18 @@ def pixel_prior(where: str | tuple[float, float, float, float], image: torch.Ten
     """Where an edit of an attribute may act, pixel by pixel [1, 1, H, W] in [0, 1], for the attributes a latent
     region is too coarse for; None = the latent region (`prior_region`) is the whole confinement.
 
-    "in_lesion" additions (a finding drawn inside the lesion, its rim kept: `lesion_region.lesion_pixels`) need the
-    scan's `image`. Removals are not cut: they must reach a finding on the rim too, and their region is already
-    DiffEdit's inside the lesion's cells. The bands and boxes are the image's own geometry, and the other lesion
-    kinds reach past its edge.
+    Additions only, and they need the scan's `image`: "in_lesion" ones (a finding drawn inside the lesion, its rim
+    kept: `lesion_region.lesion_pixels`) and "beside_lesion" ones (an ink marking, drawn in one sector of the skin
+    beside the lesion: `lesion_region.beside_lesion_pixels`). Removals are not cut: they must reach a finding
+    wherever the scan has it, and their region is already DiffEdit's inside the prior's cells. The bands and boxes
+    are the image's own geometry, and the other lesion kinds reach past its edge.
     """
-    if where != "in_lesion" or sign != "add":
+    if where not in ("in_lesion", "beside_lesion") or sign != "add":
         return None
     if image is None:
-        raise ValueError("where 'in_lesion' needs the scan's image")
-    from xcounter.disentangle.lesion_region import lesion_pixels
-    return lesion_pixels(image)
+        raise ValueError(f"where '{where}' needs the scan's image")
+    from xcounter.disentangle.lesion_region import beside_lesion_pixels, lesion_pixels
+    return lesion_pixels(image) if where == "in_lesion" else beside_lesion_pixels(image)
 
 
 def probe_steps(steps: int, strengths: Sequence[float] = DEFAULT_PROBE_STRENGTHS) -> list[int]:
