@@ -61,10 +61,10 @@ The clean classifiers (retrained 2026-11-26 on 10,000 CXR and 30,000 skin phanto
 follow their findings (effusion 98%): any flag on a clean classifier is a false alarm, and it comes from a generator
 edit that changed more than its attribute. The same audits with the attribute oracle's mediation check and the
 pathologies examined too (`python benchmarks/audit_rho.py --mediation --domains cxr|skin`) are in
-`reports/audit_rho_mediation_cxr.md` and `reports/audit_rho_mediation_skin.md`: 2 of their 24 goals missed, as
-without the oracle, and the same two (every clean and rho-0.5 control is silent, and every CXR and ruler rate agrees
-with the renderer's toggles; missed: the rho-0.75 ink model alerts, 0.37 of flips against the toggles' 0.03,
-because the generator draws a ring of ink where the renderer draws an arc). CXR shortcut flags are checked on the
+`reports/audit_rho_mediation_cxr.md` and `reports/audit_rho_mediation_skin.md`: none of their 24 goals missed, as
+without the oracle (every clean and rho-0.5 control is silent, and every flip rate agrees with the renderer's
+toggles; the rho-0.75 ink model stopped alerting once ink was added as one arc beside the lesion, not a ring round
+it: `where: beside_lesion`, 2026-12-07). CXR shortcut flags are checked on the
 edit's own pixels (the CXR generator's `confirm_shortcuts`, `xcounter.confirmation`): a flip the drawn device
 alone does not make is *unconfirmed*, neither a flag nor in an audit's flip rate; the numbers with and without
 the check are in `docs/CONTRACTS.md` (Engine). Both phantom generators draw counterfactuals onto the scan itself
