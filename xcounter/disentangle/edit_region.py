@@ -44,8 +44,9 @@ def prior_region(where: str | tuple[float, float, float, float], shape: Sequence
                  image: torch.Tensor | None = None) -> torch.Tensor | None:
     """Where an attribute can be, as a latent region [1, 1, h, w] in {0, 1}; None = anywhere.
 
-    "off_lesion", "beside_lesion", "clear_of_lesion" (the lesion grown by `lesion_region.LESION_MARGIN`), "on_lesion" and
-    "in_lesion" depend on the scan: `image` ([1, C, H, W] in [0, 1]) is where its lesion is found.
+    "off_lesion", "beside_lesion" (the same cells), "clear_of_lesion" (the lesion grown by
+    `lesion_region.LESION_MARGIN`), "on_lesion" and "in_lesion" depend on the scan: `image` ([1, C, H, W] in [0, 1])
+    is where its lesion is found.
 
     Why: an attribute's language direction is entangled with everything else in the report, so the
     generator's "remove the portable label" also brightened both lung fields and the clean Consolidation
