@@ -24,9 +24,10 @@ POOR_RECONSTRUCTION_ERROR = 0.05
 #: structural similarity below which the reconstruction is untrustworthy
 POOR_RECONSTRUCTION_SSIM = 0.5
 #: a shortcut flag whose edit had to reach at least this strength is shown with a caution, not dropped. Why: near
-#: full strength a generator draws most besides the attribute (phantom-skin scribbles ink and pale patches round
-#: the lesion): every false alarm left on the skin faithfulness benchmark's clean and rho-0.5 classifiers came at
-#: 0.81-0.97, but flags the renderer confirms reach 0.94 too, so a cap would drop true ones (docs/CONTRACTS.md)
+#: full strength a generator draws most besides the attribute (phantom-skin scribbled ink and pale patches round
+#: the lesion): while ink could be added anywhere off the lesion, every false alarm on the skin faithfulness
+#: benchmark's clean and rho-0.5 classifiers came at 0.81-0.97, but flags the renderer confirms reach 0.94 too, so a
+#: cap would drop true ones (docs/CONTRACTS.md)
 NEAR_FULL_STRENGTH = 0.8
 
 VERDICT_STYLE = {
