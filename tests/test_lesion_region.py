@@ -69,6 +69,39 @@ def test_a_violaceous_lesion_is_still_a_lesion():
     assert found is not None and (found & disc).sum() / (found | disc).sum() > 0.9
 
 
+def _two_tone_lesion(size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dark skin with a variegated lesion: a tan half (lighter than the skin) and a near-black half, split by a
+    seam of the skin's own colour, as the stroke filter blurs the boundary between them (scan 10000026)."""
+    axis = (np.arange(size) + 0.5) / size * 2 - 1
+    y, x = np.meshgrid(axis, axis, indexing="ij")
+    disc = np.hypot(x, y) < 0.35
+    image = np.broadcast_to(np.array([0.45, 0.3, 0.22], np.float32), (size, size, 3)).copy()
+    image[disc & (x < -0.03)] = [0.85, 0.6, 0.45]
+    image[disc & (x > 0.03)] = [0.12, 0.07, 0.05]  # a 2-pixel seam
+    return image, disc, y
+
+
+def test_a_variegated_lesion_split_by_a_skin_coloured_seam_is_found_whole():
+    """Both halves are lesion: keeping the part nearest the centre alone drew a veil into the tan half and an ink
+    arc over the dark one."""
+    image, disc, _ = _two_tone_lesion()
+    found = lesion_mask(image)
+    assert found is not None
+    assert (found & disc).sum() / (found | disc).sum() > 0.85
+
+
+def test_a_white_blob_beside_the_lesion_is_not_joined_to_it():
+    """A gel bubble or a glare stands out from the skin too, but it is brighter and greyer than the skin."""
+    image, disc = _skin_with_disc()
+    axis = (np.arange(64) + 0.5) / 64 * 2 - 1
+    y, x = np.meshgrid(axis, axis, indexing="ij")
+    blob = np.hypot(x - 0.05, y - 0.42) < 0.1  # 2 px off the lesion's lower edge
+    image[blob] = [0.97, 0.97, 0.97]
+    found = lesion_mask(image)
+    assert found is not None and not found[blob].any()
+    assert (found & disc).sum() / (found | disc).sum() > 0.85
+
+
 def test_ink_colour_is_neither_skin_nor_lesion_nor_veil():
     colours = {"skin": [0.85, 0.65, 0.55], "dark skin": [0.45, 0.3, 0.22], "lesion": [0.35, 0.2, 0.12],
                "veil": [0.55, 0.6, 0.7], "ink": [0.55, 0.35, 0.6]}

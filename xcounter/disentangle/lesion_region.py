@@ -69,6 +69,12 @@ BESIDE_RING = (0.9, 1.9)
 #: a lesion whose centre lies within this fraction of the image side of the image's centre faces up (its sector
 #: is drawn above it); any other faces the image's centre, where the skin around it is widest
 CENTRED = 0.05
+#: parts of the lesion found this close to the part nearest the centre (a fraction of the image side) are joined
+#: to it, and the seam between them closed. Why: a variegated lesion's tan part on dark skin is split from its dark
+#: part by a seam whose colour, blurred by the stroke filter, is the skin's; the finder kept the tan part alone, so
+#: a veil was drawn into it and an ink arc over the dark part. On 300 skin phantoms 6 lesions change, all for the
+#: better (mean IoU 0.810 -> 0.814, variegated ones 0.701 -> 0.716); at 0.1 more change and 21 get worse
+JOIN_GAP = 0.05
 
 
 def ink_pixels(image: np.ndarray) -> np.ndarray:
@@ -121,11 +127,31 @@ def lesion_mask(image: np.ndarray) -> np.ndarray | None:
     rows, cols = np.nonzero(labels)
     nearest = np.argmin((rows + 0.5 - h / 2) ** 2 + (cols + 0.5 - w / 2) ** 2)
     mask = labels == labels[rows[nearest], cols[nearest]]
+    mask = _join_split_parts(mask, labels, lab, skin, max(1, int(round(JOIN_GAP * max(h, w)))))
     if radius > base:  # give back the rim the wider opening shaved off (and a stub of the bridge it cut)
         mask = ndimage.binary_dilation(mask, structure=disk(radius - base).astype(bool)) & different
     mask = ndimage.binary_fill_holes(mask)
     area = float(mask.mean())
     return mask if MIN_AREA <= area <= MAX_AREA else None
+
+
+def _join_split_parts(mask: np.ndarray, labels: np.ndarray, lab: np.ndarray, skin: np.ndarray,
+                      gap: int) -> np.ndarray:
+    """`mask` (the lesion part chosen) with the other labelled parts within `gap` pixels of it, and the seams
+    between them closed (`JOIN_GAP`). A part brighter and greyer than the skin is left out: a gel bubble's rim or
+    a glare stands out from the skin too, and lies beside lesions, but no lesion is whiter than its skin."""
+    from scipy import ndimage
+    from skimage.morphology import disk
+
+    ball = disk(gap).astype(bool)
+    near = np.unique(labels[ndimage.binary_dilation(mask, structure=ball) & (labels > 0)])
+    chroma = np.hypot(lab[..., 1], lab[..., 2])
+    skin_chroma = float(np.hypot(skin[1], skin[2]))
+    joined = mask | np.isin(labels, [k for k in near if not (np.median(lab[labels == k, 0]) > skin[0]
+                                                             and np.median(chroma[labels == k]) < skin_chroma)])
+    if not (joined & ~mask).any():
+        return mask
+    return ndimage.binary_closing(joined, structure=ball) | joined
 
 
 def _grown_lesion(image: torch.Tensor | np.ndarray, margin: float) -> np.ndarray | None:
