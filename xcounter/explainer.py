@@ -415,7 +415,8 @@ class Explainer:
                 "confirm_shortcuts": self.confirm_shortcuts, "anchor": self.anchor,
                 "removal_check": self.removal_check,
                 "prune": self.prune and getattr(self.method, "prune", False),
-                **({"prune_fractions": list(getattr(self.generator, "prune_fractions", PART_FRACTIONS))}
+                **({"prune_fractions": list(getattr(self.generator, "prune_fractions", PART_FRACTIONS)),
+                    "fill_removals": bool(getattr(self.generator, "fill_removals", False))}
                    if self.prune and getattr(self.method, "prune", False) else {}),
                 "device": str(getattr(self.generator, "device", "cpu"))}
 

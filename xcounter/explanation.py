@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1.6"
+SCHEMA_VERSION = "1.7"
 #: "mediated": the edit flips the decision, but an oracle saw it also make another attribute's flipping edit
 #: (`AttributeResult.mediator`; see `xcounter.mediation`), or, an addition, it flips only through the pixels of
 #: another attribute's flipping removal (`xcounter.same_change`).
@@ -99,6 +99,9 @@ class Counterfactual:
     #: connected parts the sample's edit was split into, and how many `image` keeps (None: not pruned)
     parts: int | None = None
     parts_kept: int | None = None
+    #: a pruned removal whose kept parts were refilled at the unedited image's levels around them
+    #: (`xcounter.removal_fill`); False: pasted as drawn (schema <= 1.6)
+    filled: bool = False
 
     @property
     def whole_image(self) -> np.ndarray | None:

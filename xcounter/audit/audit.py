@@ -32,7 +32,7 @@ CONFIG_KEYS = ("classifier_sha256", "classifier_name", "generator_config_sha256"
 #: the generator's own settings (its xcounter.json) that change every explanation: the config digest covers the
 #: networks' configurations only
 GENERATOR_SETTINGS = ("guidance_scale", "edit_guidance", "kind_edits", "inversion", "inversion_eta",
-                      "inversion_iterations", "confirm_shortcuts", "anchor", "prune_fractions")
+                      "inversion_iterations", "confirm_shortcuts", "anchor", "prune_fractions", "fill_removals")
 
 
 @dataclass

@@ -134,7 +134,7 @@ class SDGenerator:
                  kind_edits: dict[str, dict[str, float]] | None = None, inversion_iterations: int = 0,
                  inversion: str = "ddim", inversion_eta: float = DEFAULT_INVERSION_ETA,
                  confirm_shortcuts: bool = False, anchor: str = "reconstruction",
-                 prune_fractions: Sequence[float] = PART_FRACTIONS):
+                 prune_fractions: Sequence[float] = PART_FRACTIONS, fill_removals: bool = False):
         self.pipe = pipe.to(device)
         self.unet, self.vae = pipe.unet, pipe.vae
         self.text_encoder, self.tokenizer = pipe.text_encoder, pipe.tokenizer
@@ -175,6 +175,9 @@ class SDGenerator:
         # the shares of an edit's largest change its flips are split into parts at (`xcounter.edit_pruning`):
         # how this model's side effects separate from its edits (skin: a faint relighting around a strong ruler)
         self.prune_fractions = checked_fractions(prune_fractions)
+        # whether a pruned removal's parts are refilled at the scan's levels around them (`xcounter.removal_fill`):
+        # how this model refills what it erases (skin: a removed ruler's body came back as a too-pale strip)
+        self.fill_removals = bool(fill_removals)
         self.max_batch = max_batch
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         size = self.unet.config.sample_size
@@ -204,6 +207,7 @@ class SDGenerator:
                 **({"anchor": self.anchor} if self.anchor != "reconstruction" else {}),
                 **({"prune_fractions": list(self.prune_fractions)}
                    if self.prune_fractions != PART_FRACTIONS else {}),
+                **({"fill_removals": True} if self.fill_removals else {}),
                 "scheduler": "DDIM (eta 0)", "prediction_type": self.scheduler.config.prediction_type,
                 "config_sha256": digest}
 
@@ -665,8 +669,9 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
     inversion's eta, 0..1), `inversion_iterations` (fixed-point refinements per DDIM inversion step),
     `confirm_shortcuts` (true: shortcut flags are checked on the edit's own pixels, `xcounter.confirmation`),
     `anchor` ("reconstruction" or "scan": what counterfactuals are drawn onto, `TrajectoryMethod`),
-    `prune_fractions` (the levels a flip's edit is split into parts at, `xcounter.edit_pruning`) and
-    `image_channels`; `steps` here overrides it.
+    `prune_fractions` (the levels a flip's edit is split into parts at, `xcounter.edit_pruning`),
+    `fill_removals` (true: a pruned removal is refilled at the scan's levels around it, `xcounter.removal_fill`)
+    and `image_channels`; `steps` here overrides it.
     """
     from xcounter.generators import zoo
 
@@ -705,6 +710,9 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
     if not isinstance(confirm_shortcuts, bool):
         raise ModelError(f"{folder / 'xcounter.json'}: confirm_shortcuts must be true or false, "
                          f"got {confirm_shortcuts!r}")
+    fill_removals = settings.get("fill_removals", False)
+    if not isinstance(fill_removals, bool):
+        raise ModelError(f"{folder / 'xcounter.json'}: fill_removals must be true or false, got {fill_removals!r}")
     try:
         inversion_iterations = checked_inversion_iterations(settings.get("inversion_iterations", 0),
                                                             "inversion_iterations")
@@ -735,5 +743,5 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
                        image_channels=image_channels, device=device, edit_guidance=edit_guidance,
                        kind_edits=kind_edits, inversion_iterations=inversion_iterations,
                        inversion=inversion, inversion_eta=inversion_eta, confirm_shortcuts=confirm_shortcuts,
-                       anchor=anchor, prune_fractions=prune_fractions,
+                       anchor=anchor, prune_fractions=prune_fractions, fill_removals=fill_removals,
                        source=str(folder.resolve()) + (f" + unet {unet}" if unet is not None else ""))

@@ -249,7 +249,7 @@ class TrajectoryMethod:
         reference = to_hwc(trajectory.images[0])
         with torch.no_grad():
             crossing = trajectory.render(generator, flip.latent.reshape(1, *trajectory.points.shape[1:]))
-            crossing_l1, refine_nfe, sample, pruned = None, 0, None, None
+            crossing_l1, refine_nfe, sample, pruned, filled = None, 0, None, None, None
             if flip.flipped and self.shown == "sample":
                 shown = shown_sample(trajectory, flip,
                                      lambda image: float(classifier.margins(image)[0, index]),
@@ -265,6 +265,11 @@ class TrajectoryMethod:
                                         fractions=getattr(generator, "prune_fractions", PART_FRACTIONS))
                     if pruned is not None:
                         sample, image, margin_after = image, pruned.image, pruned.margin
+                        if sign == "remove" and getattr(generator, "fill_removals", False):
+                            filled = self._filled(trajectory.images[:1], sample, pruned.mask, classifier, index,
+                                                  float(point_margins[0]) > 0, context.flip_margin)
+                            if filled is not None:
+                                image, margin_after = filled
                 probability_after = float(torch.sigmoid(torch.tensor(margin_after)))
                 crossing_l1 = l1(to_hwc(crossing), reference)
             else:
@@ -287,10 +292,29 @@ class TrajectoryMethod:
                                 None if trajectory.pixels is None else trajectory.pixels.mask),
             sample=None if sample is None else to_hwc(sample),
             parts=None if pruned is None else pruned.parts, parts_kept=None if pruned is None else pruned.kept,
+            filled=filled is not None,
         )
         if self.oracle is not None:
             self._add_oracle(counterfactual, trajectory, image, attribute.name, sign)
         return counterfactual
+
+    @staticmethod
+    def _filled(unedited: torch.Tensor, sample: torch.Tensor, mask: np.ndarray, classifier, index: int,
+                reference_positive: bool, flip_margin: float) -> tuple[torch.Tensor, float] | None:
+        """(image, margin): a pruned removal's kept parts (where `mask` is at least half) refilled at the unedited
+        image's levels around them (`xcounter.removal_fill`); None when the refilled image no longer flips the
+        decision, so the pasted one is shown. One classifier call, no UNet."""
+        from xcounter.removal_fill import poisson_fill
+        from xcounter.search import is_flipped
+
+        region = np.asarray(mask) >= 0.5
+        if not region.any():
+            return None
+        filled = poisson_fill(to_hwc(unedited), to_hwc(sample), region)
+        image = torch.from_numpy(np.ascontiguousarray(filled, dtype=np.float32)).permute(2, 0, 1)[None].to(unedited)
+        with torch.no_grad():
+            margin = float(classifier.margins(image)[0, index])
+        return (image, margin) if is_flipped(margin, reference_positive, flip_margin) else None
 
     def _add_oracle(self, counterfactual: Counterfactual, trajectory: Trajectory, image: torch.Tensor,
                     attribute: str, sign: str) -> None:
