@@ -144,10 +144,13 @@ def test_card_shows_the_whole_generator_edit_beside_a_pruned_counterfactual():
     assert html.count("Whole generator edit") == 1
     assert "the decision needs 1 of its 2 changed parts" in html
     assert "the counterfactual shows only the parts it needs" in html  # and the method notes say why
-    assert "(shown, keeping 1 of its 2 changed parts, probability" in html
+    assert "(shown, keeping 1 of its 2 changed parts, refilled at the levels of the image around them, probability" \
+        in html
     from xcounter.report.text import text_summary
     line = next(row for row in text_summary(explanation).splitlines() if "chest_tube" in row)
-    assert line.endswith(", 1 of its 2 changed parts kept)")
+    assert line.endswith(", 1 of its 2 changed parts kept, refilled at the levels around them)")
+    explanation.results[0].counterfactuals[0].filled = False  # pasted as drawn: nothing said about a refill
+    assert "refilled" not in render_html(explanation) and "refilled" not in text_summary(explanation)
     explanation.results[0].counterfactuals[0].sample = None
     html = render_html(explanation)
     assert "Whole generator edit" not in html and "the counterfactual shows only the parts it needs" not in html
@@ -256,12 +259,14 @@ def _assert_round_trip(original: Explanation, restored: Explanation) -> None:
             assert cf_after.region is None
         else:
             np.testing.assert_array_equal(cf_after.region, cf_before.region)
-        assert (cf_after.parts, cf_after.parts_kept) == (cf_before.parts, cf_before.parts_kept)
+        assert (cf_after.parts, cf_after.parts_kept, cf_after.filled) == (cf_before.parts, cf_before.parts_kept,
+                                                                         cf_before.filled)
         if cf_before.sample is None:
             assert cf_after.sample is None
         else:
             np.testing.assert_allclose(cf_after.sample, cf_before.sample, atol=1 / 255 + 1e-6)
     assert any(c.sample is not None for r in original.results for c in r.counterfactuals)  # the slot is exercised
+    assert any(c.filled for r in original.results for c in r.counterfactuals)
     label = original.targets[0]
     np.testing.assert_allclose(restored.attributions[label]["integrated_gradients"],
                                original.attributions[label]["integrated_gradients"], atol=2 / 255 + 1e-3)
@@ -301,11 +306,11 @@ def test_json_sidecar_from_before_edit_regions_still_reads(tmp_path):
     document = json.loads(path.read_text(encoding="utf-8"))
     for result in document["explanation"]["results"]:
         for counterfactual in result["counterfactuals"]:
-            for slot in ("region", "sample", "parts", "parts_kept"):
+            for slot in ("region", "sample", "parts", "parts_kept", "filled"):
                 counterfactual.pop(slot)
     path.write_text(json.dumps(document), encoding="utf-8")
     restored = read_json_sidecar(path)
-    assert all(c.region is None and not c.pruned for r in restored.results for c in r.counterfactuals)
+    assert all(c.region is None and not c.pruned and not c.filled for r in restored.results for c in r.counterfactuals)
     assert restored.results[0].counterfactuals[0].image is not None
 
 

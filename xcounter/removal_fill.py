@@ -24,8 +24,8 @@ NEIGHBOURS = ((-1, 0), (1, 0), (0, -1), (0, 1))
 
 def poisson_fill(unedited: np.ndarray, edited: np.ndarray, region: np.ndarray) -> np.ndarray:
     """H x W x C in [0, 1]: `unedited` outside `region` (H x W booleans); inside it, the image whose gradients
-    between the region's pixels are `edited`'s and whose values just outside it are `unedited`'s. A region that touches nothing
-    outside itself has no boundary to take levels from, so `edited` is returned there unchanged."""
+    between the region's pixels are `edited`'s and whose values just outside it are `unedited`'s. A region that
+    touches nothing outside itself (the whole image) has no boundary to take levels from: `edited` is returned."""
     unedited = np.asarray(unedited, dtype=np.float64)
     edited = np.asarray(edited, dtype=np.float64)
     region = np.asarray(region, dtype=bool)

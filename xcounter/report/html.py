@@ -128,6 +128,8 @@ def _sentence(result: AttributeResult, best: Counterfactual | None, positive: bo
         sentence = f"{verb} {name} flips {result.target}{change} at edit strength {result.minimal_strength:.2f} "
         probabilities = f"{best.probability_before:.2f} → {best.probability_after:.2f}"
         kept = f", keeping {best.parts_kept} of its {best.parts} changed parts" if best.pruned and best.parts else ""
+        if kept and best.filled:
+            kept += ", refilled at the levels of the image around them"
         if best.shown_past_crossing:
             sentence += (f"(shown: the weakest generator sample found past it, strength "
                          f"{best.image_strength:.2f}{kept}, probability {probabilities}).")

@@ -59,6 +59,7 @@ def sample_explanation(seed: int = 0, size: int = 48, label: str = "Pneumothorax
             counterfactual.sample = np.clip(counterfactual.image + 0.2 * _blob(size, (0.15, 0.15), 0.05)[..., None],
                                             0, 1).astype(np.float32)
             counterfactual.parts, counterfactual.parts_kept = 2, 1
+            counterfactual.filled = sign == "remove"  # a removal's kept part refilled at the levels around it
         results.append(AttributeResult(
             target=label, attribute=name, kind=kind, verdict=verdict,
             minimal_strength=counterfactual.minimal_strength, flipped=counterfactual.flipped, sign=sign,

@@ -44,6 +44,7 @@ def text_summary(explanation: Explanation) -> str:
                         how += f" on the sample at {best.image_strength:.2f}"
                     if best.pruned and best.parts:
                         how += f", {best.parts_kept} of its {best.parts} changed parts kept"
+                        how += ", refilled at the levels around them" if best.filled else ""
                     how += ")"
                     how += _also_changed(best.oracle_change, result.attribute)
                 if result.verdict == "mediated" and result.mediator:
