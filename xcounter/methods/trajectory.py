@@ -129,7 +129,9 @@ class TrajectoryMethod:
             what the generator changed, split into connected parts, the fewest strongest that still flip pasted
             onto the unedited image; two classifier calls per level of the generator's `prune_fractions`, no
             UNet). The whole sample is kept as
-            `Counterfactual.sample`. Whether the edit flips and its minimal strength do not depend on it.
+            `Counterfactual.sample`. Whether the edit flips and its minimal strength do not depend on it. A pruned
+            removal is refilled at the unedited image's levels where the generator sets `fill_removals`
+            (`xcounter.removal_fill`; shown only if it still flips, `Counterfactual.filled`).
         anchor: what the edit is drawn onto. "reconstruction" (default): the counterfactual is the
             generator's own output, compared with its reconstruction of the scan; "scan": the scan plus what
             the edit changed (each sample minus the reconstruction; the generator's own pixels where the edit
