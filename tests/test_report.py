@@ -261,6 +261,10 @@ def _assert_round_trip(original: Explanation, restored: Explanation) -> None:
             np.testing.assert_array_equal(cf_after.region, cf_before.region)
         assert (cf_after.parts, cf_after.parts_kept, cf_after.filled) == (cf_before.parts, cf_before.parts_kept,
                                                                          cf_before.filled)
+        if cf_before.kept is None:
+            assert cf_after.kept is None
+        else:
+            np.testing.assert_allclose(cf_after.kept, cf_before.kept, atol=1 / 255 + 1e-6)
         if cf_before.sample is None:
             assert cf_after.sample is None
         else:
@@ -306,7 +310,7 @@ def test_json_sidecar_from_before_edit_regions_still_reads(tmp_path):
     document = json.loads(path.read_text(encoding="utf-8"))
     for result in document["explanation"]["results"]:
         for counterfactual in result["counterfactuals"]:
-            for slot in ("region", "sample", "parts", "parts_kept", "filled"):
+            for slot in ("region", "sample", "parts", "parts_kept", "filled", "kept"):
                 counterfactual.pop(slot)
     path.write_text(json.dumps(document), encoding="utf-8")
     restored = read_json_sidecar(path)

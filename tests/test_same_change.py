@@ -91,3 +91,26 @@ def test_needed_pixels_are_where_the_shown_image_changed():
     nothing = _result("hair", "add", np.zeros((SIDE, SIDE, 3), dtype=np.float32))
     ruler = _result("ruler", "remove", _difference(RULER_STRIP, -0.4))
     assert same_change(nothing.best, ruler.best) == 0.0
+
+
+def test_a_refilled_removal_is_read_by_what_its_kept_parts_changed():
+    """A refilled removal (`xcounter.removal_fill`) shows its strip at the scan's level, so most of its pixels no
+    longer differ from the scan; which pixels the removal needs, and which way it moved them, are the paste's."""
+    ruler = _result("ruler", "remove", _difference(RULER_STRIP, -0.4))
+    best = ruler.best
+    unedited = best.image - best.difference
+    best.sample = (unedited + best.difference).astype(np.float32)  # the generator's sample: the strip darkened
+    best.kept = np.zeros((SIDE, SIDE), dtype=np.float32)
+    best.kept[:, :3] = 1.0  # the strip is the part kept
+    best.image = unedited.copy()
+    best.image[:, :1] -= 0.4  # refilled: only one column of the strip still differs
+    best.difference = best.image - unedited
+    best.filled = True
+    hair = _result("hair", "add", _difference((0, SIDE, 0, 2), -0.3))
+    assert needed_pixels(best)[:, :3].all() and same_change(hair.best, best) == pytest.approx(1.0)
+    best.filled = False  # read as shown, the refilled strip would hold half the hair's pixels
+    assert same_change(hair.best, best) == pytest.approx(0.5)
+    best.filled = True
+    restored = _result_from_dict(json.loads(json.dumps(_to_jsonable(ruler))))
+    assert restored.best.filled and np.array_equal(restored.best.kept, best.kept)
+    assert needed_pixels(restored.best)[:, :3].all()

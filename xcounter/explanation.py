@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1.7"
+SCHEMA_VERSION = "1.8"
 #: "mediated": the edit flips the decision, but an oracle saw it also make another attribute's flipping edit
 #: (`AttributeResult.mediator`; see `xcounter.mediation`), or, an addition, it flips only through the pixels of
 #: another attribute's flipping removal (`xcounter.same_change`).
@@ -102,6 +102,9 @@ class Counterfactual:
     #: a pruned removal whose kept parts were refilled at the unedited image's levels around them
     #: (`xcounter.removal_fill`); False: pasted as drawn (schema <= 1.6)
     filled: bool = False
+    #: H x W in [0, 1]: how much of the sample's edit a pruned `image` keeps at each pixel (the paste's weights;
+    #: `xcounter.edit_pruning`), so what the kept parts changed can be read even after a refill; None: not pruned
+    kept: np.ndarray | None = None
 
     @property
     def whole_image(self) -> np.ndarray | None:
@@ -111,6 +114,17 @@ class Counterfactual:
     @property
     def pruned(self) -> bool:
         return self.sample is not None
+
+    @property
+    def kept_change(self) -> np.ndarray | None:
+        """What the kept parts of the edit changed (H x W x C). For a refilled removal (`filled`), the paste's
+        weights times the sample's change: the refill moved the parts' levels, not which pixels the decision needs or
+        which way it moved them (`xcounter.same_change`). Otherwise `difference` itself, which a paste already is."""
+        if not self.filled or self.kept is None or self.sample is None or self.image is None or self.difference is None:
+            return self.difference
+        unedited = np.asarray(self.image, dtype=np.float32) - np.asarray(self.difference, dtype=np.float32)
+        weights = np.asarray(self.kept, dtype=np.float32)
+        return (weights[..., None] if weights.ndim == 2 else weights) * (np.asarray(self.sample, np.float32) - unedited)
 
     @property
     def minimal_edit_l1(self) -> float | None:
@@ -269,6 +283,7 @@ def _result_from_dict(data: dict) -> AttributeResult:
         c["difference"] = decode_array(c.get("difference"))
         c["region"] = decode_array(c.get("region"))
         c["sample"] = decode_array(c.get("sample"))
+        c["kept"] = decode_array(c.get("kept"))
         c["film"] = [decode_array(f) for f in c.get("film", [])]
         c.pop("delta_probability", None)
         counterfactuals.append(Counterfactual(**c))

@@ -35,7 +35,7 @@ SAME_DIRECTION = 0.5
 def needed_pixels(counterfactual: Counterfactual) -> np.ndarray:
     """H x W booleans: where the counterfactual shown changed the unedited image (the parts a pruned flip kept,
     or the whole sample's change when it was not pruned)."""
-    difference = np.abs(np.asarray(counterfactual.difference, dtype=np.float32))
+    difference = np.abs(np.asarray(counterfactual.kept_change, dtype=np.float32))
     return (difference.max(axis=-1) if difference.ndim == 3 else difference) >= KEPT_FLOOR
 
 
@@ -48,8 +48,8 @@ def same_change(addition: Counterfactual, removal: Counterfactual) -> float:
     shared = added & removed
     if not shared.any():
         return 0.0
-    a = np.asarray(addition.difference, dtype=np.float32)[shared].ravel()
-    b = np.asarray(removal.difference, dtype=np.float32)[shared].ravel()
+    a = np.asarray(addition.kept_change, dtype=np.float32)[shared].ravel()
+    b = np.asarray(removal.kept_change, dtype=np.float32)[shared].ravel()
     norm = float(np.linalg.norm(a) * np.linalg.norm(b))
     if norm == 0.0 or float(a @ b) / norm < SAME_DIRECTION:
         return 0.0

@@ -78,6 +78,8 @@ def _array_slots(explanation: Explanation) -> Iterator[tuple[str, list[Any], np.
                 yield f"{stem}-region", base + ["region"], counterfactual.region, False
             if counterfactual.sample is not None:
                 yield f"{stem}-sample", base + ["sample"], counterfactual.sample, False
+            if counterfactual.kept is not None:
+                yield f"{stem}-kept", base + ["kept"], counterfactual.kept, False
             for f_index, frame in enumerate(counterfactual.film):
                 if frame is not None:
                     yield f"{stem}-film{f_index}", base + ["film", f_index], frame, False
@@ -186,7 +188,7 @@ def _reference_paths(tree: dict) -> Iterator[list[Any]]:
         for c_index, counterfactual in enumerate(result.get("counterfactuals", [])):
             base = ["results", r_index, "counterfactuals", c_index]
             candidates += [base + ["image"], base + ["difference"]]
-            for slot in ("region", "sample"):  # sidecars before schema 1.1 (1.5) have no region (sample) slot
+            for slot in ("region", "sample", "kept"):  # none before schema 1.1 (region), 1.5 (sample), 1.8 (kept)
                 if slot in counterfactual:
                     candidates.append(base + [slot])
             candidates += [base + ["film", f] for f in range(len(counterfactual.get("film", [])))]
