@@ -33,8 +33,8 @@ SAME_DIRECTION = 0.5
 
 
 def needed_pixels(counterfactual: Counterfactual) -> np.ndarray:
-    """H x W booleans: where the counterfactual shown changed the unedited image (the parts a pruned flip kept,
-    or the whole sample's change when it was not pruned)."""
+    """H x W booleans: where the counterfactual's kept parts changed the unedited image (`kept_change`: the parts a
+    pruned flip kept, read before any refill, or the whole sample's change when it was not pruned)."""
     difference = np.abs(np.asarray(counterfactual.kept_change, dtype=np.float32))
     return (difference.max(axis=-1) if difference.ndim == 3 else difference) >= KEPT_FLOOR
 
