@@ -102,8 +102,9 @@ class Counterfactual:
     #: a pruned removal whose kept parts were refilled at the unedited image's levels around them
     #: (`xcounter.removal_fill`); False: pasted as drawn (schema <= 1.6)
     filled: bool = False
-    #: H x W in [0, 1]: how much of the sample's edit a pruned `image` keeps at each pixel (the paste's weights;
-    #: `xcounter.edit_pruning`), so what the kept parts changed can be read even after a refill; None: not pruned
+    #: H x W in [0, 1]: how much of the sample's edit a refilled removal keeps at each pixel (the paste's weights;
+    #: `xcounter.edit_pruning`), so what the kept parts changed can be read after the refill; None: not refilled
+    #: (an unfilled paste's `difference` already is what its kept parts changed)
     kept: np.ndarray | None = None
 
     @property

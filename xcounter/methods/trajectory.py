@@ -294,7 +294,8 @@ class TrajectoryMethod:
                                 None if trajectory.pixels is None else trajectory.pixels.mask),
             sample=None if sample is None else to_hwc(sample),
             parts=None if pruned is None else pruned.parts, parts_kept=None if pruned is None else pruned.kept,
-            filled=filled is not None, kept=None if pruned is None else np.asarray(pruned.mask, dtype=np.float32),
+            filled=filled is not None,
+            kept=None if filled is None else np.asarray(pruned.mask, dtype=np.float32),
         )
         if self.oracle is not None:
             self._add_oracle(counterfactual, trajectory, image, attribute.name, sign)

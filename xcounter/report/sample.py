@@ -60,7 +60,8 @@ def sample_explanation(seed: int = 0, size: int = 48, label: str = "Pneumothorax
                                             0, 1).astype(np.float32)
             counterfactual.parts, counterfactual.parts_kept = 2, 1
             counterfactual.filled = sign == "remove"  # a removal's kept part refilled at the levels around it
-            counterfactual.kept = (np.abs(counterfactual.difference).max(axis=-1) > 0.01).astype(np.float32)
+            if counterfactual.filled:
+                counterfactual.kept = (np.abs(counterfactual.difference).max(axis=-1) > 0.01).astype(np.float32)
         results.append(AttributeResult(
             target=label, attribute=name, kind=kind, verdict=verdict,
             minimal_strength=counterfactual.minimal_strength, flipped=counterfactual.flipped, sign=sign,
