@@ -109,7 +109,7 @@ def without_mediation(explanation, keep: Callable[[str], Collection[str]]) -> No
     from xcounter.same_change import apply_removed_causes
 
     for result in explanation.results:
-        core_flipped = None if result.core is None else result.core.flipped
+        core_flipped = None if result.core is None else result.core.confirmed
         result.verdict = verdict_of(result.kind, result.flipped, core_flipped)
         result.mediator = result.mediated_by = None
     if explanation.settings.get("removal_check"):

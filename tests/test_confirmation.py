@@ -35,9 +35,12 @@ def _edit() -> tuple[np.ndarray, np.ndarray]:
     return reconstruction, counterfactual
 
 
-def _flag(target: str, counterfactual: np.ndarray, kind: str = "device") -> AttributeResult:
-    edit = Counterfactual(attribute="pacemaker", sign="add", method="trajectory", strengths=[0.0, 1.0],
-                          probabilities=[0.01, 0.99], minimal_strength=0.5, flipped=True, probability_before=0.01,
+def _flag(target: str, counterfactual: np.ndarray, kind: str = "device",
+          probabilities: tuple[float, ...] = (0.01, 0.99)) -> AttributeResult:
+    """A flip of `target`; `probabilities` along the trajectory, at evenly spaced strengths from 0 to 1."""
+    edit = Counterfactual(attribute="pacemaker", sign="add", method="trajectory",
+                          strengths=list(np.linspace(0, 1, len(probabilities))), probabilities=list(probabilities),
+                          minimal_strength=0.5, flipped=True, probability_before=probabilities[0],
                           probability_after=0.99, image=counterfactual, l1=0.1)
     return AttributeResult(target=target, attribute="pacemaker", kind=kind, verdict=verdict_of(kind, True),
                            minimal_strength=0.5, flipped=True, sign="add", counterfactuals=[edit])
@@ -115,3 +118,61 @@ def test_a_pruned_flag_is_checked_on_the_whole_sample(classifier):
     unpruned = _flag("Haze", haze_only)  # read on the haze alone, the haze is its own strongest change
     confirm_shortcuts([unpruned], classifier, reconstruction)
     assert unpruned.verdict == "shortcut"
+
+
+def test_a_flag_gone_once_the_device_is_drawn_in_full_is_unconfirmed(classifier):
+    """The decision flips part-way along the trajectory and is back where it was at the strongest edit: the
+    device drawn in full does not move it, whatever the half-drawn one did."""
+    from xcounter.report.html import render_html
+    from xcounter.report.text import text_summary
+
+    reconstruction, counterfactual = _edit()
+    flag = _flag("Device", counterfactual, probabilities=(0.01, 0.99, 0.2))
+    confirm_shortcuts([flag], classifier, reconstruction)
+    assert flag.core.flipped and flag.core.strongest_flipped is False
+    assert flag.core.strongest_probability == pytest.approx(0.2)
+    assert flag.verdict == "unconfirmed" and not flag.core.confirmed
+    explanation = _explanation_of(flag)
+    card = render_html(explanation)
+    assert "the pacemaker drawn in full, leaves the decision (probability 0.20)" in card
+    assert "Pasting only the edit's strongest pixels" not in card
+    assert "drawn in full it does not flip it (p 0.20" in text_summary(explanation)
+    kept = _flag("Device", counterfactual, probabilities=(0.01, 0.99, 0.9))
+    confirm_shortcuts([kept], classifier, reconstruction)
+    assert kept.verdict == "shortcut" and kept.core.strongest_flipped
+
+
+def test_the_flip_margin_applies_to_the_strongest_edit_too(classifier):
+    reconstruction, counterfactual = _edit()  # the device's pixels alone: logit 15, far past any margin here
+    ends_at = 1 / (1 + np.exp(-0.8))  # the strongest edit: logit 0.8 past the threshold
+    flag = _flag("Device", counterfactual, probabilities=(0.01, 0.99, ends_at))
+    confirm_shortcuts([flag], classifier, reconstruction, flip_margin=0.5)
+    assert flag.verdict == "shortcut"
+    flag = _flag("Device", counterfactual, probabilities=(0.01, 0.99, ends_at))
+    confirm_shortcuts([flag], classifier, reconstruction, flip_margin=1.0)
+    assert flag.verdict == "unconfirmed" and flag.core.flipped
+
+
+def test_a_check_from_before_the_strongest_edit_was_read_still_loads(classifier):
+    """Sidecars of schema <= 1.8 have no strongest-edit fields: the core check alone decides, as it did."""
+    from xcounter.explanation import CoreCheck
+
+    old = CoreCheck(fraction=0.15, share=0.1, probability=0.9, flipped=True)
+    assert old.strongest_flipped is None and old.confirmed
+    assert not CoreCheck(fraction=0.15, share=0.1, probability=0.2, flipped=False).confirmed
+    reconstruction, counterfactual = _edit()
+    flag = _flag("Device", counterfactual, probabilities=(0.01, 0.99, 0.2))
+    confirm_shortcuts([flag], classifier, reconstruction)
+    explanation = _explanation_of(flag)
+    assert '"strongest_flipped": false' in explanation.to_json()
+    again = Explanation.from_json(explanation.to_json())
+    assert again.results[0].core == flag.core and again.results[0].verdict == "unconfirmed"
+
+
+def _explanation_of(flag: AttributeResult) -> Explanation:
+    from xcounter.report.sample import sample_explanation
+
+    explanation = sample_explanation()
+    flag.target = explanation.targets[0]
+    explanation.results = [flag]
+    return explanation

@@ -1,4 +1,4 @@
-"""Is a shortcut flag the device's own doing? A check on the edit's strongest pixels.
+"""Is a shortcut flag the device's own doing? Checks on the edit's strongest pixels and its strongest edit.
 
 A generator asked to add a device draws more than the device. The phantom CXR generator draws a central
 line or pacemaker as a thick bright stroke and brightens the lung around it, which a classifier reads as
@@ -16,15 +16,24 @@ fraction 0.15 (0.25: 31 of 36 and 15 of 44; a one-pixel dilation keeps more of b
 not discriminate (7 of 9 against 13 of 16): a ruler or ink mark is drawn cleanly there, the side effects that
 flip are small and in the lesion. Hence a generator setting (`confirm_shortcuts` in its xcounter.json), on for
 the phantom CXR generator only, and an explainer option.
+
+The second check needs no call at all: the trajectory's strongest edit (the earliest swap step, the device
+drawn in full) must flip the decision too. A classifier that rests on a device is moved further by more of it;
+a flip seen only part-way along the trajectory and gone once the device is fully drawn came from the
+generator's half-drawn transition. Measured (2026-12-07, twenty-eighth session) on the same 20 scans: all 38
+flags the renderer confirms flip at the strongest edit; 3 of the 17 flags left that the renderer does not
+confirm do not (a chest tube on the rho-0.5 and rho-0.75 classifiers, a pacemaker on the clean one), and are
+"unconfirmed" now.
 """
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import torch
 
-from xcounter.explanation import AttributeResult, CoreCheck, verdict_of
+from xcounter.explanation import AttributeResult, CoreCheck, Counterfactual, verdict_of
 from xcounter.search import is_flipped
 
 if TYPE_CHECKING:
@@ -55,10 +64,22 @@ def core_image(reconstruction: np.ndarray, counterfactual: np.ndarray,
     return np.clip(reconstruction + difference * mask[..., None], 0.0, 1.0), mask
 
 
+def strongest_edit(counterfactual: Counterfactual) -> float:
+    """The target probability at the trajectory's strongest edit (its largest strength)."""
+    return float(counterfactual.probabilities[int(np.argmax(counterfactual.strengths))])
+
+
+def _margin(probability: float) -> float:
+    """The margin a stored probability came from (clipped: a float32 sigmoid saturates at 0 and 1)."""
+    p = min(max(float(probability), 1e-7), 1 - 1e-7)
+    return math.log(p / (1 - p))
+
+
 def confirm_shortcuts(results: Iterable[AttributeResult], classifier: "Classifier", reconstruction: np.ndarray,
                       *, flip_margin: float = 0.0, fraction: float = CORE_FRACTION) -> None:
     """Check every "shortcut" result in place: record its `core` check, and make the verdict "unconfirmed"
-    when the edit's own pixels alone leave the reconstruction's decision as it was (by `flip_margin` logits)."""
+    when the edit's own pixels alone leave the reconstruction's decision as it was (by `flip_margin` logits),
+    or the trajectory's strongest edit does."""
     flagged = [r for r in results if r.verdict == "shortcut" and r.best is not None and r.best.flipped
                and r.best.whole_image is not None]
     if not flagged:
@@ -75,6 +96,9 @@ def confirm_shortcuts(results: Iterable[AttributeResult], classifier: "Classifie
         index = classifier.target_index(result.target)
         before, after = float(margins[0, index]), float(margins[row, index])
         flipped = is_flipped(after, before > 0, flip_margin)
+        strongest = strongest_edit(result.best)
         result.core = CoreCheck(fraction=float(fraction), share=float(mask.mean()),
-                                probability=float(probabilities[row, index]), flipped=bool(flipped))
-        result.verdict = verdict_of(result.kind, result.flipped, result.core.flipped)
+                                probability=float(probabilities[row, index]), flipped=bool(flipped),
+                                strongest_probability=strongest,
+                                strongest_flipped=is_flipped(_margin(strongest), before > 0, flip_margin))
+        result.verdict = verdict_of(result.kind, result.flipped, result.core.confirmed)

@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = "1.8"
+SCHEMA_VERSION = "1.9"
 #: "mediated": the edit flips the decision, but an oracle saw it also make another attribute's flipping edit
 #: (`AttributeResult.mediator`; see `xcounter.mediation`), or, an addition, it flips only through the pixels of
 #: another attribute's flipping removal (`xcounter.same_change`).
 #: "unconfirmed": a device/artifact edit flips the decision, but its own strongest pixels pasted onto the
-#: reconstruction do not (`AttributeResult.core`; see `xcounter.confirmation`)
+#: reconstruction do not, or the trajectory's strongest edit does not (`AttributeResult.core`; see
+#: `xcounter.confirmation`)
 VERDICTS = ("shortcut", "drives", "mediated", "unconfirmed", "does not drive")
 #: verdicts of a flip the explanation does not credit to the attribute itself (ranked after the credited ones)
 UNCREDITED = ("mediated", "unconfirmed")
@@ -26,7 +27,7 @@ UNCREDITED = ("mediated", "unconfirmed")
 
 def verdict_of(attribute_kind: str, flipped: bool, core_flipped: bool | None = None) -> str:
     """"shortcut" when a device/artifact/acquisition edit flips the decision, "drives" for any other flip;
-    "unconfirmed" for a shortcut whose edit's own pixels, checked (`core_flipped`), do not flip it."""
+    "unconfirmed" for a shortcut whose checks (`CoreCheck.confirmed`, given as `core_flipped`) do not both flip it."""
     from xcounter.attributes import SPURIOUS_KINDS
     if not flipped:
         return "does not drive"
@@ -145,11 +146,22 @@ class Counterfactual:
 
 @dataclass
 class CoreCheck:
-    """A shortcut flag re-asked on the edit's own pixels (`xcounter.confirmation`)."""
+    """A shortcut flag re-asked on the edit's own pixels and at the trajectory's strongest edit
+    (`xcounter.confirmation`)."""
     fraction: float  # pixels whose change reached this share of the largest change were pasted
     share: float  # the share of the image they cover
     probability: float  # the target probability on the reconstruction with only them pasted
     flipped: bool  # whether that still flips the reconstruction's decision
+    #: the target probability at the trajectory's strongest edit (the device drawn in full); None: not checked
+    #: (schema <= 1.8)
+    strongest_probability: float | None = None
+    #: whether the strongest edit flips the decision too; None: not checked
+    strongest_flipped: bool | None = None
+
+    @property
+    def confirmed(self) -> bool:
+        """Both checks flip the decision (an unchecked one does not count against the flag)."""
+        return bool(self.flipped) and self.strongest_flipped is not False
 
 
 @dataclass

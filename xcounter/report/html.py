@@ -145,17 +145,21 @@ def _sentence(result: AttributeResult, best: Counterfactual | None, positive: bo
             mediator = result.mediator.replace("_", " ")
             sentence += (f" The edit also changed {mediator}, whose own edit flips {result.target}: "
                          f"the change is credited to {mediator}.")
-        if result.verdict == "shortcut" and result.core is not None and result.core.flipped:
+        if result.verdict == "shortcut" and result.core is not None and result.core.confirmed:
             sentence += (f" Confirmed on the edit's own pixels: pasting only its strongest change "
                          f"({result.core.share:.1%} of the image) onto the {unedited} flips it too "
                          f"(probability {result.core.probability:.2f}).")
         if needed_near_full_strength(result):
             sentence += (f" It needed an edit near full strength, where the generator draws the most besides the "
                          f"{name}: look at the counterfactual before trusting this flag.")
-        if result.verdict == "unconfirmed" and result.core is not None:
+        if result.verdict == "unconfirmed" and result.core is not None and not result.core.flipped:
             sentence += (f" Pasting only the edit's strongest pixels ({result.core.share:.1%} of the image) onto the "
                          f"{unedited} leaves the decision (probability {result.core.probability:.2f}): the flip "
                          f"comes from what the generator changed around the {name}, not from the {name} itself.")
+        elif result.verdict == "unconfirmed" and result.core is not None:
+            sentence += (f" The strongest edit along the trajectory, the {name} drawn in full, leaves the decision "
+                         f"(probability {result.core.strongest_probability:.2f}): the flip comes from the "
+                         f"generator's half-drawn {name} part-way, not from the {name} itself.")
         return sentence
     return (f"No edit of {name} up to full strength flips {result.target} "
             f"(largest change: probability {best.probability_before:.2f} → {best.probability_after:.2f}).")

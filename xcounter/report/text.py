@@ -50,8 +50,11 @@ def text_summary(explanation: Explanation) -> str:
                 if result.verdict == "mediated" and result.mediator:
                     removal = "the removal of " if result.mediated_by == "pixels" else ""
                     how += f"; credited to {removal}{_flat(result.mediator)}"
-                if result.verdict == "unconfirmed" and result.core is not None:
+                if result.verdict == "unconfirmed" and result.core is not None and not result.core.flipped:
                     how += f"; its own pixels alone do not flip it (p {result.core.probability:.2f})"
+                elif result.verdict == "unconfirmed" and result.core is not None:
+                    how += (f"; drawn in full it does not flip it "
+                            f"(p {result.core.strongest_probability:.2f} at the strongest edit)")
                 if needed_near_full_strength(result):
                     how += "; needed an edit near full strength: look at the counterfactual"
             elif best is not None:
