@@ -291,6 +291,20 @@ def test_missing_model_index_is_one_clear_error(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
     with pytest.raises(ModelError, match="not a Stable Diffusion 1.x/2.x pipeline"):
         load_generator(tmp_path)
+    (tmp_path / "model_index.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ModelError, match="must be a JSON object"):
+        load_generator(tmp_path)
+
+
+@pytest.mark.parametrize("part", ["unet", "tokenizer"])
+def test_a_missing_part_folder_is_named(tmp_path, part):
+    """diffusers blames the pipeline folder for a missing unet/, and builds an empty tokenizer for a missing one."""
+    import shutil
+
+    folder = tiny_generator_dir(tmp_path)
+    shutil.rmtree(folder / part)
+    with pytest.raises(ModelError, match=f"lacks {part}/"):
+        load_generator(folder)
 
 
 def test_zoo_names_resolve_or_list_what_exists(tmp_path):

@@ -693,10 +693,16 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelError(f"cannot read {folder / 'model_index.json'}: {error}") from error
+    if not isinstance(index, dict):
+        raise ModelError(f"{folder / 'model_index.json'} must be a JSON object naming the pipeline's parts")
     missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if c not in index]
     if missing or "XL" in str(index.get("_class_name", "")):
         raise ModelError(f"'{folder}' is not a Stable Diffusion 1.x/2.x pipeline "
                          f"({index.get('_class_name')}{', missing ' + ', '.join(missing) if missing else ''})")
+    # diffusers names the pipeline folder, not the part, when a part's folder is gone (and builds an empty tokenizer)
+    absent = [f"{c}/" for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (folder / c).is_dir()]
+    if absent:
+        raise ModelError(f"generator folder '{folder}' lacks {', '.join(absent)}, which its model_index.json names")
     settings = _read_settings(folder)
     image_channels = settings.get("image_channels")
     if image_channels not in (None, 1, 3):
