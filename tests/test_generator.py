@@ -307,6 +307,21 @@ def test_a_missing_part_folder_is_named(tmp_path, part):
         load_generator(folder)
 
 
+def test_missing_weights_are_one_error_without_library_log_lines(tmp_path):
+    """diffusers logs a missing weights file as an error before it retries: the CLI's one line must stay one."""
+    import subprocess
+    import sys
+
+    folder = tiny_generator_dir(tmp_path)
+    for weights in (folder / "unet").glob("*.safetensors"):
+        weights.unlink()
+    code = ("from xcounter.generators import load_generator\n"
+            "try:\n    load_generator(__import__('sys').argv[1])\n"
+            "except Exception as error:\n    print(type(error).__name__)")
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "ModelError" and done.stderr == ""
+
+
 def test_zoo_names_resolve_or_list_what_exists(tmp_path):
     with pytest.raises(ModelError, match="unknown generator 'phantom-xyz'"):
         load_generator("phantom-xyz")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -570,17 +571,20 @@ def _config_digest(configs: dict[str, dict]) -> str:
 
 @contextlib.contextmanager
 def _quiet_loading():
-    """Hide diffusers'/transformers' loading progress bars (CLI output stays readable), then restore them."""
+    """Hide diffusers'/transformers' loading progress bars and warnings (CLI output stays readable; a folder that
+    fails to load is reported in one line by the caller), then restore them."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    states = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
-    for module, _ in states:
+    states = [(m, m.is_progress_bar_enabled(), m.get_verbosity()) for m in (diffusers_logging, transformers_logging)]
+    for module, _, _ in states:
         module.disable_progress_bar()
+        module.set_verbosity(logging.CRITICAL)  # diffusers logs a missing weights file as an error, then retries
     try:
         yield
     finally:
-        for module, enabled in states:
+        for module, enabled, verbosity in states:
+            module.set_verbosity(verbosity)
             if enabled:
                 module.enable_progress_bar()
 
