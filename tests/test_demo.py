@@ -87,6 +87,13 @@ def test_demo_refuses_a_file_as_folder(tiny_demo, tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines() == [f"Error: Not a directory: {target / 'sub'}"]
 
 
+
+def test_demo_refuses_a_bad_device_before_writing(tiny_demo, tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "out"), "--device", "tpu"]) == 2
+    assert "device must be one of" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_default_demo_on_shipped_models_finds_the_shortcut(tmp_path, capsys):
     cpu_started = time.process_time()
