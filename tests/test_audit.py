@@ -348,6 +348,9 @@ def test_scan_lists_manifest_and_cli_errors(tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("file\nx.png\n")
     with pytest.raises(XCounterError, match="'path' column"):
         collect_scans(tmp_path / "bad.csv")
+    (tmp_path / "latin1.csv").write_bytes("path\nscans/sub/scan00.png,Épanchement\n".encode("latin-1"))
+    with pytest.raises(XCounterError, match="not a UTF-8 CSV text file"):
+        collect_scans(tmp_path / "latin1.csv")
     assert scan_seed(0, "a.png") == scan_seed(0, "a.png") != scan_seed(1, "a.png")
     assert cli_main(["audit", "--classifier", "x.pt", "--out", str(tmp_path / "o")]) != 0
     assert cli_main(["audit", "--classifier", "x.pt", "--images", str(tmp_path / "nope"),
