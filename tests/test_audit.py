@@ -363,6 +363,8 @@ def test_scan_lists_manifest_and_cli_errors(tmp_path, capsys):
     assert "--flip-margin" in capsys.readouterr().err
     assert cli_main([*common, "--inversion-iterations", "11"]) == 2
     assert "--inversion-iterations" in capsys.readouterr().err
+    assert cli_main([*common, "--threshold", "nan"]) == 2  # click's FloatRange lets NaN through
+    assert "threshold must be a flip rate in [0, 1], got nan" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
 
