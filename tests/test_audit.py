@@ -348,6 +348,9 @@ def test_scan_lists_manifest_and_cli_errors(tmp_path, capsys):
     (tmp_path / "bad.csv").write_text("file\nx.png\n")
     with pytest.raises(XCounterError, match="'path' column"):
         collect_scans(tmp_path / "bad.csv")
+    (tmp_path / "latin1.csv").write_bytes("path\nscans/sub/scan00.png,Épanchement\n".encode("latin-1"))
+    with pytest.raises(XCounterError, match="not a UTF-8 CSV text file"):
+        collect_scans(tmp_path / "latin1.csv")
     assert scan_seed(0, "a.png") == scan_seed(0, "a.png") != scan_seed(1, "a.png")
     assert cli_main(["audit", "--classifier", "x.pt", "--out", str(tmp_path / "o")]) != 0
     assert cli_main(["audit", "--classifier", "x.pt", "--images", str(tmp_path / "nope"),
@@ -360,6 +363,8 @@ def test_scan_lists_manifest_and_cli_errors(tmp_path, capsys):
     assert "--flip-margin" in capsys.readouterr().err
     assert cli_main([*common, "--inversion-iterations", "11"]) == 2
     assert "--inversion-iterations" in capsys.readouterr().err
+    assert cli_main([*common, "--threshold", "nan"]) == 2  # click's FloatRange lets NaN through
+    assert "threshold must be a flip rate in [0, 1], got nan" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # refused before anything was written
 
 

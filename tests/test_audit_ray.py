@@ -38,3 +38,12 @@ def test_ray_executor_needs_model_specs(tmp_path):
     with pytest.raises(XCounterError, match="file path or a zoo name"):
         audit(xcounter.load_classifier(str(classifier)), str(generator), write_scans(tmp_path / "s", 1),
               out_dir=tmp_path / "out", executor=RayExecutor(workers=2), **OPTIONS)
+
+
+def test_a_bad_ray_address_is_one_error(tmp_path):
+    """Ray raises ValueError for a malformed address (and for ray:// without ray[client]), not ConnectionError."""
+    classifier, generator = build_models(tmp_path / "models")
+    with pytest.raises(XCounterError, match="cannot connect to the Ray cluster at 'notanaddress': Invalid address"):
+        audit(str(classifier), str(generator), write_scans(tmp_path / "s", 1), out_dir=tmp_path / "out",
+              executor=RayExecutor(workers=1, address="notanaddress"), **OPTIONS)
+    assert not ray.is_initialized()

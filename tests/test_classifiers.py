@@ -186,6 +186,12 @@ def test_missing_and_garbage_files(tmp_path):
     (tmp_path / "text.pt").write_text("hello")
     with pytest.raises(ModelError, match="not a TorchScript, state_dict or safetensors"):
         load_classifier(tmp_path / "text.pt")
+    # bytes the weights-only unpickler rejects as an unknown opcode are not a pickle to trust
+    (tmp_path / "notes.pt").write_text("not a model\n")
+    (tmp_path / "image.pt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    for name in ("notes.pt", "image.pt"):
+        with pytest.raises(ModelError, match="not a TorchScript, state_dict or safetensors"):
+            load_classifier(tmp_path / name, trust_pickle=False)
 
 
 @pytest.mark.parametrize("arch", ["densenet121", "resnet50"])

@@ -121,6 +121,27 @@ def test_bad_inputs_fail_in_one_line(models, tmp_path, capsys):
                                      tmp_path)
 
 
+
+def test_unusable_output_folders_are_refused_before_any_model_loads(models, tmp_path, capsys, monkeypatch):
+    """A folder under a file, or one that cannot be written, is one line before the (long) explanation runs."""
+    import os
+
+    import xcounter
+
+    monkeypatch.setattr(xcounter, "load_classifier", lambda *a, **k: pytest.fail("a model was loaded"))
+    (tmp_path / "taken").write_text("a file")
+    message = _refused(capsys, _args(models, models["scan"], "--out", str(tmp_path / "taken" / "sub" / "r.html")),
+                       tmp_path)
+    assert "is not a folder" in message
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
+    message = _refused(capsys, _args(models, models["scan"], "--json", str(locked / "new" / "r.json"),
+                                     "--out", str(tmp_path / "r.html")), tmp_path)
+    assert "is not a writable folder" in message and str(locked) in message
+
+
 def test_localise_chooses_which_edits_are_confined(models, tmp_path, capsys):
     """Default: removals carry their DiffEdit region; --localise none: no edit is confined."""
     for choice, confined in ((None, {"remove"}), ("none", set()), ("both", {"add", "remove"})):

@@ -89,11 +89,13 @@ def _bad_case(name: str, tmp: Path, classifier_file: Path) -> tuple[list, str]:
         return ["--image", png, "--classifier", classifier_file, "--target", "Efusion"], "did you mean 'Effusion'"
     if name == "over-large":
         return ["--image", png, "--max-megapixels", "0.00001"], "over the limit"
+    if name == "nan-limit":
+        return ["--image", png, "--max-megapixels", "nan"], "--max-megapixels"
     raise AssertionError(name)
 
 
 BAD_CASES = ["missing", "empty", "text-as-png", "truncated-png", "no-codec-dicom", "pickle-untrusted",
-             "nan-output", "wrong-shape", "unknown-target", "over-large"]
+             "nan-output", "wrong-shape", "unknown-target", "over-large", "nan-limit"]
 
 
 @pytest.mark.parametrize("name", BAD_CASES)

@@ -83,6 +83,15 @@ def test_demo_refuses_a_file_as_folder(tiny_demo, tmp_path, capsys):
     target.write_text("x")
     assert main(["demo", "--out", str(target)]) == 2
     assert capsys.readouterr().err.strip().startswith("Error: demo output")
+    assert main(["demo", "--out", str(target / "sub")]) == 2  # the system's refusal, in one line
+    assert capsys.readouterr().err.strip().splitlines() == [f"Error: Not a directory: {target / 'sub'}"]
+
+
+
+def test_demo_refuses_a_bad_device_before_writing(tiny_demo, tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "out"), "--device", "tpu"]) == 2
+    assert "device must be one of" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

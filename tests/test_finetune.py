@@ -218,6 +218,9 @@ def bad_inputs(tmp_path: Path, tiny_config: Path) -> dict[str, tuple[list[str], 
                                            "--vae-detail-weight", "1"], "use it with --from-scratch or --vae-decoder-steps"),
         "decoder only with lora": (["--data", str(good), "--base", str(tiny_generator_dir(tmp_path)), "--steps", "0",
                                     "--vae-decoder-steps", "2", "--lora", "4"], "refines the VAE decoder alone"),
+        "negative lr": (["--data", str(good), "--lr", "-1"] + scratch, "--lr must be a positive number"),
+        "nan vae lr": (["--data", str(good), "--vae-lr", "nan"] + scratch, "--vae-lr must be a positive number"),
+        "no threads": (["--data", str(good), "--threads", "0"] + scratch, "--threads"),
     }
 
 

@@ -291,6 +291,35 @@ def test_missing_model_index_is_one_clear_error(tmp_path):
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
     with pytest.raises(ModelError, match="not a Stable Diffusion 1.x/2.x pipeline"):
         load_generator(tmp_path)
+    (tmp_path / "model_index.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(ModelError, match="must be a JSON object"):
+        load_generator(tmp_path)
+
+
+@pytest.mark.parametrize("part", ["unet", "tokenizer"])
+def test_a_missing_part_folder_is_named(tmp_path, part):
+    """diffusers blames the pipeline folder for a missing unet/, and builds an empty tokenizer for a missing one."""
+    import shutil
+
+    folder = tiny_generator_dir(tmp_path)
+    shutil.rmtree(folder / part)
+    with pytest.raises(ModelError, match=f"lacks {part}/"):
+        load_generator(folder)
+
+
+def test_missing_weights_are_one_error_without_library_log_lines(tmp_path):
+    """diffusers logs a missing weights file as an error before it retries: the CLI's one line must stay one."""
+    import subprocess
+    import sys
+
+    folder = tiny_generator_dir(tmp_path)
+    for weights in (folder / "unet").glob("*.safetensors"):
+        weights.unlink()
+    code = ("from xcounter.generators import load_generator\n"
+            "try:\n    load_generator(__import__('sys').argv[1])\n"
+            "except Exception as error:\n    print(type(error).__name__)")
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "ModelError" and done.stderr == ""
 
 
 def test_zoo_names_resolve_or_list_what_exists(tmp_path):

@@ -350,3 +350,13 @@ def test_cli_writes_dataset_and_sheet(tmp_path):
     assert len(read_metadata(tmp_path / "d", "train")) == 2
     assert main(["phantoms", "sheet", "cxr", "--n", "4", "--size", "32", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_sheet_into_a_folder_or_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "taken").write_text("a file")
+    for out, words in ((tmp_path / "folder", "is a folder"), (tmp_path / "taken" / "s.png", "cannot write")):
+        assert main(["phantoms", "sheet", "cxr", "--n", "1", "--size", "32", "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err.startswith("Error: ") and words in err and ".tmp" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "taken"]

@@ -141,6 +141,8 @@ def audit(classifier: Any, generator: Any, scans: "str | os.PathLike | Sequence[
         raise XCounterError(f"output '{out_dir}' exists and is not a folder")
     if limit is not None and limit < 1:
         raise XCounterError(f"limit must be at least 1, got {limit}")
+    if not 0 <= threshold <= 1:  # NaN too: it would silence every alert, then fail to write the report
+        raise XCounterError(f"threshold must be a flip rate in [0, 1], got {threshold}")
     items = collect_scans(scans, exclude=[out_dir])
     items = items[:limit] if limit is not None else items
     if not items:

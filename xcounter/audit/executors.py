@@ -97,8 +97,9 @@ class RayExecutor:
         if self.address:
             try:
                 ray.init(address=self.address, log_to_driver=False)
-            except ConnectionError as exc:
-                raise XCounterError(f"cannot connect to the Ray cluster at '{self.address}': {exc}") from None
+            except (ConnectionError, ValueError, RuntimeError) as exc:  # unreachable, malformed, no ray[client]
+                detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise XCounterError(f"cannot connect to the Ray cluster at '{self.address}': {detail}") from None
             return True
         for attempt in range(1, LOCAL_START_ATTEMPTS + 1):
             try:

@@ -63,19 +63,25 @@ def scans_from_manifest(manifest: str | os.PathLike) -> list[ScanItem]:
     manifest = Path(manifest)
     if not manifest.is_file():
         raise XCounterError(f"manifest '{manifest}' does not exist")
-    with open(manifest, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or "path" not in reader.fieldnames:
-            raise XCounterError(f"manifest '{manifest}' needs a 'path' column (found: "
-                                f"{', '.join(reader.fieldnames or []) or 'no header'})")
-        items: dict[str, ScanItem] = {}
-        for line, row in enumerate(reader, start=2):
-            value = (row.get("path") or "").strip()
-            if not value:
-                raise XCounterError(f"manifest '{manifest}' line {line} has an empty path")
-            path = Path(value) if Path(value).is_absolute() else manifest.parent / value
-            report = (row.get("report_text") or "").strip() or None
-            items.setdefault(_posix(value), ScanItem(_posix(value), str(path), report))
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as handle:
+            return _read_manifest(manifest, csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as exc:  # a spreadsheet's binary file, a Latin-1 export
+        raise XCounterError(f"manifest '{manifest}' is not a UTF-8 CSV text file ({type(exc).__name__})") from None
+
+
+def _read_manifest(manifest: Path, reader: csv.DictReader) -> list[ScanItem]:
+    if reader.fieldnames is None or "path" not in reader.fieldnames:
+        raise XCounterError(f"manifest '{manifest}' needs a 'path' column (found: "
+                            f"{', '.join(reader.fieldnames or []) or 'no header'})")
+    items: dict[str, ScanItem] = {}
+    for line, row in enumerate(reader, start=2):
+        value = (row.get("path") or "").strip()
+        if not value:
+            raise XCounterError(f"manifest '{manifest}' line {line} has an empty path")
+        path = Path(value) if Path(value).is_absolute() else manifest.parent / value
+        report = (row.get("report_text") or "").strip() or None
+        items.setdefault(_posix(value), ScanItem(_posix(value), str(path), report))
     return sorted(items.values(), key=lambda item: item.scan_id)
 
 

@@ -145,7 +145,9 @@ def _torch_load(path: Path, trust_pickle: bool, safe_classes: Sequence[type] = (
         with torch.serialization.safe_globals(list(safe_classes)):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):  # garbage, not a refused pickle
+        # only a pickle naming a class or function the weights-only loader will not import is a refused one; torch
+        # wraps any other failure (text, an image: "Unsupported operand") in the same "Weights only load failed"
+        if "Weights only load failed" not in str(exc) or "GLOBAL" not in str(exc):
             raise ModelError(_not_a_model(path)) from None
         if not trust_pickle:
             raise ModelError(f"classifier '{path.name}' was refused: {PICKLE_HINT}") from None

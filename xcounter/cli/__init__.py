@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         click.echo(f"Error: file not found: {exc.filename or exc}", err=True)
         return 2
+    except OSError as exc:  # a folder that cannot be made or written, a full disk: the system's words, one line
+        click.echo(f"Error: {exc.strerror or exc}: {exc.filename}" if exc.filename else f"Error: {exc}", err=True)
+        return 2
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         return 130

@@ -70,11 +70,13 @@ def write_demo_inputs(spec: DemoSpec, folder: Path) -> tuple[Path, Path, str]:
 def run_demo(folder: str | Path, spec: DemoSpec | None = None, device: str = "auto"):
     """Write the inputs, explain (models on `device`), and return (ExplainRun, the equivalent command line)."""
     from xcounter.cli.explain import command_line, run_explain
+    from xcounter.utils.devices import resolve_device
 
     spec = spec or DEFAULT_DEMO
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise XCounterError(f"demo output '{folder}' is a file, not a folder")
+    resolve_device(device)  # a bad --device is refused before the inputs are written
     folder.mkdir(parents=True, exist_ok=True)
     scan, classifier, report = write_demo_inputs(spec, folder)
     options = {"generator": spec.generator, "targets": list(spec.targets), "attributes": spec.attributes,

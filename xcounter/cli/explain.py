@@ -1,6 +1,7 @@
 """`xcounter explain`: one scan -> HTML report card (+ optional JSON sidecar) and a short summary."""
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from dataclasses import dataclass
@@ -35,9 +36,13 @@ def _check_outputs(report: Path, json_path: Path | None) -> None:
     for path in [report] + ([json_path] if json_path else []):
         if path.is_dir():
             raise XCounterError(f"output '{path}' is a folder; give a file name")
-        parent = path.parent if str(path.parent) else Path(".")
-        if parent.exists() and not parent.is_dir():
-            raise XCounterError(f"cannot write '{path}': '{parent}' is not a folder")
+        folder = path.absolute().parent  # the nearest folder that exists: the rest is created when writing
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise XCounterError(f"cannot write '{path}': '{folder}' is not a folder")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise XCounterError(f"cannot write '{path}': '{folder}' is not a writable folder")
     if json_path is not None and json_path.resolve() == report.resolve():
         raise XCounterError("--out and --json must be different files")
 

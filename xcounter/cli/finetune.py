@@ -39,7 +39,8 @@ import click
 @click.option("--vocab-size", type=int, default=None, help="From scratch: BPE vocabulary size.")
 @click.option("--keep-checkpoints", is_flag=True, help="Keep OUT/checkpoints after a finished run.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--threads", type=int, default=None, help="torch threads per process (default: torch's).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="torch threads per process (default: torch's).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def command(device: str, threads: int | None, quiet: bool, resume: bool, **kwargs) -> None:
     """Train a text-to-image generator for a medical domain."""

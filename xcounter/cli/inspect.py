@@ -6,6 +6,7 @@ line on stderr and exit code 2. Output is printed only after everything has succ
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 
 import click
@@ -75,6 +76,8 @@ def format_report(report: dict) -> str:
 def command(image: str, classifier_spec: str | None, arch: str | None, labels: str | None, trust_pickle: bool,
             target: str | None, max_megapixels: float, as_json: bool) -> None:
     """Show a scan's size, safe metadata and (with --classifier) the predictions."""
+    if not 0 < max_megapixels < math.inf:  # NaN too
+        raise click.BadParameter(f"must be a positive number, got {max_megapixels}", param_hint="--max-megapixels")
     report = build_report(image, classifier_spec, arch=arch, labels=_labels_option(labels),
                           trust_pickle=trust_pickle, target=target, max_pixels=int(max_megapixels * 1e6))
     click.echo(json.dumps(report, indent=2, allow_nan=False) if as_json else format_report(report))

@@ -14,6 +14,7 @@ The output folder loads with `diffusers.StableDiffusionPipeline.from_pretrained(
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import shutil
@@ -127,6 +128,9 @@ def validate(options: FinetuneOptions, resume: bool) -> tuple[dict | None, int, 
         raise XCounterError("--steps 0 refines the VAE decoder alone: drop --lora, --train-text-encoder and --ema")
     if options.batch_size <= 0 or options.vae_batch_size <= 0:
         raise XCounterError("--batch-size and --vae-batch-size must be positive")
+    for flag, lr in (("--lr", options.lr), ("--vae-lr", options.vae_lr)):
+        if not 0 < lr < math.inf:  # NaN too; torch's optimizer would refuse it only after the VAE stage ran
+            raise XCounterError(f"{flag} must be a positive number, got {lr}")
     if options.lora is not None and options.lora <= 0:
         raise XCounterError(f"--lora rank must be positive, got {options.lora}")
     if not 0.0 <= options.caption_dropout < 1.0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -570,17 +571,20 @@ def _config_digest(configs: dict[str, dict]) -> str:
 
 @contextlib.contextmanager
 def _quiet_loading():
-    """Hide diffusers'/transformers' loading progress bars (CLI output stays readable), then restore them."""
+    """Hide diffusers'/transformers' loading progress bars and warnings (CLI output stays readable; a folder that
+    fails to load is reported in one line by the caller), then restore them."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    states = [(m, m.is_progress_bar_enabled()) for m in (diffusers_logging, transformers_logging)]
-    for module, _ in states:
+    states = [(m, m.is_progress_bar_enabled(), m.get_verbosity()) for m in (diffusers_logging, transformers_logging)]
+    for module, _, _ in states:
         module.disable_progress_bar()
+        module.set_verbosity(logging.CRITICAL)  # diffusers logs a missing weights file as an error, then retries
     try:
         yield
     finally:
-        for module, enabled in states:
+        for module, enabled, verbosity in states:
+            module.set_verbosity(verbosity)
             if enabled:
                 module.enable_progress_bar()
 
@@ -693,10 +697,16 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelError(f"cannot read {folder / 'model_index.json'}: {error}") from error
+    if not isinstance(index, dict):
+        raise ModelError(f"{folder / 'model_index.json'} must be a JSON object naming the pipeline's parts")
     missing = [c for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if c not in index]
     if missing or "XL" in str(index.get("_class_name", "")):
         raise ModelError(f"'{folder}' is not a Stable Diffusion 1.x/2.x pipeline "
                          f"({index.get('_class_name')}{', missing ' + ', '.join(missing) if missing else ''})")
+    # diffusers names the pipeline folder, not the part, when a part's folder is gone (and builds an empty tokenizer)
+    absent = [f"{c}/" for c in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (folder / c).is_dir()]
+    if absent:
+        raise ModelError(f"generator folder '{folder}' lacks {', '.join(absent)}, which its model_index.json names")
     settings = _read_settings(folder)
     image_channels = settings.get("image_channels")
     if image_channels not in (None, 1, 3):

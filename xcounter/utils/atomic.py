@@ -12,11 +12,18 @@ from typing import IO, Iterator
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = None) -> Iterator[IO]:
     """Open a temp file beside `path`; on success fsync and rename it over `path`, on error delete it."""
+    from xcounter.errors import XCounterError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise XCounterError(f"output '{path}' is a folder; give a file name")
     if "b" not in mode and encoding is None:
         encoding = "utf-8"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:  # a folder that cannot be made or written: name the output, not the temp file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise XCounterError(f"cannot write '{path}': {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, mode, encoding=encoding) as handle:
             yield handle
@@ -50,12 +57,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temp folder beside `path`; on success rename it to `path`, on error remove it."""
+    from xcounter.errors import XCounterError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not overwrite and any(path.iterdir()):
-        from xcounter.errors import XCounterError
         raise XCounterError(f"output folder '{path}' exists and is not empty")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise XCounterError(f"cannot write '{path}': {exc.strerror or exc}") from None
     try:
         yield tmp
         if path.exists():
