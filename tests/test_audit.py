@@ -351,6 +351,11 @@ def test_scan_lists_manifest_and_cli_errors(tmp_path, capsys):
     (tmp_path / "latin1.csv").write_bytes("path\nscans/sub/scan00.png,Épanchement\n".encode("latin-1"))
     with pytest.raises(XCounterError, match="not a UTF-8 CSV text file"):
         collect_scans(tmp_path / "latin1.csv")
+    with pytest.raises(XCounterError, match="'.*nowhere' does not exist"):
+        collect_scans(tmp_path / "nowhere")
+    (tmp_path / "list.txt").write_text("scans/sub/scan00.png\n")
+    with pytest.raises(XCounterError, match="neither a folder"):
+        collect_scans(tmp_path / "list.txt")
     assert scan_seed(0, "a.png") == scan_seed(0, "a.png") != scan_seed(1, "a.png")
     assert cli_main(["audit", "--classifier", "x.pt", "--out", str(tmp_path / "o")]) != 0
     assert cli_main(["audit", "--classifier", "x.pt", "--images", str(tmp_path / "nope"),

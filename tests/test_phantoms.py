@@ -359,4 +359,6 @@ def test_sheet_into_a_folder_or_under_a_file_is_one_line(tmp_path, capsys):
         assert main(["phantoms", "sheet", "cxr", "--n", "1", "--size", "32", "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and err.startswith("Error: ") and words in err and ".tmp" not in err, err
+    assert main(["phantoms", "sheet", "cxr", "--n", "1", "--size", "32", "--out", str(tmp_path / "s.txt")]) == 2
+    assert "--out must be a .png file" in capsys.readouterr().err  # a PNG under another name misleads
     assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "taken"]

@@ -124,6 +124,8 @@ def collect_scans(scans: "str | os.PathLike | Sequence[str | os.PathLike | ScanI
             return scans_from_manifest(text)
         if ":" in text and text.split(":", 1)[0].lower() in DATASETS:
             return scans_from_dataset(text)
+        if not Path(text).exists():
+            raise XCounterError(f"scans '{text}' does not exist")
         raise XCounterError(f"scans '{text}' is neither a folder, a manifest .csv nor a dataset "
                             f"({', '.join(f'{d}:PATH' for d in DATASETS)})")
     items: dict[str, ScanItem] = {}

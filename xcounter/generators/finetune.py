@@ -135,7 +135,7 @@ def validate(options: FinetuneOptions, resume: bool) -> tuple[dict | None, int, 
         raise XCounterError(f"--lora rank must be positive, got {options.lora}")
     if not 0.0 <= options.caption_dropout < 1.0:
         raise XCounterError(f"--caption-dropout must be in [0, 1), got {options.caption_dropout}")
-    if options.vae_detail_weight < 0:
+    if not 0 <= options.vae_detail_weight < math.inf:  # NaN too: it would poison every VAE loss
         raise XCounterError(f"--vae-detail-weight must be zero or positive, got {options.vae_detail_weight}")
     if options.vae_detail_weight and options.from_scratch is None and not options.vae_decoder_steps:
         raise XCounterError("--vae-detail-weight weighs the VAE's training loss: use it with --from-scratch or "

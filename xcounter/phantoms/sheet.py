@@ -32,6 +32,8 @@ def contact_sheet(domain: str, n: int = 16, seed: int = 0, size: int = 128, gap:
 def write_sheet(domain: str, out: str | os.PathLike, n: int = 16, seed: int = 0, size: int = 128) -> Path:
     """Write `contact_sheet(...)` as a PNG at `out`."""
     from xcounter.phantoms.dataset import to_uint8
+    if Path(out).suffix.lower() != ".png" and not Path(out).is_dir():  # a folder gets its own one line on writing
+        raise XCounterError(f"--out must be a .png file, got '{out}'")
     buffer = io.BytesIO()
     to_uint8(contact_sheet(domain, n, seed, size)).save(buffer, format="PNG")
     write_bytes_atomic(out, buffer.getvalue())
