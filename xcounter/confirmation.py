@@ -23,7 +23,8 @@ a flip seen only part-way along the trajectory and gone once the device is fully
 generator's half-drawn transition. Measured (2026-12-07, twenty-eighth session) on the same 20 scans: all 38
 flags the renderer confirms flip at the strongest edit; 3 of the 17 flags left that the renderer does not
 confirm do not (a chest tube on the rho-0.5 and rho-0.75 classifiers, a pacemaker on the clean one), and are
-"unconfirmed" now.
+"unconfirmed" now. On the skin scans it would demote no false flag and 2 true ink removals whose strongest edit
+stops just short of the flip margin, so it is part of the same setting.
 """
 from __future__ import annotations
 
