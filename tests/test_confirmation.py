@@ -140,6 +140,7 @@ def test_a_flag_gone_once_the_device_is_drawn_in_full_is_unconfirmed(classifier)
     kept = _flag("Device", counterfactual, probabilities=(0.01, 0.99, 0.9))
     confirm_shortcuts([kept], classifier, reconstruction)
     assert kept.verdict == "shortcut" and kept.core.strongest_flipped
+    assert "and so does the pacemaker drawn in full (probability 0.90)." in render_html(_explanation_of(kept))
 
 
 def test_the_flip_margin_applies_to_the_strongest_edit_too(classifier):

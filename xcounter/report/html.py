@@ -148,7 +148,11 @@ def _sentence(result: AttributeResult, best: Counterfactual | None, positive: bo
         if result.verdict == "shortcut" and result.core is not None and result.core.confirmed:
             sentence += (f" Confirmed on the edit's own pixels: pasting only its strongest change "
                          f"({result.core.share:.1%} of the image) onto the {unedited} flips it too "
-                         f"(probability {result.core.probability:.2f}).")
+                         f"(probability {result.core.probability:.2f})")
+            if result.core.strongest_probability is not None:
+                sentence += (f", and so does the {name} drawn in full "
+                             f"(probability {result.core.strongest_probability:.2f})")
+            sentence += "."
         if needed_near_full_strength(result):
             sentence += (f" It needed an edit near full strength, where the generator draws the most besides the "
                          f"{name}: look at the counterfactual before trusting this flag.")
