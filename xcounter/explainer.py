@@ -131,8 +131,8 @@ class Explainer:
             edit gets the verdict "mediated" and names that attribute (`xcounter.mediation`); without an
             oracle there is nothing to read it from and verdicts are unchanged.
         confirm_shortcuts: re-ask every shortcut flag on the reconstruction with only the edit's strongest
-            pixels pasted (the drawn device); when that leaves the decision, the verdict is "unconfirmed"
-            (`xcounter.confirmation`). None = the generator's own (`confirm_shortcuts` in its xcounter.json,
+            pixels pasted (the drawn device), and at the trajectory's strongest edit (the device drawn in
+            full); when either leaves the decision, the verdict is "unconfirmed" (`xcounter.confirmation`). None = the generator's own (`confirm_shortcuts` in its xcounter.json,
             on for the phantom CXR generator, whose device edits also brighten the lungs).
         anchor: what counterfactuals are drawn onto: "scan" (the scan plus what the edit changed, the generator's
             own pixels only where the edit acted; the decision explained starts at the scan's own) or

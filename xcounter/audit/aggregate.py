@@ -11,8 +11,8 @@ A flip the explanation credits to another attribute (verdict "mediated": with an
 another attribute's own flipping edit, `xcounter.mediation`; without one, an addition that flips only through
 the pixels of another attribute's flipping removal, `xcounter.same_change`) is not counted as this attribute's
 flip; the number of such flips is kept beside the rate (`mediated`). Nor is a
-flip the explanation left "unconfirmed" (a device or artifact edit whose own strongest pixels do not flip
-the decision; `xcounter.confirmation`): its count is kept as `unconfirmed`.
+flip the explanation left "unconfirmed" (a device or artifact edit whose own strongest pixels, or whose
+strongest edit, do not flip the decision; `xcounter.confirmation`): its count is kept as `unconfirmed`.
 
 Why 0.1: a device or a ruler that changes one diagnosis in ten is a finding a validation team must see.
 On the phantom benchmarks (`reports/benchmarks.md`, flip margin 1) the clean classifiers' device and

@@ -68,8 +68,9 @@ def _default_generator(classifier_spec: str, trust_pickle: bool) -> str:
               help="Fixed-point refinements per DDIM inversion step (implies --inversion ddim): reconstructions "
                    "closer to the scans, N more UNet evaluations per step (default: the generator's, 0).")
 @click.option("--confirm-shortcuts/--no-confirm-shortcuts", default=None,
-              help="Re-ask each shortcut flag with only the edit's strongest pixels pasted; flips that do not survive "
-                   "are 'unconfirmed', not in the flip rate (default: the generator's, on for phantom-cxr).")
+              help="Re-ask each shortcut flag with only the edit's strongest pixels pasted, and at the strongest "
+                   "edit (the device drawn in full); flips that do not survive both are 'unconfirmed', not in the "
+                   "flip rate (default: the generator's, on for phantom-cxr).")
 @anchor_option
 @prune_option
 @removal_check_option

@@ -186,8 +186,9 @@ LOCALISE_CHOICES = {"remove": ("remove",), "add": ("add",), "both": ("add", "rem
               help="Fixed-point refinements per DDIM inversion step (implies --inversion ddim): a reconstruction "
                    "closer to the scan, N more UNet evaluations per step (default: the generator's, 0).")
 @click.option("--confirm-shortcuts/--no-confirm-shortcuts", default=None,
-              help="Re-ask each shortcut flag with only the edit's strongest pixels pasted; when the decision stays, "
-                   "the verdict is 'unconfirmed' (default: the generator's, on for phantom-cxr).")
+              help="Re-ask each shortcut flag with only the edit's strongest pixels pasted, and at the strongest "
+                   "edit (the device drawn in full); when either leaves the decision, the verdict is 'unconfirmed' "
+                   "(default: the generator's, on for phantom-cxr).")
 @anchor_option
 @prune_option
 @removal_check_option

@@ -671,7 +671,8 @@ def load_generator(spec: str | Path, *, unet: str | Path | None = None, device: 
     `kind_edits` (per attribute kind, the `alpha` and `edit_guidance` that kind's edits are drawn with),
     `inversion` ("ddim" or "ddpm", how scans are inverted, `SDGenerator.invert`), `inversion_eta` (DDPM
     inversion's eta, 0..1), `inversion_iterations` (fixed-point refinements per DDIM inversion step),
-    `confirm_shortcuts` (true: shortcut flags are checked on the edit's own pixels, `xcounter.confirmation`),
+    `confirm_shortcuts` (true: shortcut flags are checked on the edit's own pixels and its strongest edit,
+    `xcounter.confirmation`),
     `anchor` ("reconstruction" or "scan": what counterfactuals are drawn onto, `TrajectoryMethod`),
     `prune_fractions` (the levels a flip's edit is split into parts at, `xcounter.edit_pruning`),
     `fill_removals` (true: a pruned removal is refilled at the scan's levels around it, `xcounter.removal_fill`)
