@@ -28,12 +28,12 @@ stops just short of the flip margin, so it is part of the same setting.
 """
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import torch
 
+from xcounter.classifiers.base import logit
 from xcounter.explanation import AttributeResult, CoreCheck, Counterfactual, verdict_of
 from xcounter.search import is_flipped
 
@@ -70,12 +70,6 @@ def strongest_edit(counterfactual: Counterfactual) -> float:
     return float(counterfactual.probabilities[int(np.argmax(counterfactual.strengths))])
 
 
-def _margin(probability: float) -> float:
-    """The margin a stored probability came from (clipped: a float32 sigmoid saturates at 0 and 1)."""
-    p = min(max(float(probability), 1e-7), 1 - 1e-7)
-    return math.log(p / (1 - p))
-
-
 def confirm_shortcuts(results: Iterable[AttributeResult], classifier: "Classifier", reconstruction: np.ndarray,
                       *, flip_margin: float = 0.0, fraction: float = CORE_FRACTION) -> None:
     """Check every "shortcut" result in place: record its `core` check, and make the verdict "unconfirmed"
@@ -101,5 +95,5 @@ def confirm_shortcuts(results: Iterable[AttributeResult], classifier: "Classifie
         result.core = CoreCheck(fraction=float(fraction), share=float(mask.mean()),
                                 probability=float(probabilities[row, index]), flipped=bool(flipped),
                                 strongest_probability=strongest,
-                                strongest_flipped=is_flipped(_margin(strongest), before > 0, flip_margin))
+                                strongest_flipped=is_flipped(logit(strongest)[0], before > 0, flip_margin))
         result.verdict = verdict_of(result.kind, result.flipped, result.core.confirmed)
